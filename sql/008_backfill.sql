@@ -1,0 +1,108 @@
+-- Users who exist but have never received an allocation, with what they would
+-- get. Installing credits-db allocates nothing by itself; this view is the
+-- operator's to-do list and the single definition the backfill works from.
+CREATE VIEW credits_backfill_candidates AS
+SELECT u.id AS user_id,
+       u.role,
+       coalesce(rc.credits, fallback.credits, 0) AS credits,
+       rc.role IS NULL AS is_fallback
+FROM public.users u
+LEFT JOIN public.role_credits rc ON rc.role = u.role
+LEFT JOIN public.role_credits fallback ON fallback.role = 'member'
+WHERE NOT EXISTS (SELECT 1 FROM public.user_credits uc WHERE uc.user_id = u.id);
+
+REVOKE ALL ON credits_backfill_candidates FROM PUBLIC;
+
+-- Allocates every user without a balance row, by role, in one set-based
+-- statement. Safe to repeat and to run beside signups and other backfills:
+--   * ON CONFLICT DO NOTHING never overwrites a balance, and a log row is
+--     written only for a balance row this call actually inserted;
+--   * a transaction-scoped advisory lock queues concurrent backfills, so the
+--     second one starts after the first commits and finds nothing left to do
+--     (rather than racing it row by row, which could deadlock);
+--   * signups allocate in their own transaction; a user they have not
+--     committed is invisible here, one they have committed has a row already.
+CREATE FUNCTION backfill_user_credits(
+    p_dry_run boolean DEFAULT false,
+    p_limit   integer DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    v_report jsonb;
+BEGIN
+    IF p_dry_run IS NULL THEN
+        RAISE EXCEPTION 'p_dry_run must be true or false, not NULL' USING ERRCODE = '22004';
+    END IF;
+    IF p_limit IS NOT NULL AND p_limit < 1 THEN
+        RAISE EXCEPTION 'p_limit must be a positive number of users or NULL, not %', p_limit
+            USING ERRCODE = '22023';
+    END IF;
+
+    IF NOT p_dry_run THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('credits_db.backfill_user_credits', 0));
+    END IF;
+
+    WITH chosen AS MATERIALIZED (
+        SELECT user_id, role, credits, is_fallback
+        FROM credits_backfill_candidates
+        LIMIT p_limit
+    ),
+    allocated AS (
+        INSERT INTO user_credits (user_id, total_credits)
+        SELECT user_id, credits FROM chosen
+        WHERE NOT p_dry_run
+        ON CONFLICT (user_id) DO NOTHING
+        RETURNING user_id
+    ),
+    logged AS (
+        INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+        SELECT c.user_id, c.credits, 'credit', 'backfill',
+               CASE
+                   WHEN NOT c.is_fallback THEN format('backfill allocation for role %s', c.role)
+                   WHEN c.role IS NULL THEN 'backfill allocation: no role, member allocation (fallback)'
+                   ELSE format('backfill allocation: unknown role %L, member allocation (fallback)', c.role)
+               END
+        FROM chosen c
+        JOIN allocated a USING (user_id)
+        WHERE c.credits > 0
+    ),
+    done AS (
+        SELECT c.* FROM chosen c WHERE p_dry_run
+        UNION ALL
+        SELECT c.* FROM chosen c JOIN allocated a USING (user_id)
+    ),
+    per_role AS (
+        SELECT coalesce(role, '(null)') AS role_key,
+               count(*) AS users,
+               sum(credits) AS credits
+        FROM done
+        GROUP BY role
+    )
+    SELECT jsonb_build_object(
+        'users_total', (SELECT count(*) FROM users),
+        -- Without a limit every candidate is chosen, so the count is free.
+        'users_without_credits', CASE WHEN p_limit IS NULL
+                                      THEN (SELECT count(*) FROM chosen)
+                                      ELSE (SELECT count(*) FROM credits_backfill_candidates)
+                                 END,
+        'users_backfilled', (SELECT count(*) FROM done),
+        'credits_allocated', (SELECT coalesce(sum(credits), 0) FROM done),
+        'fallback_role_users', (SELECT count(*) FROM done WHERE is_fallback),
+        'by_role', (SELECT coalesce(jsonb_object_agg(role_key,
+                                   jsonb_build_object('users', users, 'credits', credits)), '{}')
+                    FROM per_role),
+        'dry_run', p_dry_run
+    )
+    INTO v_report;
+
+    RETURN v_report;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION backfill_user_credits(boolean, integer) IS
+    'Allocate credits by role to every user without a balance row (source backfill). Idempotent; p_limit batches, p_dry_run reports without writing.';
