@@ -268,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> None:
+    # One plain line (no wrapping, no markup), whatever the terminal width.
+    print(f"credits-db: error: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``credits-db``: one clear line and a non-zero exit on any failure."""
     args = build_parser().parse_args(argv)
@@ -278,15 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except (UsageError, urls.InvalidDatabaseUrl) as exc:
-        err.print(f"credits-db: error: {exc}")
+        _fail(str(exc))
         return 2
     except CreditsError as exc:
-        err.print(f"credits-db: error: {type(exc).__name__}: {exc}")
+        _fail(f"{type(exc).__name__}: {exc}")
         return 1
     except (psycopg.Error, sqlalchemy.exc.SQLAlchemyError) as exc:
         original = getattr(exc, "orig", None) or exc
         message = str(original).strip().splitlines()[0] if str(original).strip() else repr(exc)
-        err.print(f"credits-db: error: database: {message}")
+        _fail(f"database: {message}")
         return 1
 
 

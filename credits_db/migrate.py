@@ -21,8 +21,8 @@ from credits_db._resources import alembic_dir
 VERSION_TABLE = "credits_db_version"
 
 
-def _config(url: str | None, *, stdout: io.TextIOBase | None = None) -> Config:
-    config = Config(stdout=stdout) if stdout is not None else Config()
+def _config(url: str | None, *, output: io.StringIO | None = None) -> Config:
+    config = Config(output_buffer=output) if output is not None else Config()
     config.set_main_option("script_location", str(alembic_dir()))
     config.set_main_option("path_separator", "os")
     if url is not None:
@@ -64,7 +64,7 @@ def head() -> str:
 def offline_sql(revision: str = "head", *, from_revision: str | None = None) -> str:
     """The upgrade as a plain SQL script (for psql or SQL-only migration tools)."""
     buffer = io.StringIO()
-    config = _config(None, stdout=buffer)
+    config = _config(None, output=buffer)
     # env.py reads the URL for offline mode too; an offline script needs none.
     target = f"{from_revision}:{revision}" if from_revision else revision
     logging.getLogger("alembic").setLevel(logging.WARNING)

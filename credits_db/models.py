@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 NULL_ROLE_KEY = "(null)"
@@ -50,7 +49,7 @@ class BackfillSummary:
             users_backfilled=int(data["users_backfilled"]),
             credits_allocated=int(data["credits_allocated"]),
             fallback_role_users=int(data["fallback_role_users"]),
-            by_role=MappingProxyType(
+            by_role=dict(
                 {
                     role: RoleAllocation(users=int(v["users"]), credits=int(v["credits"]))
                     for role, v in sorted(data["by_role"].items())
@@ -86,7 +85,7 @@ class AllocationReport:
             users_total=int(data["users_total"]),
             users_with_credits=int(data["users_with_credits"]),
             users_without_credits=int(data["users_without_credits"]),
-            by_role=MappingProxyType(
+            by_role=dict(
                 {
                     role: RoleReport(
                         users=int(v["users"]),

@@ -1,0 +1,125 @@
+"""The credits-db command line, end to end, as a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import Database, Server
+from tests.helpers import add_users_without_credits
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "credits_db.cli", *args],
+        capture_output=True, text=True, env=environment, timeout=240,
+    )
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_upgrade_current_downgrade(empty_db: Database) -> None:
+    assert cli("current", "--url", empty_db.url).stdout.strip() == "not installed"
+    result = cli("upgrade", "--url", empty_db.url)
+    assert result.returncode == 0, result.stderr
+    current = as_json(cli("current", "--json", env={"DATABASE_URL": empty_db.url}))
+    assert current["current"] == current["head"]
+    assert cli("downgrade", "base", "--url", empty_db.url).returncode == 0
+    assert cli("current", "--url", empty_db.url).stdout.strip() == "not installed"
+
+
+def test_sqlalchemy_style_url_is_accepted(db: Database) -> None:
+    url = db.url.replace("postgresql://", "postgresql+psycopg://", 1)
+    assert as_json(cli("current", "--json", "--url", url))["current"] is not None
+
+
+def test_backfill_dry_run_then_batches(db: Database) -> None:
+    with db.connect() as conn:
+        add_users_without_credits(conn, *(["member"] * 5 + ["team_admin", None]))
+    dry = as_json(cli("backfill", "--dry-run", "--json", "--url", db.url))
+    assert (dry["dry_run"], dry["users_backfilled"]) == (True, 7)
+    done = as_json(cli("backfill", "--batch-size", "2", "--json", "--url", db.url))
+    assert (done["users_backfilled"], done["credits_allocated"]) == (7, 5 * 350 + 5000 + 350)
+    assert done["by_role"]["member"] == {"users": 5, "credits": 1750}
+    assert done["by_role"]["(null)"] == {"users": 1, "credits": 350}
+    again = as_json(cli("backfill", "--json", "--url", db.url))
+    assert again["users_backfilled"] == 0
+
+
+def test_backfill_prints_a_summary_table(db: Database) -> None:
+    with db.connect() as conn:
+        add_users_without_credits(conn, "super_admin")
+    result = cli("backfill", "--batch-size", "10", "--url", db.url)
+    assert result.returncode == 0, result.stderr
+    assert "super_admin" in result.stdout and "10000" in result.stdout
+
+
+def test_verify_reports_users_with_and_without_credits(db: Database) -> None:
+    with db.connect() as conn:
+        add_users_without_credits(conn, "admin")
+        conn.execute("INSERT INTO users (role) VALUES ('member')")
+    report = as_json(cli("verify", "--json", "--url", db.url))["allocation"]
+    assert (report["users_with_credits"], report["users_without_credits"]) == (1, 1)
+    assert report["by_role"]["member"]["total_credits"] == 350
+    text = cli("verify", "--url", db.url)
+    assert "still without credits: 1" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("verify",), {}, "no database URL"),
+        (("verify", "--url", "mysql://x@y/z"), {}, "not a PostgreSQL URL"),
+        (("verify", "--url", "postgresql://nobody@127.0.0.1:1/none"), {}, "error: database:"),
+        (("backfill", "--batch-size", "0", "--url", "postgresql://x@127.0.0.1:1/y"), {},
+         "--batch-size must be at least 1"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args: tuple[str, ...], env: dict[str, str],
+                                               message: str) -> None:
+    result = cli(*args, env=env)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_limit_from_the_database_is_one_line(db: Database) -> None:
+    result = cli("backfill", "--url", "postgresql://x@127.0.0.1:1/y", "--batch-size", "-1")
+    assert result.returncode == 2
+
+
+def test_sql_prints_an_offline_script() -> None:
+    result = cli("sql")
+    assert result.returncode == 0, result.stderr
+    assert "CREATE FUNCTION backfill_user_credits" in result.stdout
+    assert "INSERT INTO credits_db_version" in result.stdout
+
+
+def test_demo_on_a_given_server_cleans_up(server: Server) -> None:
+    result = cli("demo", "--json", "--url", server.admin_url)
+    data = as_json(result)
+    assert data["backfill"]["users_backfilled"] == 7
+    assert data["backfill"]["fallback_role_users"] == 2
+    by_role = data["allocation"]["by_role"]
+    assert by_role["team_admin"] == {"users": 2, "users_with_credits": 2,
+                                     "total_credits": 10000, "remaining_credits": 10000}
+    assert data["allocation"]["users_without_credits"] == 0
+
+
+def test_demo_without_a_url_uses_an_embedded_server() -> None:
+    result = cli("demo")
+    assert result.returncode == 0, result.stderr
+    assert "embedded PostgreSQL" in result.stderr
+    for expected in ("member", "350", "team_admin", "5000", "super_admin", "10000"):
+        assert expected in result.stdout
