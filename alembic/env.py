@@ -12,8 +12,8 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 import sqlalchemy as sa
-from alembic import context
 
+from alembic import context
 from credits_db import urls
 from credits_db.migrate import VERSION_TABLE
 

@@ -43,14 +43,15 @@ def run(conn: SyncConnection, call: Call[T]) -> T:
             return run(connection, call)
     try:
         if isinstance(conn, sa.Connection):
-            row = conn.exec_driver_sql(call.query, dict(call.params)).one()
+            value = conn.exec_driver_sql(call.query, dict(call.params)).scalar_one()
         else:
             row = conn.execute(call.query, call.params).fetchone()
             assert row is not None
+            value = row[0]
     except (psycopg.Error, sa.exc.DBAPIError) as exc:
         _raise_translated(exc, conn)
         raise  # pragma: no cover - _raise_translated always raises
-    return call.parse(row[0])
+    return call.parse(value)
 
 
 async def arun(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:

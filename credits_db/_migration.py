@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import sqlalchemy as sa
+
 from alembic import context, op
 
 log = logging.getLogger("alembic.runtime.migration")

