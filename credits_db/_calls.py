@@ -9,9 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, LiteralString, TypeVar
+from uuid import UUID
 
 from credits_db._queries import QUERIES
-from credits_db.models import AllocationReport, BackfillSummary
+from credits_db.models import (
+    AllocationReport,
+    BackfillSummary,
+    Balance,
+    CreditOperation,
+    IntegrityProblem,
+    LedgerEntry,
+    TeamMember,
+)
 
 T = TypeVar("T")
 
@@ -35,3 +44,71 @@ def backfill(*, dry_run: bool, limit: int | None) -> Call[BackfillSummary]:
 def allocation_report() -> Call[AllocationReport]:
     """``credit_allocation_report()``."""
     return Call(QUERIES["allocation_report"], {}, AllocationReport.from_json)
+
+
+UserId = UUID | str
+"""A user id: a UUID or its text form."""
+
+
+def _credit_params(user_id: UserId, amount: int, source: str, description: str | None,
+                   idempotency_key: str | None) -> dict[str, Any]:
+    return {"user_id": str(user_id), "amount": amount, "source": source,
+            "description": description, "idempotency_key": idempotency_key}
+
+
+def debit(user_id: UserId, amount: int, *, source: str, description: str | None,
+          idempotency_key: str | None) -> Call[CreditOperation]:
+    """``debit_credits(...)``."""
+    return Call(QUERIES["debit"],
+                _credit_params(user_id, amount, source, description, idempotency_key),
+                CreditOperation.from_json)
+
+
+def grant(user_id: UserId, amount: int, *, source: str, description: str | None,
+          idempotency_key: str | None) -> Call[CreditOperation]:
+    """``grant_credits(...)``."""
+    return Call(QUERIES["grant"],
+                _credit_params(user_id, amount, source, description, idempotency_key),
+                CreditOperation.from_json)
+
+
+def refund(log_id: int, *, description: str | None) -> Call[CreditOperation]:
+    """``refund_credits(p_log_id, p_description)``."""
+    return Call(QUERIES["refund"], {"log_id": log_id, "description": description},
+                CreditOperation.from_json)
+
+
+def balance(user_id: UserId) -> Call[Balance]:
+    """``get_credit_balance(p_user_id)``."""
+    return Call(QUERIES["balance"], {"user_id": str(user_id)}, Balance.from_json)
+
+
+def add_team_member(team_admin_id: UserId, team_member_id: UserId) -> Call[None]:
+    """``add_team_member(p_team_admin_id, p_team_member_id)``."""
+    return Call(QUERIES["add_team_member"],
+                {"team_admin_id": str(team_admin_id), "team_member_id": str(team_member_id)},
+                lambda _value: None)
+
+
+def remove_team_member(team_admin_id: UserId, team_member_id: UserId) -> Call[bool]:
+    """``remove_team_member(p_team_admin_id, p_team_member_id)``."""
+    return Call(QUERIES["remove_team_member"],
+                {"team_admin_id": str(team_admin_id), "team_member_id": str(team_member_id)},
+                bool)
+
+
+def list_team_members(team_admin_id: UserId) -> Call[list[TeamMember]]:
+    """The rows of ``team_credit_sharing`` for one admin."""
+    return Call(QUERIES["list_team_members"], {"team_admin_id": str(team_admin_id)},
+                TeamMember.list_from_json)
+
+
+def verify() -> Call[list[IntegrityProblem]]:
+    """``verify_credit_integrity()``."""
+    return Call(QUERIES["verify"], {}, IntegrityProblem.list_from_json)
+
+
+def history(user_id: UserId, *, limit: int) -> Call[list[LedgerEntry]]:
+    """One account's ``credit_usage_log`` rows, newest first."""
+    return Call(QUERIES["history"], {"user_id": str(user_id), "limit": limit},
+                LedgerEntry.list_from_json)

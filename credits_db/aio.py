@@ -7,8 +7,17 @@ from typing import Any
 import psycopg
 
 from credits_db import _calls
+from credits_db._calls import UserId
 from credits_db._execute import arun
-from credits_db.models import AllocationReport, BackfillSummary
+from credits_db.models import (
+    AllocationReport,
+    BackfillSummary,
+    Balance,
+    CreditOperation,
+    IntegrityProblem,
+    LedgerEntry,
+    TeamMember,
+)
 
 AsyncConnection = psycopg.AsyncConnection[Any]
 
@@ -23,3 +32,58 @@ async def backfill(
 async def allocation_report(conn: AsyncConnection) -> AllocationReport:
     """Async :func:`credits_db.allocation_report`."""
     return await arun(conn, _calls.allocation_report())
+
+
+async def debit(conn: AsyncConnection, user_id: UserId, amount: int, *, source: str = "usage",
+                description: str | None = None, idempotency_key: str | None = None
+                ) -> CreditOperation:
+    """Async :func:`credits_db.debit`."""
+    return await arun(conn, _calls.debit(user_id, amount, source=source, description=description,
+                                         idempotency_key=idempotency_key))
+
+
+async def grant(conn: AsyncConnection, user_id: UserId, amount: int, *,
+                source: str = "admin_grant", description: str | None = None,
+                idempotency_key: str | None = None) -> CreditOperation:
+    """Async :func:`credits_db.grant`."""
+    return await arun(conn, _calls.grant(user_id, amount, source=source, description=description,
+                                         idempotency_key=idempotency_key))
+
+
+async def refund(conn: AsyncConnection, log_id: int, *, description: str | None = None
+                 ) -> CreditOperation:
+    """Async :func:`credits_db.refund`."""
+    return await arun(conn, _calls.refund(log_id, description=description))
+
+
+async def balance(conn: AsyncConnection, user_id: UserId) -> Balance:
+    """Async :func:`credits_db.balance`."""
+    return await arun(conn, _calls.balance(user_id))
+
+
+async def add_team_member(conn: AsyncConnection, team_admin_id: UserId, team_member_id: UserId
+                          ) -> None:
+    """Async :func:`credits_db.add_team_member`."""
+    await arun(conn, _calls.add_team_member(team_admin_id, team_member_id))
+
+
+async def remove_team_member(conn: AsyncConnection, team_admin_id: UserId,
+                             team_member_id: UserId) -> bool:
+    """Async :func:`credits_db.remove_team_member`."""
+    return await arun(conn, _calls.remove_team_member(team_admin_id, team_member_id))
+
+
+async def list_team_members(conn: AsyncConnection, team_admin_id: UserId) -> list[TeamMember]:
+    """Async :func:`credits_db.list_team_members`."""
+    return await arun(conn, _calls.list_team_members(team_admin_id))
+
+
+async def verify(conn: AsyncConnection) -> list[IntegrityProblem]:
+    """Async :func:`credits_db.verify`."""
+    return await arun(conn, _calls.verify())
+
+
+async def history(conn: AsyncConnection, user_id: UserId, *, limit: int = 50
+                  ) -> list[LedgerEntry]:
+    """Async :func:`credits_db.history`."""
+    return await arun(conn, _calls.history(user_id, limit=limit))

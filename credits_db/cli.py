@@ -184,10 +184,100 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     with _connect(_resolve_url(args)) as conn:
         report = credits_db.allocation_report(conn)
+        problems = credits_db.verify(conn)
     if args.json:
-        _print_json({"allocation": asdict(report)})
+        _print_json({"allocation": asdict(report), "integrity": [asdict(p) for p in problems]})
     else:
         _print_report(report)
+        for problem in problems:
+            out.print(f"integrity: {problem.user_id}: {problem.problem}")
+        out.print("integrity: ok" if not problems else f"integrity: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _print_operation(args: argparse.Namespace, operation: credits_db.CreditOperation) -> None:
+    if args.json:
+        _print_json(asdict(operation))
+        return
+    pool = " from the team pool of " + str(operation.account_user_id) \
+        if operation.from_team_pool else ""
+    replay = " (replayed: nothing changed)" if operation.replayed else ""
+    out.print(f"log #{operation.log_id}: {operation.amount} credits{pool}; "
+              f"account remaining {operation.remaining_credits}{replay}")
+
+
+def cmd_debit(args: argparse.Namespace) -> int:
+    with _connect(_resolve_url(args)) as conn:
+        operation = credits_db.debit(conn, args.user, args.amount, source=args.source,
+                                     description=args.description,
+                                     idempotency_key=args.idempotency_key)
+    _print_operation(args, operation)
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    with _connect(_resolve_url(args)) as conn:
+        operation = credits_db.grant(conn, args.user, args.amount, source=args.source,
+                                     description=args.description,
+                                     idempotency_key=args.idempotency_key)
+    _print_operation(args, operation)
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    with _connect(_resolve_url(args)) as conn:
+        balance = credits_db.balance(conn, args.user)
+    if args.json:
+        _print_json(asdict(balance))
+        return 0
+    own = balance.own
+    out.print(f"user {balance.user_id}")
+    out.print("own: none" if own is None else
+              f"own: {own.remaining_credits} remaining of {own.total_credits} "
+              f"({own.used_credits} used)")
+    if balance.team_admin_id is not None:
+        out.print(f"team pool of {balance.team_admin_id}: {balance.team_pool_remaining} remaining")
+    out.print(f"spendable now: {balance.spendable}")
+    return 0
+
+
+def cmd_team(args: argparse.Namespace) -> int:
+    if args.action in ("add", "remove") and args.member is None:
+        raise UsageError(f"team {args.action} needs ADMIN and MEMBER")
+    with _connect(_resolve_url(args)) as conn:
+        if args.action == "add":
+            credits_db.add_team_member(conn, args.admin, args.member)
+            result: Any = {"added": True}
+        elif args.action == "remove":
+            result = {"removed": credits_db.remove_team_member(conn, args.admin, args.member)}
+        else:
+            result = [asdict(m) for m in credits_db.list_team_members(conn, args.admin)]
+    if args.json:
+        _print_json(result)
+    elif args.action == "list":
+        for member in result:
+            out.print(f"{member['team_member_id']}  since {member['created_at']}")
+        out.print(f"{len(result)} member(s)")
+    else:
+        out.print(f"{args.action}: {'done' if next(iter(result.values())) else 'not a member'}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with _connect(_resolve_url(args)) as conn:
+        entries = credits_db.history(conn, args.user, limit=args.limit)
+    if args.json:
+        _print_json([asdict(e) for e in entries])
+        return 0
+    table = Table(title=f"History of {args.user}")
+    for column in ("id", "when", "amount", "source", "actor", "description"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(str(e.id), e.created_at.isoformat(timespec="seconds"), f"{e.amount:+d}",
+                      e.source, str(e.actor_user_id or ""), e.description or "")
+    out.print(table)
     return 0
 
 
@@ -263,7 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--dry-run", action="store_true", help="report, write nothing")
     backfill.add_argument("--batch-size", type=int, default=None,
                           help="commit every N users (default: one transaction)")
-    add("verify", cmd_verify, "print the verification report")
+    add("verify", cmd_verify, "verification report and integrity check (exit 1 on problems)")
+    for name, handler, default_source in (("debit", cmd_debit, "usage"),
+                                          ("grant", cmd_grant, "admin_grant")):
+        sub = add(name, handler, f"{name} AMOUNT credits for USER")
+        sub.add_argument("user")
+        sub.add_argument("amount", type=int)
+        sub.add_argument("--source", default=default_source)
+        sub.add_argument("--description")
+        sub.add_argument("--idempotency-key")
+    add("balance", cmd_balance, "USER's balance, team pool and spendable amount").add_argument(
+        "user")
+    team = add("team", cmd_team, "team pools: add|remove ADMIN MEMBER, list ADMIN")
+    team.add_argument("action", choices=("add", "remove", "list"))
+    team.add_argument("admin")
+    team.add_argument("member", nargs="?")
+    history = add("history", cmd_history, "USER's ledger, newest first")
+    history.add_argument("user")
+    history.add_argument("--limit", type=int, default=20)
     add("demo", cmd_demo, "run a demo (embedded PostgreSQL unless --url/DATABASE_URL)")
     return parser
 

@@ -145,6 +145,7 @@ _BY_SQLSTATE: dict[str, type[CreditsError]] = {
     if cls.sqlstate is not None
 }
 _BY_SQLSTATE["22004"] = InvalidArgument  # null_value_not_allowed
+_BY_SQLSTATE["22P02"] = InvalidArgument  # invalid_text_representation (e.g. a malformed uuid)
 
 _RETRYABLE = {
     "40001",  # serialization_failure

@@ -7,8 +7,17 @@ and joins its transaction; see :mod:`credits_db._execute`.
 from __future__ import annotations
 
 from credits_db import _calls
+from credits_db._calls import UserId
 from credits_db._execute import SyncConnection, run
-from credits_db.models import AllocationReport, BackfillSummary
+from credits_db.models import (
+    AllocationReport,
+    BackfillSummary,
+    Balance,
+    CreditOperation,
+    IntegrityProblem,
+    LedgerEntry,
+    TeamMember,
+)
 
 
 def backfill(
@@ -30,3 +39,97 @@ def backfill(
 def allocation_report(conn: SyncConnection) -> AllocationReport:
     """Users with and without credits, and credits held per role."""
     return run(conn, _calls.allocation_report())
+
+
+def debit(
+    conn: SyncConnection,
+    user_id: UserId,
+    amount: int,
+    *,
+    source: str = "usage",
+    description: str | None = None,
+    idempotency_key: str | None = None,
+) -> CreditOperation:
+    """Spend ``amount`` credits: from the user's own account, else whole from their team pool.
+
+    Parameters:
+        conn: where to run it; joins the caller's transaction.
+        user_id: who spends.
+        amount: credits to spend (1 .. 2^31-1).
+        source: what the credits were spent on (logged).
+        description: free text (logged).
+        idempotency_key: makes the call safe to retry: a second call with the same
+            key returns the first result with ``replayed=True`` and changes nothing.
+
+    Raises:
+        InsufficientCredits, UnknownUser, InvalidAmount, IdempotencyConflict.
+    """
+    return run(conn, _calls.debit(user_id, amount, source=source, description=description,
+                                  idempotency_key=idempotency_key))
+
+
+def grant(
+    conn: SyncConnection,
+    user_id: UserId,
+    amount: int,
+    *,
+    source: str = "admin_grant",
+    description: str | None = None,
+    idempotency_key: str | None = None,
+) -> CreditOperation:
+    """Add ``amount`` credits to the user's account (creating it if missing).
+
+    Raises:
+        UnknownUser, InvalidAmount (also when the total would pass 2^31-1), IdempotencyConflict.
+    """
+    return run(conn, _calls.grant(user_id, amount, source=source, description=description,
+                                  idempotency_key=idempotency_key))
+
+
+def refund(conn: SyncConnection, log_id: int, *, description: str | None = None
+           ) -> CreditOperation:
+    """Reverse the debit logged as ``log_id`` onto the account it came from, at most once.
+
+    Raises:
+        AlreadyRefunded: not a debit, unknown, or refunded already.
+    """
+    return run(conn, _calls.refund(log_id, description=description))
+
+
+def balance(conn: SyncConnection, user_id: UserId) -> Balance:
+    """The user's own balance, team pool and ``spendable`` amount.
+
+    Raises:
+        UnknownUser.
+    """
+    return run(conn, _calls.balance(user_id))
+
+
+def add_team_member(conn: SyncConnection, team_admin_id: UserId, team_member_id: UserId) -> None:
+    """Add a member to a team admin's pool; adding an existing pair again is a no-op.
+
+    Raises:
+        NotTeamAdmin, TeamFull, AlreadyInTeam, SelfTeamMembership, UnknownUser.
+    """
+    run(conn, _calls.add_team_member(team_admin_id, team_member_id))
+
+
+def remove_team_member(conn: SyncConnection, team_admin_id: UserId, team_member_id: UserId
+                       ) -> bool:
+    """Remove a member from a team admin's pool; True if they were in it."""
+    return run(conn, _calls.remove_team_member(team_admin_id, team_member_id))
+
+
+def list_team_members(conn: SyncConnection, team_admin_id: UserId) -> list[TeamMember]:
+    """The members of a team admin's pool, oldest first."""
+    return run(conn, _calls.list_team_members(team_admin_id))
+
+
+def verify(conn: SyncConnection) -> list[IntegrityProblem]:
+    """Every violated invariant (balances vs ledger, negatives, pools); empty when all holds."""
+    return run(conn, _calls.verify())
+
+
+def history(conn: SyncConnection, user_id: UserId, *, limit: int = 50) -> list[LedgerEntry]:
+    """One account's ledger rows, newest first."""
+    return run(conn, _calls.history(user_id, limit=limit))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 NULL_ROLE_KEY = "(null)"
 """The key under which ``by_role`` reports users whose role is NULL."""
@@ -98,3 +100,146 @@ class AllocationReport:
                 }
             ),
         )
+
+
+def _uuid(value: Any) -> UUID | None:
+    return None if value is None else UUID(str(value))
+
+
+@dataclass(frozen=True)
+class CreditOperation:
+    """The outcome of a debit, grant or refund (or of its replay).
+
+    Attributes:
+        log_id: the ledger row that records it.
+        account_user_id: the account credited or debited (a team admin's for a pool debit).
+        actor_user_id: who caused it when not the account holder (the team member), else None.
+        amount: credits moved, always positive.
+        remaining_credits: the account's remaining credits right after it.
+        from_team_pool: True when a member's debit was taken from the team admin's pool.
+        replayed: True when an earlier call with the same idempotency key is being returned.
+    """
+
+    log_id: int
+    account_user_id: UUID
+    actor_user_id: UUID | None
+    amount: int
+    remaining_credits: int
+    from_team_pool: bool
+    replayed: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CreditOperation:
+        """Build from the jsonb debit_credits/grant_credits/refund_credits return."""
+        account = _uuid(data["account_user_id"])
+        assert account is not None
+        return cls(
+            log_id=int(data["log_id"]),
+            account_user_id=account,
+            actor_user_id=_uuid(data.get("actor_user_id")),
+            amount=int(data["amount"]),
+            remaining_credits=int(data["remaining_credits"]),
+            from_team_pool=bool(data["from_team_pool"]),
+            replayed=bool(data["replayed"]),
+        )
+
+
+@dataclass(frozen=True)
+class OwnBalance:
+    """An account's own balance row."""
+
+    total_credits: int
+    used_credits: int
+    remaining_credits: int
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What a user can spend: own balance, team pool, and ``spendable``.
+
+    ``spendable`` is the largest amount a single debit would accept right now.
+    """
+
+    user_id: UUID
+    own: OwnBalance | None
+    team_admin_id: UUID | None
+    team_pool_remaining: int | None
+    spendable: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Balance:
+        """Build from the jsonb ``get_credit_balance()`` returns."""
+        own = data.get("own")
+        user = _uuid(data["user_id"])
+        assert user is not None
+        pool = data.get("team_pool_remaining")
+        return cls(
+            user_id=user,
+            own=None if own is None else OwnBalance(
+                int(own["total_credits"]), int(own["used_credits"]), int(own["remaining_credits"])
+            ),
+            team_admin_id=_uuid(data.get("team_admin_id")),
+            team_pool_remaining=None if pool is None else int(pool),
+            spendable=int(data["spendable"]),
+        )
+
+
+@dataclass(frozen=True)
+class TeamMember:
+    """One member of a team admin's credit pool."""
+
+    team_admin_id: UUID
+    team_member_id: UUID
+    created_at: datetime
+
+    @classmethod
+    def list_from_json(cls, rows: list[Mapping[str, Any]]) -> list[TeamMember]:
+        """Build the list from a jsonb array of team_credit_sharing rows."""
+        return [
+            cls(UUID(r["team_admin_id"]), UUID(r["team_member_id"]),
+                datetime.fromisoformat(r["created_at"]))
+            for r in rows
+        ]
+
+
+@dataclass(frozen=True)
+class IntegrityProblem:
+    """One violated invariant reported by ``verify_credit_integrity()``."""
+
+    user_id: UUID | None
+    problem: str
+
+    @classmethod
+    def list_from_json(cls, rows: list[Mapping[str, Any]]) -> list[IntegrityProblem]:
+        """Build the list from a jsonb array of (user_id, problem)."""
+        return [cls(_uuid(r["user_id"]), str(r["problem"])) for r in rows]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of ``credit_usage_log``."""
+
+    id: int
+    user_id: UUID
+    actor_user_id: UUID | None
+    amount: int
+    type: str
+    source: str
+    description: str | None
+    idempotency_key: str | None
+    created_at: datetime
+
+    @classmethod
+    def list_from_json(cls, rows: list[Mapping[str, Any]]) -> list[LedgerEntry]:
+        """Build the list from a jsonb array of log rows."""
+        entries = []
+        for r in rows:
+            user = _uuid(r["user_id"])
+            assert user is not None
+            entries.append(cls(
+                id=int(r["id"]), user_id=user, actor_user_id=_uuid(r["actor_user_id"]),
+                amount=int(r["amount"]), type=str(r["type"]), source=str(r["source"]),
+                description=r["description"], idempotency_key=r["idempotency_key"],
+                created_at=datetime.fromisoformat(r["created_at"]),
+            ))
+        return entries
