@@ -123,3 +123,50 @@ def test_demo_without_a_url_uses_an_embedded_server() -> None:
     assert "embedded PostgreSQL" in result.stderr
     for expected in ("member", "350", "team_admin", "5000", "super_admin", "10000"):
         assert expected in result.stdout
+
+
+def test_spending_commands_end_to_end(db: Database) -> None:
+    with db.connect() as conn:
+        rows = conn.execute(
+            "INSERT INTO users (role) VALUES ('team_admin'), ('member') RETURNING id::text"
+        ).fetchall()
+    admin, member = rows[0][0], rows[1][0]
+    url = ("--url", db.url)
+    assert as_json(cli("team", "add", admin, member, "--json", *url)) == {"added": True}
+    [listed] = as_json(cli("team", "list", admin, "--json", *url))
+    assert listed["team_member_id"] == member
+    spent = as_json(cli("debit", member, "400", "--idempotency-key", "k", "--json", *url))
+    assert (spent["from_team_pool"], spent["account_user_id"]) == (True, admin)
+    replay = as_json(cli("debit", member, "400", "--idempotency-key", "k", "--json", *url))
+    assert replay["replayed"] is True and replay["log_id"] == spent["log_id"]
+    assert as_json(cli("grant", member, "10", "--json", *url))["remaining_credits"] == 360
+    balance = as_json(cli("balance", member, "--json", *url))
+    assert (balance["spendable"], balance["team_pool_remaining"]) == (4600, 4600)
+    history = as_json(cli("history", admin, "--limit", "1", "--json", *url))
+    assert [h["amount"] for h in history] == [-400]
+    assert "spendable now: 4600" in cli("balance", member, *url).stdout
+    assert as_json(cli("team", "remove", admin, member, "--json", *url)) == {"removed": True}
+    verify = cli("verify", "--json", *url)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["integrity"] == []
+
+
+def test_spending_errors_are_one_line(db: Database) -> None:
+    with db.connect() as conn:
+        row = conn.execute("INSERT INTO users (role) VALUES ('member') RETURNING id::text").fetchone()
+    assert row is not None
+    result = cli("debit", row[0], "351", "--url", db.url)
+    assert result.returncode == 1
+    assert result.stderr.startswith("credits-db: error: InsufficientCredits")
+    assert len(result.stderr.strip().splitlines()) == 1
+    bad = cli("grant", "nobody", "5", "--url", db.url)
+    assert bad.returncode == 1 and "InvalidArgument" in bad.stderr
+
+
+def test_verify_exits_1_when_integrity_is_broken(db: Database) -> None:
+    with db.connect() as conn:
+        conn.execute("INSERT INTO users (role) VALUES ('member')")
+        conn.execute("UPDATE user_credits SET total_credits = total_credits + 1")
+    result = cli("verify", "--url", db.url)
+    assert result.returncode == 1
+    assert "integrity: ok" not in result.stdout
+    assert "problem(s)" in result.stdout
