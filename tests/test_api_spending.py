@@ -28,7 +28,8 @@ def test_debit_grant_refund_balance_roundtrip(conn: Conn) -> None:
     refunded = credits_db.refund(conn, spent.log_id, description="oops")
     assert refunded.remaining_credits == 400
     balance = credits_db.balance(conn, user)
-    assert balance.own == credits_db.OwnBalance(400, 0, 400)
+    # A refund is a credit: total rises, used keeps the gross spend.
+    assert balance.own == credits_db.OwnBalance(500, 100, 400)
     assert (balance.team_admin_id, balance.team_pool_remaining, balance.spendable) == (
         None, None, 400)
     history = credits_db.history(conn, user, limit=2)

@@ -1,0 +1,80 @@
+-- Reverses one debit onto the account it came from (the team admin's for a
+-- pool debit). The log is append-only, so the refund is a new 'credit' row,
+-- source 'refund', whose refund_of names the debit; like every credit it
+-- raises total_credits, which keeps the ledger identities plain:
+-- total_credits = sum of credits, used_credits = -(sum of debits).
+--
+-- At most once: concurrent refunds of one debit queue on the account's
+-- user_credits row lock, taken before the "already refunded?" look-up, so the
+-- second sees the first's committed row and answers CR008; the UNIQUE
+-- constraint on refund_of backs this up whatever the path.
+--
+-- A NULL, unknown or non-debit log id is CR008 (nothing refundable there). A
+-- debit whose account no longer exists (the user was deleted) is CR005.
+CREATE FUNCTION refund_credits(p_log_id bigint, p_description text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    v_debit     credit_usage_log;
+    v_prior     bigint;
+    v_remaining integer;
+    v_log_id    bigint;
+BEGIN
+    IF p_log_id IS NULL THEN
+        RAISE EXCEPTION 'nothing to refund: p_log_id is NULL' USING ERRCODE = 'CR008';
+    END IF;
+
+    SELECT l.* INTO v_debit FROM credit_usage_log l WHERE l.id = p_log_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'nothing to refund: no log entry %', p_log_id USING ERRCODE = 'CR008';
+    END IF;
+    IF v_debit.type <> 'debit' THEN
+        RAISE EXCEPTION 'log entry % is not a debit', p_log_id
+            USING ERRCODE = 'CR008',
+                  DETAIL = format('entry %s is a %s (source %s); only debits can be refunded',
+                                  p_log_id, v_debit.type, v_debit.source);
+    END IF;
+
+    PERFORM 1 FROM user_credits uc WHERE uc.user_id = v_debit.user_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown user %: the account of log entry % no longer exists',
+            v_debit.user_id, p_log_id USING ERRCODE = 'CR005';
+    END IF;
+
+    SELECT l.id INTO v_prior FROM credit_usage_log l WHERE l.refund_of = p_log_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'log entry % was already refunded', p_log_id
+            USING ERRCODE = 'CR008', DETAIL = format('refund entry %s', v_prior);
+    END IF;
+
+    -- v_debit.amount is negative: subtracting it adds the refund, refused (not
+    -- wrapped) if the total would pass the integer range.
+    UPDATE user_credits
+    SET total_credits = total_credits - v_debit.amount, last_updated = now()
+    WHERE user_id = v_debit.user_id AND total_credits <= 2147483647 + v_debit.amount
+    RETURNING remaining_credits INTO v_remaining;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'invalid amount %: total_credits would exceed 2147483647', -v_debit.amount
+            USING ERRCODE = 'CR006';
+    END IF;
+
+    INSERT INTO credit_usage_log
+        (user_id, actor_user_id, amount, type, source, description, refund_of)
+    VALUES (v_debit.user_id, v_debit.actor_user_id, -v_debit.amount, 'credit', 'refund',
+            coalesce(p_description, format('refund of entry %s', p_log_id)), p_log_id)
+    RETURNING id INTO v_log_id;
+
+    RETURN jsonb_build_object(
+        'log_id', v_log_id, 'account_user_id', v_debit.user_id,
+        'actor_user_id', v_debit.actor_user_id, 'amount', -v_debit.amount,
+        'remaining_credits', v_remaining,
+        'from_team_pool', v_debit.actor_user_id IS NOT NULL, 'replayed', false);
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION refund_credits(bigint, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION refund_credits(bigint, text) IS
+    'Reverse one debit onto its account (a refund credit: total_credits increases). CR008 if not a debit or already refunded.';

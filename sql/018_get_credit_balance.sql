@@ -1,0 +1,43 @@
+-- What a user can spend right now. One statement, so own balance, pool
+-- membership and pool balance come from one snapshot and agree with each
+-- other. spendable is the largest amount a single debit_credits call would
+-- accept: debits are never split, so it is the larger of the two balances,
+-- not their sum. A NULL id is an unknown user (CR005).
+CREATE FUNCTION get_credit_balance(p_user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    SELECT jsonb_build_object(
+        'user_id', u.id,
+        'own', CASE WHEN own.user_id IS NULL THEN NULL
+                    ELSE jsonb_build_object('total_credits', own.total_credits,
+                                            'used_credits', own.used_credits,
+                                            'remaining_credits', own.remaining_credits)
+               END,
+        'team_admin_id', t.team_admin_id,
+        'team_pool_remaining', pool.remaining_credits,
+        'spendable', coalesce(greatest(own.remaining_credits, pool.remaining_credits), 0)
+    )
+    INTO v_result
+    FROM users u
+    LEFT JOIN user_credits own ON own.user_id = u.id
+    LEFT JOIN team_credit_sharing t ON t.team_member_id = u.id
+    LEFT JOIN user_credits pool ON pool.user_id = t.team_admin_id
+    WHERE u.id = p_user_id;
+
+    IF v_result IS NULL THEN
+        RAISE EXCEPTION 'unknown user %', coalesce(p_user_id::text, 'NULL') USING ERRCODE = 'CR005';
+    END IF;
+    RETURN v_result;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION get_credit_balance(uuid) FROM PUBLIC;
+
+COMMENT ON FUNCTION get_credit_balance(uuid) IS
+    'Own balance, team pool and spendable (the largest single debit accepted now) of one user; CR005 if unknown.';

@@ -1,0 +1,85 @@
+-- Every invariant the spending functions rely on, checked from scratch against
+-- the ledger; one row per violation, none when all hold. It reads without
+-- locking, from one snapshot, so it can run beside live traffic.
+--
+-- The ledger identities (a refund is a credit like any other):
+--   remaining_credits = sum(amount)
+--   total_credits     = sum of credits
+--   used_credits      = -(sum of debits)
+-- Only accounts that still have a balance row are compared: a deleted user's
+-- log rows stay as the audit trail, with nothing to compare them to.
+CREATE FUNCTION verify_credit_integrity() RETURNS TABLE (user_id uuid, problem text)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, public
+AS $$
+    WITH sums AS (
+        SELECT uc.user_id, uc.total_credits, uc.used_credits, uc.remaining_credits,
+               coalesce(s.total, 0) AS log_total,
+               coalesce(s.granted, 0) AS log_granted,
+               coalesce(s.spent, 0) AS log_spent
+        FROM user_credits uc
+        LEFT JOIN (
+            SELECT l.user_id,
+                   sum(l.amount) AS total,
+                   sum(l.amount) FILTER (WHERE l.type = 'credit') AS granted,
+                   -sum(l.amount) FILTER (WHERE l.type = 'debit') AS spent
+            FROM credit_usage_log l
+            GROUP BY l.user_id
+        ) s ON s.user_id = uc.user_id
+    ),
+    pools AS (
+        SELECT t.team_admin_id, count(*) AS members, u.role,
+               coalesce(rc.team_member_limit, fallback.team_member_limit, 0) AS member_limit
+        FROM team_credit_sharing t
+        JOIN users u ON u.id = t.team_admin_id
+        LEFT JOIN role_credits rc ON rc.role = u.role
+        LEFT JOIN role_credits fallback ON fallback.role = 'member'
+        GROUP BY t.team_admin_id, u.role, rc.team_member_limit, fallback.team_member_limit
+    )
+    SELECT s.user_id, format('remaining_credits %s <> sum of log amounts %s',
+                             s.remaining_credits, s.log_total)
+    FROM sums s WHERE s.remaining_credits IS DISTINCT FROM s.log_total
+    UNION ALL
+    SELECT s.user_id, format('total_credits %s <> sum of credits %s',
+                             s.total_credits, s.log_granted)
+    FROM sums s WHERE s.total_credits <> s.log_granted
+    UNION ALL
+    SELECT s.user_id, format('used_credits %s <> sum of debits %s',
+                             s.used_credits, s.log_spent)
+    FROM sums s WHERE s.used_credits <> s.log_spent
+    UNION ALL
+    SELECT s.user_id, format('negative balance: total %s, used %s, remaining %s',
+                             s.total_credits, s.used_credits, s.remaining_credits)
+    FROM sums s
+    WHERE s.total_credits < 0 OR s.used_credits < 0 OR s.remaining_credits < 0
+    UNION ALL
+    SELECT r.user_id, format('refund entry %s does not reverse entry %s (%s)', r.id, r.refund_of,
+                             CASE WHEN d.type <> 'debit' THEN 'not a debit'
+                                  WHEN d.user_id <> r.user_id THEN 'another account'
+                                  WHEN r.type <> 'credit' THEN 'refund is not a credit'
+                                  ELSE format('amount %s, debit %s', r.amount, d.amount)
+                             END)
+    FROM credit_usage_log r
+    JOIN credit_usage_log d ON d.id = r.refund_of
+    WHERE (d.type <> 'debit' OR d.user_id <> r.user_id OR r.type <> 'credit'
+           OR r.amount <> -d.amount)
+      AND EXISTS (SELECT 1 FROM user_credits uc WHERE uc.user_id = r.user_id)
+    UNION ALL
+    SELECT p.team_admin_id, format('team pool has %s members; role %s allows %s',
+                                   p.members, coalesce(quote_literal(p.role), 'NULL'),
+                                   p.member_limit)
+    FROM pools p WHERE p.member_limit > 0 AND p.members > p.member_limit
+    UNION ALL
+    SELECT t.team_member_id, format('member of the team of %s, whose role %s allows no team',
+                                    t.team_admin_id, coalesce(quote_literal(p.role), 'NULL'))
+    FROM team_credit_sharing t
+    JOIN pools p ON p.team_admin_id = t.team_admin_id
+    WHERE p.member_limit = 0
+$$;
+
+REVOKE EXECUTE ON FUNCTION verify_credit_integrity() FROM PUBLIC;
+
+COMMENT ON FUNCTION verify_credit_integrity() IS
+    'One row per broken invariant (balance vs ledger, negative values, bad refunds, pools over their cap or without a team role); no rows when all hold.';
