@@ -1,6 +1,10 @@
 -- One balance per account. remaining_credits is derived, never written, so it
 -- cannot disagree with total and used; the CHECKs make an overdraft or a
 -- negative grant impossible whatever code path writes the row.
+--
+-- The foreign key takes a SHARE ROW EXCLUSIVE lock on the host's users table
+-- for the instant of this CREATE TABLE (nothing to scan: the table is new);
+-- writes to users wait that long, reads never do.
 CREATE TABLE user_credits (
     user_id           uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
     total_credits     integer NOT NULL

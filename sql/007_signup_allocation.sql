@@ -48,6 +48,8 @@ BEGIN
 END
 $$;
 
+-- CREATE TRIGGER takes a SHARE ROW EXCLUSIVE lock on the host's users table
+-- for an instant (no scan): signups wait that long, reads never do.
 CREATE TRIGGER users_allocate_credits
     AFTER INSERT ON users
     REFERENCING NEW TABLE AS new_users

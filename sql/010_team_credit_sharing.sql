@@ -3,6 +3,9 @@
 -- pool is the admin's user_credits row itself, so there is no second balance to
 -- keep in step. A member belongs to at most one pool (UNIQUE), so a debit never
 -- has to choose between pools. Deleting either user ends the membership.
+--
+-- Its two foreign keys lock the host's users table against writes for the
+-- instant of this CREATE TABLE (SHARE ROW EXCLUSIVE; nothing to scan).
 CREATE TABLE team_credit_sharing (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     team_admin_id  uuid NOT NULL
@@ -18,6 +21,8 @@ CREATE TABLE team_credit_sharing (
 
 -- Counting a pool's members (the cap check in add_team_member) and the cascade
 -- when an admin is deleted are both lookups by admin.
+-- The table is created empty just above: nothing to block.
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX team_credit_sharing_admin_idx ON team_credit_sharing (team_admin_id);
 
 REVOKE ALL ON team_credit_sharing FROM PUBLIC;

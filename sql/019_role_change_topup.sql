@@ -74,6 +74,8 @@ BEGIN
 END
 $$;
 
+-- Like the signup trigger, creating it locks users against writes for an
+-- instant (SHARE ROW EXCLUSIVE, no scan).
 CREATE TRIGGER users_topup_credits_on_role_change
     AFTER UPDATE OF role ON users
     FOR EACH ROW

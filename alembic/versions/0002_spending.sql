@@ -6,6 +6,9 @@
 -- pool is the admin's user_credits row itself, so there is no second balance to
 -- keep in step. A member belongs to at most one pool (UNIQUE), so a debit never
 -- has to choose between pools. Deleting either user ends the membership.
+--
+-- Its two foreign keys lock the host's users table against writes for the
+-- instant of this CREATE TABLE (SHARE ROW EXCLUSIVE; nothing to scan).
 CREATE TABLE team_credit_sharing (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     team_admin_id  uuid NOT NULL
@@ -21,6 +24,8 @@ CREATE TABLE team_credit_sharing (
 
 -- Counting a pool's members (the cap check in add_team_member) and the cascade
 -- when an admin is deleted are both lookups by admin.
+-- The table is created empty just above: nothing to block.
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX team_credit_sharing_admin_idx ON team_credit_sharing (team_admin_id);
 
 REVOKE ALL ON team_credit_sharing FROM PUBLIC;
@@ -35,14 +40,24 @@ COMMENT ON TABLE team_credit_sharing IS
 -- to the debit it reverses. UNIQUE makes "refunded at most once" a property of
 -- the table rather than of the code path that writes it; the column is nullable
 -- without a default, so adding it does not rewrite the log.
+--
+-- Heavy lock, on purpose: building the UNIQUE index (and the new foreign key,
+-- which has nothing to validate) holds ACCESS EXCLUSIVE on the log for one
+-- scan of it. CONCURRENTLY cannot run inside the revision's transaction, and
+-- an upgrade that half-applies is worse than a short pause of credit writes:
+-- on a large ledger, run this upgrade in a quiet window.
 ALTER TABLE credit_usage_log
     ADD COLUMN refund_of bigint
+        -- squawk-ignore adding-foreign-key-constraint
         CONSTRAINT credit_usage_log_refund_of_fkey REFERENCES credit_usage_log (id)
+        -- squawk-ignore disallowed-unique-constraint
         CONSTRAINT credit_usage_log_refund_of_unique UNIQUE;
 
 -- An idempotency key is scoped to the account the entry was written to: the
 -- index both finds a replay and guarantees that two racing calls cannot both
 -- write. Rows without a key (the common case) are not indexed at all.
+-- Same quiet window as above.
+-- squawk-ignore require-concurrent-index-creation
 CREATE UNIQUE INDEX credit_usage_log_idempotency_key_idx
     ON credit_usage_log (user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -51,6 +66,8 @@ CREATE UNIQUE INDEX credit_usage_log_idempotency_key_idx
 -- the member as actor. Finding it again by the member (the replay check) must
 -- not depend on the member still being in that pool, or a retry after leaving
 -- the team would debit a second time.
+-- Same quiet window as above.
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX credit_usage_log_actor_idempotency_key_idx
     ON credit_usage_log (actor_user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL AND actor_user_id IS NOT NULL;
@@ -747,6 +764,8 @@ BEGIN
 END
 $$;
 
+-- Like the signup trigger, creating it locks users against writes for an
+-- instant (SHARE ROW EXCLUSIVE, no scan).
 CREATE TRIGGER users_topup_credits_on_role_change
     AFTER UPDATE OF role ON users
     FOR EACH ROW
