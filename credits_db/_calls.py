@@ -12,6 +12,7 @@ from typing import Any, Generic, LiteralString, TypeVar
 from uuid import UUID
 
 from credits_db._queries import QUERIES
+from credits_db.errors import AlreadyRefunded, CreditsError, InvalidAmount, InvalidArgument
 from credits_db.models import (
     AllocationReport,
     BackfillSummary,
@@ -36,6 +37,7 @@ class Call(Generic[T]):
 
 def backfill(*, dry_run: bool, limit: int | None) -> Call[BackfillSummary]:
     """``backfill_user_credits(p_dry_run, p_limit)``."""
+    _int4(limit, "limit", InvalidArgument)
     return Call(
         QUERIES["backfill"], {"dry_run": dry_run, "limit": limit}, BackfillSummary.from_json
     )
@@ -50,8 +52,20 @@ UserId = UUID | str
 """A user id: a UUID or its text form."""
 
 
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+
+
+def _int4(value: int | None, name: str, error: type[CreditsError]) -> int | None:
+    # PostgreSQL would resolve a bigint argument to no function at all (42883);
+    # name the real problem instead.
+    if value is not None and not INT4_MIN <= value <= INT4_MAX:
+        raise error(f"{name} {value} is outside the integer range (at most {INT4_MAX})")
+    return value
+
+
 def _credit_params(user_id: UserId, amount: int, source: str, description: str | None,
                    idempotency_key: str | None) -> dict[str, Any]:
+    _int4(amount, "amount", InvalidAmount)
     return {"user_id": str(user_id), "amount": amount, "source": source,
             "description": description, "idempotency_key": idempotency_key}
 
@@ -74,6 +88,8 @@ def grant(user_id: UserId, amount: int, *, source: str, description: str | None,
 
 def refund(log_id: int, *, description: str | None) -> Call[CreditOperation]:
     """``refund_credits(p_log_id, p_description)``."""
+    if not -(2**63) <= log_id < 2**63:
+        raise AlreadyRefunded(f"log entry {log_id} does not exist")
     return Call(QUERIES["refund"], {"log_id": log_id, "description": description},
                 CreditOperation.from_json)
 
@@ -110,5 +126,6 @@ def verify() -> Call[list[IntegrityProblem]]:
 
 def history(user_id: UserId, *, limit: int) -> Call[list[LedgerEntry]]:
     """One account's ``credit_usage_log`` rows, newest first."""
+    _int4(limit, "limit", InvalidArgument)
     return Call(QUERIES["history"], {"user_id": str(user_id), "limit": limit},
                 LedgerEntry.list_from_json)

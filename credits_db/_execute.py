@@ -4,17 +4,26 @@ Accepted: a psycopg ``Connection`` or ``AsyncConnection``, a SQLAlchemy
 ``Connection`` or ``Engine``. A connection joins the caller's transaction (the
 caller commits, or uses autocommit); an Engine gets its own transaction,
 committed before the call returns.
+
+When the connection breaks, :class:`~credits_db.errors.ConnectionLost` says
+whether the call may have committed (``outcome_unknown``). That is decided from
+the connection's state *before* the statement is sent, since a broken
+connection may no longer tell: only a statement sent in autocommit mode,
+outside any transaction block, commits by itself.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, TypeVar, Union
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
 
 from credits_db._calls import Call
-from credits_db.errors import ConnectionLost, translate
+from credits_db.errors import translate
 
 T = TypeVar("T")
 
@@ -25,12 +34,8 @@ SyncConnection = Union[psycopg.Connection[Any], sa.Connection, sa.Engine]  # noq
 _Connection = Union[psycopg.Connection[Any], psycopg.AsyncConnection[Any], sa.Connection]  # noqa: UP007
 
 
-def _raise_translated(exc: Exception, conn: _Connection) -> None:
-    translated = translate(exc)
-    if isinstance(translated, ConnectionLost) and not _autocommit(conn):
-        # Inside an uncommitted transaction the server rolls back when the
-        # connection drops: nothing of this call can have been committed.
-        translated.outcome_unknown = False
+def _raise_translated(exc: Exception, *, may_have_committed: bool) -> None:
+    translated = translate(exc, may_have_committed=may_have_committed)
     if translated is exc:
         raise exc
     raise translated from exc
@@ -39,35 +44,69 @@ def _raise_translated(exc: Exception, conn: _Connection) -> None:
 def run(conn: SyncConnection, call: Call[T]) -> T:
     """Execute ``call`` and parse its single result value."""
     if isinstance(conn, sa.Engine):
-        with conn.begin() as connection:
-            return run(connection, call)
+        return _run_on_engine(conn, call)
+    may_commit = _may_commit(conn)
     try:
         if isinstance(conn, sa.Connection):
             value = conn.exec_driver_sql(call.query, dict(call.params)).scalar_one()
         else:
-            row = conn.execute(call.query, call.params).fetchone()
+            # A cursor of our own: the caller's row factory (dict_row...) stays theirs.
+            row = conn.cursor(row_factory=tuple_row).execute(call.query, call.params).fetchone()
             assert row is not None
             value = row[0]
     except (psycopg.Error, sa.exc.DBAPIError) as exc:
-        _raise_translated(exc, conn)
+        _raise_translated(exc, may_have_committed=may_commit)
         raise  # pragma: no cover - _raise_translated always raises
     return call.parse(value)
 
 
+def _run_on_engine(engine: sa.Engine, call: Call[T]) -> T:
+    """``call`` in a transaction of its own; a connection lost at COMMIT leaves it unknown."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            result = run(connection, call)  # in the transaction: cannot have committed
+        except BaseException:
+            # The server rolls back a transaction whose connection is gone.
+            with suppress(sa.exc.DBAPIError):
+                transaction.rollback()
+            raise
+        try:
+            transaction.commit()
+        except sa.exc.DBAPIError as exc:
+            _raise_translated(exc, may_have_committed=True)
+        return result
+
+
 async def arun(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:
     """Execute ``call`` on an async psycopg connection and parse its single result value."""
+    may_commit = _may_commit(conn)
     try:
-        cursor = await conn.execute(call.query, call.params)
+        cursor = conn.cursor(row_factory=tuple_row)
+        await cursor.execute(call.query, call.params)
         row = await cursor.fetchone()
         assert row is not None
     except psycopg.Error as exc:
-        _raise_translated(exc, conn)
+        _raise_translated(exc, may_have_committed=may_commit)
         raise  # pragma: no cover
     return call.parse(row[0])
 
 
-def _autocommit(conn: _Connection) -> bool:
+def _may_commit(conn: _Connection) -> bool:
+    """Whether a statement sent now on ``conn`` could commit by itself.
+
+    Only in autocommit mode and outside a transaction block. A connection that
+    is closed already sends nothing, so nothing can commit either.
+    """
+    driver: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
     if isinstance(conn, sa.Connection):
+        if conn.closed or conn.invalidated:
+            return False
         driver = getattr(conn.connection, "driver_connection", None)
-        return bool(getattr(driver, "autocommit", False))
-    return conn.autocommit
+        if not isinstance(driver, psycopg.Connection | psycopg.AsyncConnection):
+            return True  # another driver: assume the worst
+    else:
+        driver = conn
+    if driver.closed:
+        return False
+    return driver.autocommit and driver.info.transaction_status == TransactionStatus.IDLE

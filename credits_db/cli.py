@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.resources import files
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import sqlalchemy.exc
@@ -36,6 +36,14 @@ DEMO_ROLES: tuple[str | None, ...] = (
 
 class UsageError(Exception):
     """A mistake in how the command was called (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see {self.prog} --help)")
+        sys.exit(2)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,8 +168,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    if args.batch_size is not None and not 1 <= args.batch_size <= 2**31 - 1:
+        raise UsageError("--batch-size must be between 1 and 2147483647")
     with _connect(_resolve_url(args)) as conn:
         if args.dry_run or args.batch_size is None:
             summary = credits_db.backfill(conn, dry_run=args.dry_run)
@@ -324,17 +332,31 @@ def _demo(server_url: str, *, json_output: bool) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from credits_db.api import serve
+    except ImportError as exc:
+        raise UsageError(f"the HTTP API needs its extra: pip install 'credits-db[api]' ({exc})"
+                         ) from exc
+    url = args.url or urls.from_environment()
+    try:
+        serve(urls.to_libpq(url) if url else None, args.host, args.port)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--url", help="database URL (postgresql://...); default: $DATABASE_URL")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
-    parser = argparse.ArgumentParser(prog="credits-db", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="credits-db", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str
             ) -> argparse.ArgumentParser:
@@ -372,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("user")
     history.add_argument("--limit", type=int, default=20)
     add("demo", cmd_demo, "run a demo (embedded PostgreSQL unless --url/DATABASE_URL)")
+    serve = add("serve", cmd_serve, "run the example HTTP API and admin page "
+                "(embedded PostgreSQL with demo users unless --url/DATABASE_URL)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     return parser
 
 

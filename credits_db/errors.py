@@ -119,10 +119,19 @@ class ConnectionLost(CreditsError):
 
     ``outcome_unknown`` is True when the failure may have happened after the
     server committed: retry with the same idempotency key to find out safely.
+    It is False when the call ran inside a transaction that had not committed
+    (the server rolls an open transaction back when its connection ends) or
+    when the connection was already closed before the call was sent.
     """
 
-    def __init__(self, message: str | None = None, *, outcome_unknown: bool = True) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        outcome_unknown: bool = True,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate)
         self.outcome_unknown = outcome_unknown
 
 
@@ -154,25 +163,75 @@ _RETRYABLE = {
     "57014",  # query_canceled (statement_timeout)
 }
 
-SQLSTATES: dict[str, type[CreditsError]] = dict(_BY_SQLSTATE) | dict.fromkeys(
-    _RETRYABLE, RetryableError
+# The server ends the session with these (a FATAL error), so the connection is
+# gone; any other SQLSTATE of class 08 (connection_exception) is treated alike.
+_CONNECTION_LOST = {
+    "57P01",  # admin_shutdown (pg_terminate_backend, a fast shutdown)
+    "57P02",  # crash_shutdown (another backend crashed)
+    "57P03",  # cannot_connect_now (the server is starting or stopping)
+    "57P04",  # database_dropped
+    "57P05",  # idle_session_timeout
+    "25P03",  # idle_in_transaction_session_timeout
+    "08000",  # connection_exception
+    "08003",  # connection_does_not_exist
+    "08006",  # connection_failure
+    "08007",  # transaction_resolution_unknown
+    "08P01",  # protocol_violation
+}
+
+SQLSTATES: dict[str, type[CreditsError]] = (
+    dict(_BY_SQLSTATE)
+    | dict.fromkeys(_RETRYABLE, RetryableError)
+    | dict.fromkeys(_CONNECTION_LOST, ConnectionLost)
 )
-"""Every SQLSTATE credits-db translates, and the exception it becomes."""
+"""Every SQLSTATE credits-db translates, and the exception it becomes.
+
+Besides these, any SQLSTATE of class 08, and a psycopg ``OperationalError``
+without a SQLSTATE (the socket closed without a word from the server, or the
+connection was closed already), become :class:`ConnectionLost`.
+"""
 
 
-def translate(exc: BaseException) -> BaseException:
-    """The credits-db exception for a database error, or ``exc`` itself when unmapped."""
+def _is_connection_lost(error: psycopg.Error) -> bool:
+    if error.sqlstate is None:
+        return isinstance(error, psycopg.OperationalError)
+    return error.sqlstate in _CONNECTION_LOST or error.sqlstate.startswith("08")
+
+
+def translate(exc: BaseException, *, may_have_committed: bool = True) -> BaseException:
+    """The credits-db exception for a database error, or ``exc`` itself when unmapped.
+
+    ``may_have_committed`` says whether the failed call could have committed
+    on its own (an autocommit call, or a COMMIT): it becomes
+    ``ConnectionLost.outcome_unknown`` when the connection was lost.
+    """
     original = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
-    if isinstance(original, psycopg.OperationalError) and original.sqlstate is None:
-        return ConnectionLost(f"connection lost: {original}".strip())
-    if not isinstance(original, psycopg.Error) or original.sqlstate is None:
+    if not isinstance(original, psycopg.Error):
+        return exc
+    first_line = (str(original).strip().splitlines() or [type(original).__name__])[0]
+    if _is_connection_lost(original):
+        outcome = (
+            "the call may have committed: retry with the same idempotency key to find out"
+            if may_have_committed
+            else "its transaction had not committed and was rolled back"
+        )
+        return ConnectionLost(
+            f"connection lost ({first_line}); {outcome}",
+            outcome_unknown=may_have_committed,
+            sqlstate=original.sqlstate,
+        )
+    if original.sqlstate is None:
         return exc
     cls = SQLSTATES.get(original.sqlstate)
     if cls is None:
         return exc
     diag = original.diag
+    message = diag.message_primary or first_line
+    if cls is RetryableError:
+        message = (f"{message} (retryable: this call changed nothing; "
+                   "retry it, with the same idempotency key)")
     return cls(
-        diag.message_primary or None,
+        message,
         sqlstate=original.sqlstate,
         detail=diag.message_detail,
         hint=diag.message_hint,

@@ -82,7 +82,7 @@ def test_verify_reports_users_with_and_without_credits(db: Database) -> None:
         (("verify", "--url", "mysql://x@y/z"), {}, "not a PostgreSQL URL"),
         (("verify", "--url", "postgresql://nobody@127.0.0.1:1/none"), {}, "error: database:"),
         (("backfill", "--batch-size", "0", "--url", "postgresql://x@127.0.0.1:1/y"), {},
-         "--batch-size must be at least 1"),
+         "--batch-size must be between 1 and 2147483647"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args: tuple[str, ...], env: dict[str, str],
