@@ -1,0 +1,39 @@
+-- Reads used by the HTTP API (credits_db/api.py) that the core API has no call for.
+-- Sections are named "-- name: <query>" and loaded with credits_db._queries.parse.
+
+-- name: recent_usage
+-- The caller's recent ledger rows: their own account's rows (for a team admin these
+-- include the members' pool debits, actor_user_id = the member) and the pool debits
+-- they caused on their team admin's account. Newest first, at most %(limit)s.
+-- Two branches so the first uses the (user_id, created_at DESC, id DESC) index.
+SELECT coalesce(jsonb_agg(to_jsonb(entry) ORDER BY entry.created_at DESC, entry.id DESC),
+                '[]'::jsonb)
+FROM (
+    SELECT *
+    FROM (
+        (SELECT id, user_id, actor_user_id, amount, type, source, description,
+                idempotency_key, created_at
+         FROM credit_usage_log
+         WHERE user_id = %(user_id)s
+         ORDER BY created_at DESC, id DESC
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id, user_id, actor_user_id, amount, type, source, description,
+                idempotency_key, created_at
+         FROM credit_usage_log
+         WHERE actor_user_id = %(user_id)s AND user_id <> %(user_id)s
+         ORDER BY created_at DESC, id DESC
+         LIMIT %(limit)s)
+    ) AS both_branches
+    ORDER BY created_at DESC, id DESC
+    LIMIT %(limit)s
+) AS entry;
+
+-- name: team_member_limit
+-- How many members the user's role allows in their pool, as add_team_member counts
+-- it: a NULL or unknown role has the member row's limit; 0 for a missing user.
+SELECT coalesce((SELECT coalesce(rc.team_member_limit, fallback.team_member_limit, 0)
+                 FROM users AS u
+                 LEFT JOIN role_credits AS rc ON rc.role = u.role
+                 LEFT JOIN role_credits AS fallback ON fallback.role = 'member'
+                 WHERE u.id = %(user_id)s), 0);
