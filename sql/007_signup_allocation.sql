@@ -9,7 +9,7 @@
 CREATE FUNCTION credits_allocate_on_signup() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
     BEGIN

@@ -28,7 +28,7 @@ CREATE FUNCTION backfill_user_credits(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_report jsonb;

@@ -4,7 +4,7 @@ CREATE FUNCTION credit_allocation_report() RETURNS jsonb
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
     WITH per_user AS (
         SELECT u.role, uc.user_id IS NOT NULL AS has_credits,

@@ -8,7 +8,7 @@ CREATE FUNCTION credits_replayed_result(p_entry credit_usage_log) RETURNS jsonb
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
     SELECT jsonb_build_object(
         'log_id', p_entry.id,

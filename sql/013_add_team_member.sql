@@ -19,7 +19,7 @@
 CREATE FUNCTION add_team_member(p_team_admin_id uuid, p_team_member_id uuid) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_admin_role   text;

@@ -6,7 +6,7 @@
 CREATE FUNCTION remove_team_member(p_team_admin_id uuid, p_team_member_id uuid) RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 BEGIN
     IF p_team_admin_id IS NULL OR p_team_member_id IS NULL THEN

@@ -21,8 +21,19 @@
 -- find the winner's entry; a key taken on the account by someone else (another
 -- member of the same pool, or a grant) is CR007.
 --
--- Argument errors, checked in this order: NULL user CR005, NULL or non-positive
--- amount CR006, NULL or empty source 22023, empty key 22023.
+-- Argument errors, checked in this order (after the permission check below): NULL user CR005, NULL or non-positive
+-- amount CR006, NULL or empty source 22023, empty or over-255-character key 22023.
+--
+-- Permission (revision 0003): a caller who is a member of credits_admin (a
+-- superuser counts as a member) may debit any account; anyone else only their
+-- own, credits_current_user_id(), else 42501 (a NULL p_user_id included). The
+-- function runs as its owner (SECURITY DEFINER changes current_user), but not
+-- the `role` setting: the calling role is that setting, or session_user when
+-- no SET ROLE is in effect. A nested caller (another SECURITY DEFINER function
+-- calling this one) is therefore judged by the session's role, not by that
+-- function's owner. The role lookup runs first: it is a cached catalog check
+-- (about 0.3 us), while credits_current_user_id() costs about 2 us (a call
+-- with a pinned search_path), so an admin caller never pays for the latter.
 CREATE FUNCTION debit_credits(
     p_user_id         uuid,
     p_amount          integer,
@@ -32,7 +43,7 @@ CREATE FUNCTION debit_credits(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_log_id    bigint;
@@ -43,9 +54,23 @@ DECLARE
     v_pool      integer;
     v_result    jsonb;
 BEGIN
+    IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
+                       'credits_admin', 'MEMBER')
+       AND (p_user_id = credits_current_user_id()) IS NOT TRUE THEN
+        RAISE EXCEPTION 'permission denied: may not spend the credits of user %',
+            coalesce(p_user_id::text, 'NULL')
+            USING ERRCODE = '42501',
+                  DETAIL = format('caller %s is user %s and not a member of credits_admin',
+                                  coalesce(nullif(current_setting('role'), 'none'), session_user),
+                                  coalesce(credits_current_user_id()::text, 'NULL')),
+                  HINT = 'A credits_user may debit only its own account (credits_current_user_id()).';
+    END IF;
+
     -- The hot path: one statement. Its WHERE also refuses invalid arguments (a
     -- NULL matches nothing), so they cost nothing here and are named below.
-    IF p_idempotency_key IS NULL THEN
+    -- p_amount > 0 also keeps -p_amount (folded when the statement is planned)
+    -- from overflowing for -2^31: that amount is named as CR006 below.
+    IF p_idempotency_key IS NULL AND p_amount > 0 THEN
         WITH debited AS (
             UPDATE user_credits
             SET used_credits = used_credits + p_amount, last_updated = now()
@@ -76,8 +101,10 @@ BEGIN
             coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
     ELSIF p_source IS NULL OR p_source = '' THEN
         RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
-    ELSIF p_idempotency_key = '' THEN
-        RAISE EXCEPTION 'p_idempotency_key must be NULL or non-empty' USING ERRCODE = '22023';
+    ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
+        -- A longer key might not fit the unique index (54000): refuse it by name.
+        RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
+            USING ERRCODE = '22023';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
@@ -182,4 +209,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION debit_credits(uuid, integer, text, text, text) FROM PUBLIC;
 
 COMMENT ON FUNCTION debit_credits(uuid, integer, text, text, text) IS
-    'Spend p_amount from the own account, else wholly from the team pool; CR001 if neither can pay. Keyed calls replay (replayed = true) instead of spending twice.';
+    'Spend p_amount from the own account, else wholly from the team pool; CR001 if neither can pay. Keyed calls replay (replayed = true) instead of spending twice. Only credits_admin members may debit another user''s account (else 42501).';

@@ -15,7 +15,7 @@
 -- different type, amount or source is CR007.
 --
 -- Argument errors, checked in this order: NULL user CR005, NULL or
--- non-positive amount CR006, NULL or empty source 22023, empty key 22023,
+-- non-positive amount CR006, NULL or empty source 22023, empty or over-255-character key 22023,
 -- then the key's replay, then unknown user CR005, then overflow CR006.
 CREATE FUNCTION grant_credits(
     p_user_id         uuid,
@@ -26,7 +26,7 @@ CREATE FUNCTION grant_credits(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_log_id    bigint;
@@ -41,8 +41,10 @@ BEGIN
             coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
     ELSIF p_source IS NULL OR p_source = '' THEN
         RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
-    ELSIF p_idempotency_key = '' THEN
-        RAISE EXCEPTION 'p_idempotency_key must be NULL or non-empty' USING ERRCODE = '22023';
+    ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
+        -- A longer key might not fit the unique index (54000): refuse it by name.
+        RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
+            USING ERRCODE = '22023';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN

@@ -3,15 +3,27 @@
 -- other. spendable is the largest amount a single debit_credits call would
 -- accept: debits are never split, so it is the larger of the two balances,
 -- not their sum. A NULL id is an unknown user (CR005).
+--
+-- Permission (revision 0003): as debit_credits, a caller outside credits_admin
+-- may read only their own balance, credits_current_user_id(), else 42501.
 CREATE FUNCTION get_credit_balance(p_user_id uuid) RETURNS jsonb
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_result jsonb;
 BEGIN
+    IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
+                       'credits_admin', 'MEMBER')
+       AND (p_user_id = credits_current_user_id()) IS NOT TRUE THEN
+        RAISE EXCEPTION 'permission denied: may not read the balance of user %',
+            coalesce(p_user_id::text, 'NULL')
+            USING ERRCODE = '42501',
+                  HINT = 'A credits_user may read only its own balance (credits_current_user_id()).';
+    END IF;
+
     SELECT jsonb_build_object(
         'user_id', u.id,
         'own', CASE WHEN own.user_id IS NULL THEN NULL
@@ -40,4 +52,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION get_credit_balance(uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION get_credit_balance(uuid) IS
-    'Own balance, team pool and spendable (the largest single debit accepted now) of one user; CR005 if unknown.';
+    'Own balance, team pool and spendable (the largest single debit accepted now) of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';

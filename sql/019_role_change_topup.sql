@@ -23,7 +23,7 @@
 CREATE FUNCTION credits_topup_on_role_change() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_increase bigint;

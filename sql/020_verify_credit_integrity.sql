@@ -12,7 +12,7 @@ CREATE FUNCTION verify_credit_integrity() RETURNS TABLE (user_id uuid, problem t
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public
+SET search_path = pg_catalog, public, pg_temp
 AS $$
     WITH sums AS (
         SELECT uc.user_id, uc.total_credits, uc.used_credits, uc.remaining_credits,

@@ -44,24 +44,7 @@ class Omit:
 
 OMIT = Omit()
 
-# --------------------------------------------------------------------------- known SQL bugs
-# Inputs on which a SQL function raises an undocumented SQLSTATE today. The fuzz
-# tolerates exactly these (and checks that they change nothing); each has a
-# strict xfail test below that pins the documented behaviour. Remove an entry
-# (and its xfail) when sql/ is fixed.
-
-KEY_BYTES_THAT_FIT_AN_INDEX = 2600  # btree entries are capped at 2704 bytes
-
-
-def known_bug(function: str, args: dict[str, Any]) -> str | None:
-    key = args.get("p_idempotency_key")
-    if (function == "debit_credits" and args["p_amount"] == INT_MIN
-            and key in (None, OMIT)):
-        return "22003"  # -p_amount is constant-folded in the hot path: integer out of range
-    if isinstance(key, str) and len(key.encode()) > KEY_BYTES_THAT_FIT_AN_INDEX:
-        return "54000"  # the key does not fit the unique (user_id, key) index
-    return None
-
+MAX_KEY_LENGTH = 255  # longer idempotency keys are refused (22023): they may not fit the index
 
 # --------------------------------------------------------------------------- strategies
 
@@ -201,7 +184,7 @@ def expected_error(function: str, args: dict[str, Any]) -> tuple[bool, set[str]]
             return True, {"CR006"}
         if source is None or source == "":
             return True, {"22023"}
-        if key == "":
+        if key == "" or (isinstance(key, str) and len(key) > MAX_KEY_LENGTH):
             return True, {"22023"}
         if function == "debit_credits":
             return False, {"CR001", "CR005", "CR007"}
@@ -241,11 +224,9 @@ def call_and_check(w: World, function: str, args: dict[str, Any]) -> Any:
     except psycopg.Error as exc:
         error = exc
     if error is not None:
-        bug = known_bug(function, args)
         event(f"{function}: {error.sqlstate}")
-        assert error.sqlstate in allowed or (bug is not None and error.sqlstate == bug), (
-            function, args, error.sqlstate, str(error))
-        assert error.sqlstate in DOCUMENTED | {MALFORMED_UUID} or error.sqlstate == bug
+        assert error.sqlstate in allowed, (function, args, error.sqlstate, str(error))
+        assert error.sqlstate in DOCUMENTED | {MALFORMED_UUID}
         assert state(conn) == before, f"{function} failed with {error.sqlstate} but wrote"
         assert integrity(conn) == []
         return None
@@ -435,11 +416,9 @@ def test_python_api_raises_only_credits_errors(conn: Conn, data: st.DataObject) 
     assert integrity(conn) == []
 
 
-# --------------------------------------------------------------------------- known bugs, pinned
+# --------------------------------------------------------------------------- edge inputs
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="sql/015: the hot path folds -p_amount at plan time: 22003, not CR006")
 def test_debit_of_int_min_without_a_key_is_cr006(conn: Conn) -> None:
     [user] = add_users(conn, "member")
     with pytest.raises(psycopg.Error) as caught:
@@ -447,8 +426,6 @@ def test_debit_of_int_min_without_a_key_is_cr006(conn: Conn) -> None:
     assert caught.value.sqlstate == "CR006"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="sql/015, 016: a key too long for the btree index raises 54000")
 @pytest.mark.parametrize("function", ["debit_credits", "grant_credits"])
 def test_an_overlong_idempotency_key_is_a_documented_error(conn: Conn, function: str) -> None:
     [user] = add_users(conn, "member")

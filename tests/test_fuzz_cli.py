@@ -93,7 +93,6 @@ def test_amount_outside_int4_names_the_amount(db: Database, command: str, amount
     assert "does not exist" not in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="sql/015: debit of -2^31 says 'integer out of range'")
 def test_debit_of_int_min_is_invalid_amount(db: Database) -> None:
     with db.connect() as conn:
         [user] = add_users(conn, "member")

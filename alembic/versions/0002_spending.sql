@@ -269,7 +269,7 @@ COMMENT ON FUNCTION remove_team_member(uuid, uuid) IS
 -- member of the same pool, or a grant) is CR007.
 --
 -- Argument errors, checked in this order: NULL user CR005, NULL or non-positive
--- amount CR006, NULL or empty source 22023, empty key 22023.
+-- amount CR006, NULL or empty source 22023, empty or over-255-character key 22023.
 CREATE FUNCTION debit_credits(
     p_user_id         uuid,
     p_amount          integer,
@@ -292,7 +292,9 @@ DECLARE
 BEGIN
     -- The hot path: one statement. Its WHERE also refuses invalid arguments (a
     -- NULL matches nothing), so they cost nothing here and are named below.
-    IF p_idempotency_key IS NULL THEN
+    -- p_amount > 0 also keeps -p_amount (folded when the statement is planned)
+    -- from overflowing for -2^31: that amount is named as CR006 below.
+    IF p_idempotency_key IS NULL AND p_amount > 0 THEN
         WITH debited AS (
             UPDATE user_credits
             SET used_credits = used_credits + p_amount, last_updated = now()
@@ -323,8 +325,10 @@ BEGIN
             coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
     ELSIF p_source IS NULL OR p_source = '' THEN
         RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
-    ELSIF p_idempotency_key = '' THEN
-        RAISE EXCEPTION 'p_idempotency_key must be NULL or non-empty' USING ERRCODE = '22023';
+    ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
+        -- A longer key might not fit the unique index (54000): refuse it by name.
+        RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
+            USING ERRCODE = '22023';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
@@ -449,7 +453,7 @@ COMMENT ON FUNCTION debit_credits(uuid, integer, text, text, text) IS
 -- different type, amount or source is CR007.
 --
 -- Argument errors, checked in this order: NULL user CR005, NULL or
--- non-positive amount CR006, NULL or empty source 22023, empty key 22023,
+-- non-positive amount CR006, NULL or empty source 22023, empty or over-255-character key 22023,
 -- then the key's replay, then unknown user CR005, then overflow CR006.
 CREATE FUNCTION grant_credits(
     p_user_id         uuid,
@@ -475,8 +479,10 @@ BEGIN
             coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
     ELSIF p_source IS NULL OR p_source = '' THEN
         RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
-    ELSIF p_idempotency_key = '' THEN
-        RAISE EXCEPTION 'p_idempotency_key must be NULL or non-empty' USING ERRCODE = '22023';
+    ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
+        -- A longer key might not fit the unique index (54000): refuse it by name.
+        RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
+            USING ERRCODE = '22023';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN

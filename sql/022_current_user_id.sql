@@ -1,0 +1,49 @@
+-- Whose account the current request acts for: the one identity the self-only
+-- rules (debit_credits, get_credit_balance, the row level security policies)
+-- compare with.
+--   * Supabase (a function auth.uid() exists): auth.uid(), the JWT's subject
+--     that PostgREST puts in the request settings. It is looked up at every
+--     call and called through EXECUTE, so it may be created after credits-db
+--     is installed, and this function compiles without it.
+--   * Anywhere else: the setting credits.user_id, which the application sets
+--     per transaction for the user it serves:
+--         SET LOCAL credits.user_id = '<uuid>';   -- or set_config(..., true)
+--     Unset or empty is NULL (no user: every self-only check fails). A value
+--     that is not a uuid raises 22P02 rather than reading as "no user", so a
+--     bug in the application's middleware is loud, not silently anonymous.
+--
+-- Trust: like Supabase's request settings, credits.user_id is asserted by the
+-- connection, not proven. Any session that can run arbitrary SQL can set it,
+-- so give credits_user only to connections whose SQL the application controls
+-- (an API server, PostgREST); never to an end user's own database login.
+--
+-- SECURITY INVOKER (it reads settings and needs no privilege); STABLE so a
+-- policy can evaluate it once per query (the policies wrap it in a sub-SELECT).
+CREATE FUNCTION credits_current_user_id() RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_setting text;
+    v_user_id uuid;
+BEGIN
+    IF to_regprocedure('auth.uid()') IS NOT NULL THEN
+        EXECUTE 'SELECT auth.uid()' INTO v_user_id;
+        RETURN v_user_id;
+    END IF;
+
+    v_setting := current_setting('credits.user_id', true);
+    IF v_setting IS NULL OR v_setting = '' THEN
+        RETURN NULL;
+    END IF;
+    -- The cast's own 22P02 names the bad value; no exception block, which
+    -- would cost a subtransaction on every call.
+    RETURN v_setting::uuid;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION credits_current_user_id() FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_current_user_id() IS
+    'The user the current request acts for: auth.uid() when it exists (Supabase), else the setting credits.user_id (empty = NULL, not a uuid = 22P02).';

@@ -1,0 +1,107 @@
+-- Privileges, all explicit. Every function has had EXECUTE revoked from PUBLIC
+-- where it was created; here each role gets exactly what it may call. The
+-- trigger functions and credits_replayed_result (an internal helper) are
+-- granted to nobody: triggers fire without an EXECUTE check, and the helper
+-- is only called from inside the SECURITY DEFINER functions, as the owner.
+--
+-- Every SECURITY DEFINER function pins search_path = pg_catalog, public,
+-- pg_temp. pg_temp is named, and last, on purpose: a schema search path that
+-- leaves it out still searches the session's temporary schema first for
+-- tables, so any caller allowed to create temporary tables could shadow
+-- user_credits or credit_usage_log inside a function running as the owner.
+GRANT USAGE ON SCHEMA public TO credits_user, credits_admin;
+
+-- Supabase's default privileges give anon, authenticated and service_role
+-- ALL on every new table, sequence and function in public, which would let
+-- any signed-in user TRUNCATE balances (TRUNCATE ignores row level security)
+-- or call grant_credits. They are taken back from credits-db's own objects
+-- (never from the host's); those roles then hold only what credits_user and
+-- credits_admin give them. A downgrade does not hand them back.
+DO $credits_revoke_api_roles$
+DECLARE
+    v_role text;
+BEGIN
+    FOR v_role IN
+        SELECT rolname FROM pg_catalog.pg_roles
+        WHERE rolname IN ('anon', 'authenticated', 'service_role')
+    LOOP
+        EXECUTE format('REVOKE ALL ON TABLE public.credits_db_install, public.role_credits,'
+                       ' public.user_credits, public.credit_usage_log,'
+                       ' public.team_credit_sharing, public.credits_backfill_candidates FROM %I',
+                       v_role);
+        EXECUTE format('REVOKE ALL ON SEQUENCE public.credit_usage_log_id_seq,'
+                       ' public.team_credit_sharing_id_seq FROM %I', v_role);
+        EXECUTE format('REVOKE ALL ON FUNCTION'
+                       ' public.credits_refuse_log_change(),'
+                       ' public.credits_allocate_on_signup(),'
+                       ' public.backfill_user_credits(boolean, integer),'
+                       ' public.credit_allocation_report(),'
+                       ' public.credits_replayed_result(public.credit_usage_log),'
+                       ' public.add_team_member(uuid, uuid),'
+                       ' public.remove_team_member(uuid, uuid),'
+                       ' public.debit_credits(uuid, integer, text, text, text),'
+                       ' public.grant_credits(uuid, integer, text, text, text),'
+                       ' public.refund_credits(bigint, text),'
+                       ' public.get_credit_balance(uuid),'
+                       ' public.credits_topup_on_role_change(),'
+                       ' public.verify_credit_integrity(),'
+                       ' public.credits_current_user_id() FROM %I', v_role);
+    END LOOP;
+END
+$credits_revoke_api_roles$;
+
+-- Reading: credits_user its own rows (row level security, 023), credits_admin
+-- everything. Writing: nobody but the owner.
+GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing TO credits_user;
+GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
+                team_credit_sharing, credits_backfill_candidates TO credits_admin;
+
+GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                          get_credit_balance(uuid),
+                          debit_credits(uuid, integer, text, text, text)
+    TO credits_user, credits_admin;
+GRANT EXECUTE ON FUNCTION backfill_user_credits(boolean, integer),
+                          grant_credits(uuid, integer, text, text, text),
+                          refund_credits(bigint, text),
+                          add_team_member(uuid, uuid),
+                          remove_team_member(uuid, uuid),
+                          verify_credit_integrity(),
+                          credit_allocation_report()
+    TO credits_admin;
+
+-- PostgreSQL 15 has no per-grant INHERIT: a NOINHERIT member (Supabase's
+-- authenticated and service_role, see 021) gets nothing from its membership,
+-- so it gets the same privileges directly. On 16+ the membership inherits.
+DO $credits_noinherit_members$
+BEGIN
+    IF current_setting('server_version_num')::integer >= 160000 THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated' AND NOT rolinherit)
+       AND pg_catalog.pg_has_role('authenticated', 'credits_user', 'MEMBER') THEN
+        GRANT USAGE ON SCHEMA public TO authenticated;
+        GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing TO authenticated;
+        GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                                  get_credit_balance(uuid),
+                                  debit_credits(uuid, integer, text, text, text)
+            TO authenticated;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role' AND NOT rolinherit)
+       AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
+        GRANT USAGE ON SCHEMA public TO service_role;
+        GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
+                        team_credit_sharing, credits_backfill_candidates TO service_role;
+        GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                                  get_credit_balance(uuid),
+                                  debit_credits(uuid, integer, text, text, text),
+                                  backfill_user_credits(boolean, integer),
+                                  grant_credits(uuid, integer, text, text, text),
+                                  refund_credits(bigint, text),
+                                  add_team_member(uuid, uuid),
+                                  remove_team_member(uuid, uuid),
+                                  verify_credit_integrity(),
+                                  credit_allocation_report()
+            TO service_role;
+    END IF;
+END
+$credits_noinherit_members$;
