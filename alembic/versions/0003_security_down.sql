@@ -10,6 +10,8 @@
 --     ALL on the credits tables and functions again would reopen the hole
 --     0003 closed (TRUNCATE of balances, grant_credits for anyone).
 
+DROP INDEX credit_usage_log_actor_history_idx;
+
 -- ---- 024_grants.sql ----
 -- The privileges a NOINHERIT authenticated or service_role got directly on
 -- PostgreSQL 15 (the REVOKEs are no-ops where nothing was granted).
