@@ -31,7 +31,7 @@ BEGIN
         INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
         SELECT p.user_id, p.credits, 'credit', 'signup',
                CASE
-                   WHEN NOT p.is_fallback THEN format('signup allocation for role %s', p.role)
+                   WHEN NOT p.is_fallback THEN 'signup allocation for role ' || p.role
                    WHEN p.role IS NULL THEN 'signup allocation: no role, member allocation (fallback)'
                    ELSE format('signup allocation: unknown role %L, member allocation (fallback)', p.role)
                END
