@@ -83,9 +83,13 @@ BEGIN
     )
     SELECT jsonb_build_object(
         'users_total', (SELECT count(*) FROM users),
+        -- Without a limit every candidate is chosen. With one, count instead of
+        -- re-running the anti-join: every balance row belongs to exactly one
+        -- existing user (primary key, foreign key), so the difference is exact.
         'users_without_credits', CASE WHEN p_limit IS NULL
                                       THEN (SELECT count(*) FROM chosen)
-                                      ELSE (SELECT count(*) FROM credits_backfill_candidates)
+                                      ELSE (SELECT count(*) FROM users)
+                                           - (SELECT count(*) FROM user_credits)
                                  END,
         'users_backfilled', coalesce(sum(users), 0),
         'credits_allocated', coalesce(sum(credits), 0),

@@ -231,12 +231,19 @@ BEGIN
 
         -- A debit row first: a grant to the caller's own account under the same
         -- key must not hide the debit this call is a retry of.
-        SELECT l.* INTO v_entry
-        FROM credit_usage_log l
-        WHERE l.idempotency_key = p_idempotency_key
-          AND ((l.user_id = p_user_id AND l.actor_user_id IS NULL)
-               OR l.actor_user_id = p_user_id)
-        ORDER BY l.type = 'debit' DESC, l.id
+        -- Two branches, one per index: an OR across user_id and actor_user_id
+        -- would leave the key alone as the index condition and scan every
+        -- keyed row ever written.
+        SELECT e.* INTO v_entry
+        FROM (
+            SELECT l.* FROM credit_usage_log l
+            WHERE l.user_id = p_user_id AND l.idempotency_key = p_idempotency_key
+              AND l.actor_user_id IS NULL
+            UNION ALL
+            SELECT l.* FROM credit_usage_log l
+            WHERE l.actor_user_id = p_user_id AND l.idempotency_key = p_idempotency_key
+        ) AS e
+        ORDER BY e.type = 'debit' DESC, e.id
         LIMIT 1;
         IF FOUND THEN
             IF v_entry.type <> 'debit' OR v_entry.amount <> -p_amount
