@@ -346,6 +346,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench(argv: Sequence[str]) -> int:
+    """``credits-db bench ...``: the benchmark (see bench/ and docs/performance.md)."""
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:  # pragma: no cover - bench ships in the wheel
+        _fail(f"the benchmark is not installed ({exc})")
+        return 2
+    status: int = bench_main(list(argv))
+    return status
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -394,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("user")
     history.add_argument("--limit", type=int, default=20)
     add("demo", cmd_demo, "run a demo (embedded PostgreSQL unless --url/DATABASE_URL)")
+    commands.add_parser("bench", help="run the benchmark: credits-db bench [--quick] [--url URL]",
+                        add_help=False)
     serve = add("serve", cmd_serve, "run the example HTTP API and admin page "
                 "(embedded PostgreSQL with demo users unless --url/DATABASE_URL)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -408,7 +421,11 @@ def _fail(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``credits-db``: one clear line and a non-zero exit on any failure."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # The benchmark has its own options (--quick, --url, --out): hand them over.
+        return run_bench(arguments[1:])
+    args = build_parser().parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING if args.json else logging.INFO)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

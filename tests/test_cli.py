@@ -170,3 +170,9 @@ def test_verify_exits_1_when_integrity_is_broken(db: Database) -> None:
     assert result.returncode == 1
     assert "integrity: ok" not in result.stdout
     assert "problem(s)" in result.stdout
+
+
+def test_bench_command_is_wired() -> None:
+    result = cli("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout and "--url" in result.stdout

@@ -1,0 +1,71 @@
+"""``python -m bench [--url URL] [--quick] [--out DIR]``: run every workload, write the results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+from bench import report, workloads
+from bench.core import FULL, HERE, QUICK
+from bench.pgb import Pgbench
+from bench.server import find_pgbench, provide
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure every credits-db hot path next to its bare-SQL baseline.")
+    parser.add_argument("--url", help="a server URL whose user may CREATE DATABASE "
+                        "(default: a throwaway embedded PostgreSQL)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (about a minute): for CI, so the bench cannot rot")
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="where results.md, results.json and plans/ go (default: bench/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (also for ``credits-db bench``); returns the exit status."""
+    args = parse(argv)
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    with provide(args.url) as server:
+        major, _version = server.version()
+        pgbench = Pgbench(find_pgbench(major))
+        log(f"server PostgreSQL {major}, pgbench {pgbench.binary}, mode {sizes.mode}")
+        ctx = workloads.Context(server, sizes, pgbench, args.out / "plans", log)
+        machine = server.machine()
+        workloads.backfill(ctx)
+        workloads.signup(ctx)
+        debit_db = workloads.debit(ctx)
+        workloads.python_wrapper(ctx, debit_db)
+        server.drop(debit_db)
+        workloads.hot_pool(ctx)
+        workloads.growth(ctx)
+    meta = {
+        "mode": sizes.mode,
+        "started": stamp,
+        "seconds": time.perf_counter() - started,
+        "server": "embedded" if args.url is None else "--url",
+        "pgbench": str(pgbench.binary),
+        "reps": sizes.reps,
+        "sizes": sizes.__dict__,
+        "machine": machine,
+        "facts": ctx.facts,
+    }
+    json_path, md_path = report.write(args.out, ctx.results, meta)
+    log(f"wrote {json_path} and {md_path}")
+    print(md_path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,561 @@
+"""The six workloads, each measured next to its baseline (A B A B ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+import credits_db
+from bench.core import JsonDict, Result, Sample, Series, Sizes, alternate, sql_bytes, sql_text
+from bench.pgb import Pgbench
+from bench.server import BenchServer, Conn, execute_script
+from credits_db import aio
+
+REPLACED_SLEEP_SECONDS = 0.1
+"""The replaced system slept 100 ms per user in its backfill loop."""
+
+CLI_BATCH = 50_000
+
+
+@dataclass
+class Context:
+    """What every workload needs, and where results go."""
+
+    server: BenchServer
+    sizes: Sizes
+    pgbench: Pgbench
+    plans_dir: Path
+    log: Callable[[str], None]
+    results: list[Result] = field(default_factory=list)
+    facts: JsonDict = field(default_factory=dict)
+    backfill_series: dict[int, list[Series]] = field(default_factory=dict)
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+        ratio = result.ratio
+        self.log(f"  -> {result.name}: A median {statistics.median(result.a.values):.4g} "
+                 f"{result.unit}" + ("" if ratio is None else f", ratio {ratio:.3f}")
+                 + ("" if result.met is None else f" ({'met' if result.met else 'MISSED'})"))
+
+
+def _state(conn: Conn) -> JsonDict:
+    """What a backfill or signup left behind, to check A and B did the same work."""
+    row = conn.execute(
+        b"SELECT (SELECT count(*) FROM user_credits),"
+        b" (SELECT sum(total_credits) FROM user_credits),"
+        b" (SELECT count(*) FROM credit_usage_log),"
+        b" (SELECT count(*) FROM credit_usage_log WHERE description IS NOT NULL),"
+        b" (SELECT sum(amount) FROM credit_usage_log)").fetchone()
+    assert row is not None
+    return {"balances": int(row[0]), "credits": int(row[1] or 0), "log_rows": int(row[2]),
+            "described_log_rows": int(row[3]), "log_sum": int(row[4] or 0)}
+
+
+def _same_work(series: list[Series], keys: tuple[str, ...]) -> list[str]:
+    """Notes if the sides did not leave the same rows behind."""
+    seen: dict[str, set[Any]] = {}
+    for one in series:
+        for sample in one.samples:
+            for key in keys:
+                seen.setdefault(key, set()).add(sample.extra.get(key))
+    odd = {key: sorted(values) for key, values in seen.items() if len(values) > 1}
+    if odd:
+        return [f"WARNING: the sides left different rows behind: {odd}"]
+    return [f"same rows written by every side and repetition: "
+            f"{ {key: next(iter(values)) for key, values in seen.items()} }"]
+
+
+# ---------------------------------------------------------------------- 1. backfill
+
+
+def _backfill_sides(ctx: Context, users: int, *, analyzed: bool = False
+                    ) -> list[tuple[str, Callable[[], Sample]]]:
+    server = ctx.server
+    template = server.users_template(users, analyze_empty_balances=analyzed)
+    run_db = server.name("bf_run")
+
+    def fresh() -> str:
+        url = server.create(run_db, template)
+        server.checkpoint()
+        return url
+
+    def statement(name: str) -> Callable[[], Sample]:
+        def action() -> Sample:
+            fresh()
+            with server.connect(run_db) as conn:
+                start = time.perf_counter()
+                conn.execute(sql_bytes(name), {})
+                seconds = time.perf_counter() - start
+                return Sample(seconds, _state(conn))
+        return action
+
+    def cli() -> Sample:
+        url = fresh()
+        proc = subprocess.Popen(  # noqa: S603 - this interpreter, our module
+            [sys.executable, "-m", "bench._backfill_child", url, str(CLI_BATCH)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parent.parent))
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"batched backfill failed: {err.decode()[-2000:]}")
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        with server.connect(run_db) as conn:
+            state = _state(conn)
+        # ru_maxrss is in kilobytes on Linux.
+        state["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+        return Sample(float(report["seconds"]), state)
+
+    return [("backfill_user_credits()", statement("backfill_function")),
+            ("bare WITH ins AS (INSERT ...) INSERT", statement("backfill_baseline")),
+            (f"CLI batched backfill (batch {CLI_BATCH})", cli)]
+
+
+def backfill(ctx: Context) -> None:
+    users = ctx.sizes.backfill_users
+    ctx.log(f"1. backfill of {users:,} users")
+    ctx.server.users_template(users)
+    fn, bare, cli = alternate(ctx.sizes.reps, _backfill_sides(ctx, users), ctx.log)
+    ctx.server.drop(ctx.server.name("bf_run"))
+    ctx.backfill_series[users] = [fn, bare, cli]
+    notes = _same_work([fn, bare, cli], ("balances", "credits", "log_rows", "described_log_rows"))
+    replaced = users * REPLACED_SLEEP_SECONDS
+    ctx.facts["replaced_system_backfill_seconds"] = replaced
+    ctx.add(Result("backfill", "1. backfill", f"backfill {users:,} users, one call", "s",
+                   "lower", fn, bare, 1.20,
+                   [*notes, f"the replaced loop (100 ms sleep per user) would take "
+                            f"{replaced:,.0f} s = {replaced / 3600:.1f} h (computed, not run)"]))
+    rss = cli.summary()["extra"].get("peak_rss_mb", [])
+    ctx.add(Result("backfill_cli", "1. backfill",
+                   f"CLI batched backfill {users:,} users (batch {CLI_BATCH:,})", "s", "lower",
+                   cli, bare, 1.50, [f"Python peak RSS per run (MB): {rss}"],
+                   {"peak_rss_mb": rss}))
+
+    # A hazard found by this bench: after a VACUUM ANALYZE of the still-empty
+    # user_credits, the batched call (p_limit set) counts the remaining
+    # candidates with a nested-loop anti join over a seq scan of user_credits,
+    # which the same statement has just filled: quadratic. Measured small.
+    small = min(users, 20_000)
+    ctx.log(f"1. backfill hazard: {small:,} users, user_credits analyzed while empty")
+    _fn, bare, cli = alternate(ctx.sizes.reps, _backfill_sides(ctx, small, analyzed=True),
+                               ctx.log)
+    ctx.server.drop(ctx.server.name("bf_run"))
+    ctx.add(Result("backfill_cli_analyzed", "1. backfill",
+                   f"CLI batched backfill {small:,} users, user_credits ANALYZEd while empty",
+                   "s", "lower", cli, bare, 1.50,
+                   ["hazard: backfill_user_credits(p_limit) counts users_without_credits "
+                    "with a nested-loop anti join + seq scan of user_credits (planned as empty)"
+                    ", after the same statement filled it; see docs/performance.md",
+                    f"single call (no p_limit) on the same state: median "
+                    f"{statistics.median(_fn.values):.3g} s"]))
+
+
+# ---------------------------------------------------------------------- 2. signup
+
+
+def signup(ctx: Context) -> None:
+    server, sizes = ctx.server, ctx.sizes
+    n = sizes.signup_batch
+    ctx.log(f"2. signup: INSERT ... SELECT of {n:,} users")
+    schema = server.schema_template()
+    run_db = server.name("signup_run")
+
+    def batch(name: str, trigger: bool) -> Callable[[], Sample]:
+        def action() -> Sample:
+            server.create(run_db, schema)
+            with server.connect(run_db) as conn:
+                if not trigger:
+                    conn.execute(b"ALTER TABLE users DISABLE TRIGGER users_allocate_credits")
+                server.checkpoint()
+                start = time.perf_counter()
+                conn.execute(sql_bytes(name), {"n": n})
+                seconds = time.perf_counter() - start
+                return Sample(seconds, _state(conn))
+        return action
+
+    fn, bare = alternate(sizes.reps, [
+        ("INSERT ... SELECT with trigger", batch("signup_batch", True)),
+        ("trigger disabled, one set-based CTE statement", batch("signup_batch_baseline", False)),
+    ], ctx.log)
+    server.drop(run_db)
+    ctx.add(Result("signup_batch", "2. signup", f"bulk signup of {n:,} users", "s", "lower",
+                   fn, bare, 1.20,
+                   _same_work([fn, bare], ("balances", "credits", "log_rows",
+                                           "described_log_rows"))))
+
+    clients = 8
+    ctx.log(f"2. signup: single-row INSERTs from {clients} connections")
+    with_trigger, without = server.name("signup_fn"), server.name("signup_bare")
+    server.create(with_trigger, schema)
+    server.create(without, schema)
+    with server.connect(without) as conn:
+        conn.execute(b"ALTER TABLE users DISABLE TRIGGER users_allocate_credits")
+
+    def single(database: str) -> Callable[[], Sample]:
+        def action() -> Sample:
+            server.checkpoint()
+            return ctx.pgbench.run(server.url(database), script="pgbench_signup",
+                                   clients=clients, seconds=sizes.pgbench_seconds)
+        return action
+
+    fn, bare = alternate(sizes.reps, [("INSERT with trigger", single(with_trigger)),
+                                      ("INSERT, trigger disabled", single(without))], ctx.log)
+    with server.connect(with_trigger) as conn:
+        row = conn.execute(b"SELECT (SELECT count(*) FROM users),"
+                           b" (SELECT count(*) FROM user_credits),"
+                           b" (SELECT count(*) FROM verify_credit_integrity())").fetchone()
+    assert row is not None
+    notes = [f"with trigger: {row[0]} users, {row[1]} balance rows, {row[2]} integrity problems",
+             "the baseline writes only the users row (no credits): the target allows 1.50"]
+    server.drop(with_trigger)
+    server.drop(without)
+    ctx.add(Result("signup_single", "2. signup", f"single-row signups, {clients} connections",
+                   "tps", "higher", fn, bare, 1 / 1.50, notes))
+
+
+# ---------------------------------------------------------------------- 3. debit
+
+
+def accounts_db(ctx: Context, users: int, suffix: str) -> str:
+    """A copy of the ``users`` template, backfilled, with bench_ids."""
+    server = ctx.server
+    name = server.name(suffix)
+    server.create(name, server.users_template(users))
+    with server.connect(name) as conn:
+        conn.execute(sql_bytes("backfill_function"), {})
+        execute_script(conn, "bench_ids")
+    return name
+
+
+def _debit_pair(ctx: Context, database: str, a_script: str, b_script: str, clients: int,
+                seconds: int, defines: dict[str, str], options: str | None = None
+                ) -> list[Series]:
+    url = ctx.server.url(database)
+
+    def side(script: str) -> Callable[[], Sample]:
+        def action() -> Sample:
+            ctx.server.checkpoint()
+            return ctx.pgbench.run(url, script=script, clients=clients, seconds=seconds,
+                                   defines=defines, options=options)
+        return action
+
+    return alternate(ctx.sizes.reps, [(a_script, side(a_script)), (b_script, side(b_script))],
+                     ctx.log)
+
+
+def _p99_note(series: list[Series]) -> list[str]:
+    notes = []
+    for one in series:
+        p99 = one.summary()["extra"].get("latency_p99_ms", [])
+        failed = sum(one.summary()["extra"].get("failed", []))
+        notes.append(f"{one.label}: p99 ms {[round(x, 2) for x in p99]}, failed {failed}")
+    return notes
+
+
+def debit(ctx: Context) -> str:
+    server, sizes = ctx.server, ctx.sizes
+    n = sizes.accounts
+    ctx.log(f"3. debit throughput over {n:,} accounts")
+    database = accounts_db(ctx, n, "debit")
+    defines = {"accounts": str(n)}
+    for clients in sizes.clients:
+        ctx.log(f"  {clients} client(s)")
+        series = _debit_pair(ctx, database, "pgbench_debit", "pgbench_debit_bare", clients,
+                             sizes.pgbench_seconds, defines)
+        ctx.add(Result(f"debit_c{clients}", "3. debit",
+                       f"debit_credits() vs bare UPDATE+INSERT, {clients} client(s)", "tps",
+                       "higher", series[0], series[1], None if clients == 1 else 0.90,
+                       _p99_note(series)))
+    for clients in sizes.keyed_clients:
+        ctx.log(f"  idempotency key, {clients} clients")
+        series = _debit_pair(ctx, database, "pgbench_debit_key", "pgbench_debit_key_bare",
+                             clients, sizes.pgbench_seconds, defines)
+        ctx.add(Result(f"debit_key_c{clients}", "3. debit",
+                       f"debit_credits() with idempotency key vs bare, {clients} clients",
+                       "tps", "higher", series[0], series[1], 0.80, _p99_note(series)))
+    with server.connect(database) as conn:
+        row = conn.execute(b"SELECT count(*) FROM verify_credit_integrity()").fetchone()
+    assert row is not None
+    ctx.facts["debit_integrity_problems"] = int(row[0])
+
+    ctx.log("  pgbench tpcb-like (context)")
+    tpcb = server.name("tpcb")
+    url = server.create(tpcb)
+    subprocess.run([str(ctx.pgbench.binary), "-i", "-s", "1", "-q", url],  # noqa: S603
+                   check=True,
+                   capture_output=True)
+
+    def builtin() -> Sample:
+        server.checkpoint()
+        return ctx.pgbench.run(url, script=None, clients=8, seconds=sizes.pgbench_seconds)
+
+    (tpcb_series,) = alternate(sizes.reps, [("pgbench tpcb-like -s 1", builtin)], ctx.log)
+    server.drop(tpcb)
+    ctx.add(Result("tpcb_c8", "3. debit", "pgbench built-in tpcb-like, 8 clients (context)",
+                   "tps", "higher", tpcb_series, None, None, _p99_note([tpcb_series])))
+    return database
+
+
+# ---------------------------------------------------------------------- 4. hot pool
+
+
+def hot_pool(ctx: Context) -> None:
+    server, sizes = ctx.server, ctx.sizes
+    clients = 32
+    ctx.log(f"4. hot pool: {clients} clients through 4 members of one pool")
+    database = server.name("pool")
+    server.create(database, server.schema_template())
+    with server.connect(database) as conn:
+        execute_script(conn, "pool_setup")
+    series = _debit_pair(ctx, database, "pgbench_pool", "pgbench_pool_bare", clients,
+                         sizes.pgbench_seconds, {})
+    with server.connect(database) as conn:
+        row = conn.execute(sql_bytes("pool_check"), {}).fetchone()
+        plan_statements(ctx, conn, "pool", {"debit_credits_pool": (
+            b"SELECT debit_credits((SELECT id FROM bench_ids WHERE n = 1), 1)")})
+    assert row is not None
+    overdrawn, problems, remaining = int(row[0]), int(row[1]), int(row[2])
+    server.drop(database)
+    ctx.facts["pool"] = {"overdrawn_accounts": overdrawn, "integrity_problems": problems,
+                         "pool_remaining": remaining}
+    ctx.add(Result("pool_c32", "4. hot pool", "team pool debit, 32 clients, one pool row", "tps",
+                   "higher", series[0], series[1], 0.80,
+                   [*_p99_note(series), f"overdrawn accounts: {overdrawn}; "
+                    f"verify_credit_integrity() rows: {problems}"],
+                   {"overdrawn_accounts": overdrawn, "integrity_problems": problems}))
+
+
+# ---------------------------------------------------------------------- 5. Python
+
+
+def python_wrapper(ctx: Context, database: str) -> None:
+    server, sizes = ctx.server, ctx.sizes
+    calls = sizes.python_calls
+    ctx.log(f"5. Python wrapper: {calls} calls per repetition")
+    url = server.url(database)
+    raw = sql_bytes("python_debit")
+    with server.connect(database) as conn:
+        ids = [UUID(str(r[0])) for r in conn.execute(b"SELECT id FROM bench_ids").fetchall()]
+    rng = random.Random(42)  # noqa: S311 - a reproducible workload, not a secret
+    sequence = [rng.choice(ids) for _ in range(calls)]
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.cursor()
+
+        def wrapper() -> Sample:
+            start = time.perf_counter()
+            for user_id in sequence:
+                credits_db.debit(conn, user_id, 1)
+            return Sample((time.perf_counter() - start) / calls * 1000)
+
+        def bare() -> Sample:
+            start = time.perf_counter()
+            for user_id in sequence:
+                cursor.execute(raw, {"user_id": user_id, "amount": 1}, prepare=True)
+                cursor.fetchone()
+            return Sample((time.perf_counter() - start) / calls * 1000)
+
+        for _ in range(10):  # warm both paths (psycopg prepares after 5 executions)
+            credits_db.debit(conn, sequence[0], 1)
+            cursor.execute(raw, {"user_id": sequence[0], "amount": 1}, prepare=True)
+        series = alternate(sizes.reps, [("credits_db.debit", wrapper),
+                                        ("psycopg execute(prepare=True)", bare)], ctx.log)
+    ctx.add(Result("python_sync", "5. Python", "credits_db.debit per call (sync)", "ms/call",
+                   "lower", series[0], series[1], 1.10))
+
+    async def run_async() -> list[Series]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
+            acursor = aconn.cursor()
+
+            async def awrapper() -> float:
+                start = time.perf_counter()
+                for user_id in sequence:
+                    await aio.debit(aconn, user_id, 1)
+                return (time.perf_counter() - start) / calls * 1000
+
+            async def abare() -> float:
+                start = time.perf_counter()
+                for user_id in sequence:
+                    await acursor.execute(raw, {"user_id": user_id, "amount": 1}, prepare=True)
+                    await acursor.fetchone()
+                return (time.perf_counter() - start) / calls * 1000
+
+            for _ in range(10):
+                await aio.debit(aconn, sequence[0], 1)
+                await acursor.execute(raw, {"user_id": sequence[0], "amount": 1}, prepare=True)
+            a, b = Series("credits_db.aio.debit"), Series("AsyncConnection execute(prepare=True)")
+            for rep in range(sizes.reps):
+                a.samples.append(Sample(await awrapper()))
+                ctx.log(f"    rep {rep + 1}/{sizes.reps} {a.label}: {a.values[-1]:.4g}")
+                b.samples.append(Sample(await abare()))
+                ctx.log(f"    rep {rep + 1}/{sizes.reps} {b.label}: {b.values[-1]:.4g}")
+            return [a, b]
+
+    series = asyncio.run(run_async())
+    ctx.add(Result("python_async", "5. Python", "credits_db.aio.debit per call (async)", "ms/call",
+                   "lower", series[0], series[1], 1.10))
+
+
+# ---------------------------------------------------------------------- 6. growth
+
+
+def plan_statements(ctx: Context, conn: Conn, prefix: str, statements: dict[str, bytes]) -> None:
+    """Write EXPLAIN (ANALYZE, BUFFERS) of each statement and its nested ones (auto_explain)."""
+    messages: list[str] = []
+    conn.add_notice_handler(lambda diag: messages.append(diag.message_primary or ""))
+    conn.execute(b"LOAD 'auto_explain'")
+    for setting in (b"SET auto_explain.log_min_duration = 0",
+                    b"SET auto_explain.log_analyze = on", b"SET auto_explain.log_buffers = on",
+                    b"SET auto_explain.log_nested_statements = on",
+                    b"SET auto_explain.log_timing = on", b"SET client_min_messages = log"):
+        conn.execute(setting)
+    ctx.plans_dir.mkdir(parents=True, exist_ok=True)
+    for name, statement in statements.items():
+        messages.clear()
+        conn.execute(statement, {})
+        plans: dict[str, list[str]] = {}
+        for message in messages:
+            if "plan:" in message or "Query Text" in message:
+                query = next((line for line in message.splitlines()
+                              if line.startswith("Query Text")), message)
+                plans.setdefault(query, []).append(message)
+        # A statement run once per row (the foreign-key check of each inserted
+        # balance row) is shown once, with its count.
+        text = "\n\n".join(
+            found[0] if len(found) == 1 else
+            f"(run {len(found)} times; the first shown)\n{found[0]}"
+            for found in plans.values())
+        path = ctx.plans_dir / f"{name}.txt"
+        path.write_text(f"-- {prefix}: {name} (auto_explain, ANALYZE, BUFFERS, nested)\n\n"
+                        + text + "\n")
+        seq = sorted({line.strip() for line in text.splitlines() if "Seq Scan on" in line})
+        ctx.facts.setdefault("plans", {})[name] = {"file": f"plans/{path.name}",
+                                                    "seq_scans": seq}
+    conn.execute(b"SET client_min_messages = notice")
+
+
+def _named_statements(text: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if line.startswith("-- name:"):
+            current = line.split(":", 1)[1].strip()
+            out[current] = b""
+        elif current is not None and line.strip() and not line.startswith("--"):
+            out[current] += line.encode() + b"\n"
+    return out
+
+
+def growth(ctx: Context) -> None:
+    server, sizes = ctx.server, ctx.sizes
+    ctx.log("6. growth")
+    per_user: dict[int, list[Series]] = {}
+    for users in sizes.growth_users:
+        if users in ctx.backfill_series:
+            series = ctx.backfill_series[users]
+        else:
+            ctx.log(f"  backfill {users:,} users")
+            series = alternate(sizes.reps, _backfill_sides(ctx, users), ctx.log)
+        per_user[users] = [_per_unit(s, users, 1e6) for s in series]
+    server.drop(server.name("bf_run"))
+    smallest, largest = min(per_user), max(per_user)
+    for index, label in ((0, "backfill_user_credits()"), (2, "CLI batched backfill")):
+        per_user[largest][index].label = f"{label} at {largest:,} users"
+        per_user[smallest][index].label = f"{label} at {smallest:,} users"
+        rss = [per_user[u][index].summary()["extra"].get("peak_rss_mb") for u in per_user]
+        ctx.add(Result(
+            f"growth_backfill_{'fn' if index == 0 else 'cli'}", "6. growth",
+            f"{label}: us/user at {largest:,} vs {smallest:,} users", "us/user", "lower",
+            per_user[largest][index], per_user[smallest][index], 1.50,
+            [f"median us/user by size: "
+             f"{ {u: round(statistics.median(s[index].values), 2) for u, s in per_user.items()} }",
+             f"baseline us/user by size: "
+             f"{ {u: round(statistics.median(s[1].values), 2) for u, s in per_user.items()} }"]
+            + ([f"peak RSS MB by size: {dict(zip(per_user, rss, strict=True))}"]
+               if index == 2 else []),
+            {"per_size": {u: [s.summary() for s in v] for u, v in per_user.items()}}))
+
+    # Debit latency as the users and then the ledger grow. synchronous_commit is
+    # off for these runs: with it on, every point measures the WAL flush, which
+    # does not grow, and would hide any growth of the statements themselves.
+    options = "-c synchronous_commit=off"
+    points: dict[str, list[Series]] = {}
+    biggest = ""
+    for users in sizes.growth_users:
+        ctx.log(f"  debit with {users:,} users")
+        database = accounts_db(ctx, users, f"grow_{users}")
+        label = f"{users:,} users, {users:,} log rows"
+        points[label] = [_latency(s) for s in _debit_pair(
+            ctx, database, "pgbench_debit", "pgbench_debit_bare", 1, sizes.growth_seconds,
+            {"accounts": str(users)}, options)]
+        if users != max(sizes.growth_users):
+            server.drop(database)
+        biggest = database
+    users = max(sizes.growth_users)
+    with server.connect(biggest) as conn:
+        for target in sizes.growth_log:
+            row = conn.execute(b"SELECT count(*) FROM credit_usage_log").fetchone()
+            assert row is not None
+            have = int(row[0])
+            if target <= have:
+                continue
+            ctx.log(f"  growing the ledger to {target:,} rows")
+            conn.execute(sql_bytes("growth_log"), {"pairs": (target - have) // 2})
+            conn.execute(b"VACUUM ANALYZE credit_usage_log")
+            row = conn.execute(b"SELECT count(*) FROM credit_usage_log").fetchone()
+            assert row is not None
+            label = f"{users:,} users, {int(row[0]):,} log rows"
+            ctx.log(f"  debit with {label}")
+            points[label] = [_latency(s) for s in _debit_pair(
+                ctx, biggest, "pgbench_debit", "pgbench_debit_bare", 1, sizes.growth_seconds,
+                {"accounts": str(users)}, options)]
+        plan_statements(ctx, conn, label, _named_statements(sql_text("plans")))
+    labels = list(points)
+    points[labels[-1]][0].label = f"debit_credits() at {labels[-1]}"
+    points[labels[0]][0].label = f"debit_credits() at {labels[0]}"
+    ctx.add(Result(
+        "growth_debit", "6. growth",
+        f"debit_credits() ms/op (1 client): {labels[-1]} vs {labels[0]}", "ms/op", "lower",
+        points[labels[-1]][0], points[labels[0]][0], 1.50,
+        [f"function ms/op: {_medians(points, 0)}", f"bare ms/op: {_medians(points, 1)}",
+         "synchronous_commit=off for these runs (see docs/performance.md)"],
+        {"points": {k: [s.summary() for s in v] for k, v in points.items()}}))
+    server.drop(biggest)
+
+    # The backfill plan on a fresh copy of the middle size.
+    middle = sorted(sizes.growth_users)[len(sizes.growth_users) // 2]
+    database = server.name("plan_backfill")
+    server.create(database, server.users_template(middle))
+    with server.connect(database) as conn:
+        plan_statements(ctx, conn, f"{middle:,} users",
+                        {"backfill_user_credits": sql_bytes("backfill_function")})
+    server.drop(database)
+
+
+def _medians(points: dict[str, list[Series]], index: int) -> dict[str, float]:
+    return {k: round(statistics.median(v[index].values), 4) for k, v in points.items()}
+
+
+def _per_unit(series: Series, units: int, scale: float) -> Series:
+    return Series(series.label, [Sample(s.value / units * scale, dict(s.extra))
+                                 for s in series.samples])
+
+
+def _latency(series: Series) -> Series:
+    """tps samples as ms per operation (1 client)."""
+    return Series(series.label, [Sample(1000.0 / s.value, dict(s.extra)) for s in series.samples])
