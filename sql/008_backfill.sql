@@ -45,7 +45,11 @@ BEGIN
         PERFORM pg_advisory_xact_lock(hashtextextended('credits_db.backfill_user_credits', 0));
     END IF;
 
-    WITH chosen AS MATERIALIZED (
+    WITH population AS MATERIALIZED (
+        -- Counted once: with p_limit every batch pays this scan of users.
+        SELECT count(*) AS users_total FROM users
+    ),
+    chosen AS MATERIALIZED (
         SELECT user_id, role, credits, is_fallback
         FROM credits_backfill_candidates
         LIMIT p_limit
@@ -82,13 +86,13 @@ BEGIN
         GROUP BY role
     )
     SELECT jsonb_build_object(
-        'users_total', (SELECT count(*) FROM users),
+        'users_total', (SELECT users_total FROM population),
         -- Without a limit every candidate is chosen. With one, count instead of
         -- re-running the anti-join: every balance row belongs to exactly one
         -- existing user (primary key, foreign key), so the difference is exact.
         'users_without_credits', CASE WHEN p_limit IS NULL
                                       THEN (SELECT count(*) FROM chosen)
-                                      ELSE (SELECT count(*) FROM users)
+                                      ELSE (SELECT users_total FROM population)
                                            - (SELECT count(*) FROM user_credits)
                                  END,
         'users_backfilled', coalesce(sum(users), 0),

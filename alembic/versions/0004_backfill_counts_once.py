@@ -1,0 +1,25 @@
+"""Backfill counts users once per call (every batch of a batched backfill paid two scans).
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-24
+"""
+
+from pathlib import Path
+
+from credits_db._migration import run_sql_file
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+_HERE = Path(__file__).parent
+
+
+def upgrade() -> None:
+    run_sql_file(_HERE / "0004_backfill_counts_once.sql")
+
+
+def downgrade() -> None:
+    run_sql_file(_HERE / "0004_backfill_counts_once_down.sql")
