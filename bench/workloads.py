@@ -213,8 +213,16 @@ def signup(ctx: Context) -> None:
                                    clients=clients, seconds=sizes.pgbench_seconds)
         return action
 
-    fn, bare = alternate(sizes.reps, [("INSERT with trigger", single(with_trigger)),
-                                      ("INSERT, trigger disabled", single(without))], ctx.log)
+    def ledger_floor() -> Sample:
+        server.checkpoint()
+        return ctx.pgbench.run(server.url(without), script="pgbench_signup_bare_ledger",
+                               clients=clients, seconds=sizes.pgbench_seconds)
+
+    fn, bare, floor = alternate(sizes.reps, [
+        ("INSERT with trigger", single(with_trigger)),
+        ("INSERT, trigger disabled", single(without)),
+        ("user, balance and log row in one bare statement", ledger_floor),
+    ], ctx.log)
     with server.connect(with_trigger) as conn:
         row = conn.execute(b"SELECT (SELECT count(*) FROM users),"
                            b" (SELECT count(*) FROM user_credits),"
@@ -226,6 +234,18 @@ def signup(ctx: Context) -> None:
     server.drop(without)
     ctx.add(Result("signup_single", "2. signup", f"single-row signups, {clients} connections",
                    "tps", "higher", fn, bare, 1 / 1.50, notes))
+    # The floor: the same three rows per signup written by one bare statement,
+    # against the same one-row baseline. The trigger cannot beat it.
+    ctx.add(Result("signup_single_floor", "2. signup",
+                   f"floor: user + balance + log in one bare statement, {clients} connections",
+                   "tps", "higher", floor, bare, None,
+                   ["the least SQL writing what a signup with credits must write "
+                    "(pgbench_signup_bare_ledger.sql), vs the one-row INSERT (B)"]))
+    ctx.add(Result("signup_single_vs_floor", "2. signup",
+                   f"single-row signups with trigger vs that floor, {clients} connections",
+                   "tps", "higher", fn, floor, None,
+                   ["what the trigger itself costs (statement trigger, transition table, "
+                    "EXCEPTION subtransaction, SECURITY DEFINER) over the same rows"]))
 
 
 # ---------------------------------------------------------------------- 3. debit
@@ -243,8 +263,9 @@ def accounts_db(ctx: Context, users: int, suffix: str) -> str:
 
 
 def _debit_pair(ctx: Context, database: str, a_script: str, b_script: str, clients: int,
-                seconds: int, defines: dict[str, str], options: str | None = None
-                ) -> list[Series]:
+                seconds: int, defines: dict[str, str], options: str | None = None,
+                *more_scripts: str) -> list[Series]:
+    """pgbench the scripts in turn (A B [C ...] A B ...) and return one series each."""
     url = ctx.server.url(database)
 
     def side(script: str) -> Callable[[], Sample]:
@@ -254,8 +275,8 @@ def _debit_pair(ctx: Context, database: str, a_script: str, b_script: str, clien
                                    defines=defines, options=options)
         return action
 
-    return alternate(ctx.sizes.reps, [(a_script, side(a_script)), (b_script, side(b_script))],
-                     ctx.log)
+    scripts = [a_script, b_script, *more_scripts]
+    return alternate(ctx.sizes.reps, [(script, side(script)) for script in scripts], ctx.log)
 
 
 def _p99_note(series: list[Series]) -> list[str]:
@@ -272,15 +293,27 @@ def debit(ctx: Context) -> str:
     n = sizes.accounts
     ctx.log(f"3. debit throughput over {n:,} accounts")
     database = accounts_db(ctx, n, "debit")
+    with server.connect(database) as conn:
+        conn.execute(sql_bytes("debit_floor_function"), {})
     defines = {"accounts": str(n)}
     for clients in sizes.clients:
         ctx.log(f"  {clients} client(s)")
+        # At 8 clients a third side runs between them: the bare statement in
+        # the least PL/pgSQL function, the floor of any function-based API.
+        floor = ("pgbench_debit_floor",) if clients == 8 else ()
         series = _debit_pair(ctx, database, "pgbench_debit", "pgbench_debit_bare", clients,
-                             sizes.pgbench_seconds, defines)
+                             sizes.pgbench_seconds, defines, None, *floor)
         ctx.add(Result(f"debit_c{clients}", "3. debit",
                        f"debit_credits() vs bare UPDATE+INSERT, {clients} client(s)", "tps",
                        "higher", series[0], series[1], None if clients == 1 else 0.90,
-                       _p99_note(series)))
+                       _p99_note(series[:2])))
+        if floor:
+            ctx.add(Result(f"debit_floor_c{clients}", "3. debit",
+                           f"floor: bare statement in a minimal PL/pgSQL function vs bare, "
+                           f"{clients} clients", "tps", "higher", series[2], series[1], None,
+                           [*_p99_note(series[2:]),
+                            "what calling any function costs; debit_credits() adds its "
+                            "contract on top (docs/performance.md)"]))
     for clients in sizes.keyed_clients:
         ctx.log(f"  idempotency key, {clients} clients")
         series = _debit_pair(ctx, database, "pgbench_debit_key", "pgbench_debit_key_bare",

@@ -14,7 +14,8 @@ from tests.conftest import Server
 
 WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth")
 IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "signup_single",
-       "debit_c1", "debit_c8", "debit_c32", "debit_key_c8", "tpcb_c8", "python_sync",
+       "signup_single_floor", "signup_single_vs_floor", "debit_c1", "debit_c8", "debit_floor_c8",
+       "debit_c32", "debit_key_c8", "tpcb_c8", "python_sync",
        "python_async", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit")
 
 
