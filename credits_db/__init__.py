@@ -25,6 +25,7 @@ from credits_db.functions import (
     add_team_member,
     allocation_report,
     backfill,
+    backfill_batch,
     balance,
     debit,
     grant,
@@ -36,6 +37,7 @@ from credits_db.functions import (
 )
 from credits_db.models import (
     AllocationReport,
+    BackfillBatch,
     BackfillSummary,
     Balance,
     CreditOperation,
@@ -52,6 +54,7 @@ __all__ = [
     "AlreadyInTeam",
     "AlreadyRefunded",
     "AppendOnlyViolation",
+    "BackfillBatch",
     "BackfillSummary",
     "Balance",
     "ConnectionLost",
@@ -76,6 +79,7 @@ __all__ = [
     "add_team_member",
     "allocation_report",
     "backfill",
+    "backfill_batch",
     "balance",
     "debit",
     "grant",

@@ -15,6 +15,7 @@ from credits_db._queries import QUERIES
 from credits_db.errors import AlreadyRefunded, CreditsError, InvalidAmount, InvalidArgument
 from credits_db.models import (
     AllocationReport,
+    BackfillBatch,
     BackfillSummary,
     Balance,
     CreditOperation,
@@ -41,6 +42,14 @@ def backfill(*, dry_run: bool, limit: int | None) -> Call[BackfillSummary]:
     return Call(
         QUERIES["backfill"], {"dry_run": dry_run, "limit": limit}, BackfillSummary.from_json
     )
+
+
+def backfill_batch(*, after: UserId | None, limit: int) -> Call[BackfillBatch]:
+    """``backfill_user_credits_batch(p_after_user_id, p_limit)``."""
+    _int4(limit, "limit", InvalidArgument)
+    return Call(QUERIES["backfill_batch"],
+                {"after": None if after is None else str(after), "limit": limit},
+                BackfillBatch.from_json)
 
 
 def allocation_report() -> Call[AllocationReport]:

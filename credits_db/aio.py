@@ -11,6 +11,7 @@ from credits_db._calls import UserId
 from credits_db._execute import arun
 from credits_db.models import (
     AllocationReport,
+    BackfillBatch,
     BackfillSummary,
     Balance,
     CreditOperation,
@@ -27,6 +28,13 @@ async def backfill(
 ) -> BackfillSummary:
     """Async :func:`credits_db.backfill`."""
     return await arun(conn, _calls.backfill(dry_run=dry_run, limit=limit))
+
+
+async def backfill_batch(
+    conn: AsyncConnection, *, after: UserId | None = None, limit: int = 50_000
+) -> BackfillBatch:
+    """Async :func:`credits_db.backfill_batch`."""
+    return await arun(conn, _calls.backfill_batch(after=after, limit=limit))
 
 
 async def allocation_report(conn: AsyncConnection) -> AllocationReport:

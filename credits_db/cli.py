@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from importlib.resources import files
@@ -101,41 +101,53 @@ def _print_report(report: AllocationReport) -> None:
     )
 
 
-def _merge(total: BackfillSummary | None, batch: BackfillSummary) -> BackfillSummary:
-    if total is None:
-        return batch
-    by_role = dict(total.by_role)
-    for role, allocation in batch.by_role.items():
-        before = by_role.get(role, RoleAllocation(0, 0))
-        by_role[role] = RoleAllocation(before.users + allocation.users,
-                                       before.credits + allocation.credits)
-    return BackfillSummary(
-        users_total=batch.users_total,
-        users_without_credits=total.users_without_credits,
-        users_backfilled=total.users_backfilled + batch.users_backfilled,
-        credits_allocated=total.credits_allocated + batch.credits_allocated,
-        fallback_role_users=total.fallback_role_users + batch.fallback_role_users,
-        by_role=dict(sorted(by_role.items())),
-        dry_run=False,
-    )
+def _add_allocations(into: dict[str, RoleAllocation],
+                     more: Mapping[str, RoleAllocation]) -> None:
+    for role, allocation in more.items():
+        before = into.get(role, RoleAllocation(0, 0))
+        into[role] = RoleAllocation(before.users + allocation.users,
+                                    before.credits + allocation.credits)
 
 
 def run_batched_backfill(
     conn: psycopg.Connection[Any],
     batch_size: int,
-    on_batch: Callable[[BackfillSummary], None] = lambda _summary: None,
+    on_batch: Callable[[int], None] = lambda _allocated: None,
 ) -> BackfillSummary:
-    """Backfill in batches, one committed transaction each, until no user is left.
+    """Backfill ``batch_size`` users at a time, one committed transaction each.
 
-    Memory stays flat: each batch is one SQL call; no user is loaded into Python.
+    The batches walk users in primary-key order (``backfill_user_credits_batch``),
+    so each costs the same however far the walk has got; a final
+    ``backfill_user_credits()`` allocates anyone the walk left behind (a user
+    whose signup allocation failed behind the cursor) and gives the totals.
+    ``on_batch`` receives the number of users each call allocated. Memory stays
+    flat: each batch is one SQL call; no user is loaded into Python.
     """
-    total: BackfillSummary | None = None
+    by_role: dict[str, RoleAllocation] = {}
+    allocated = credits = fallback = 0
+    after = None
     while True:
-        batch = credits_db.backfill(conn, limit=batch_size)
-        total = _merge(total, batch)
-        on_batch(batch)
-        if batch.users_without_credits <= batch.users_backfilled:
-            return total
+        batch = credits_db.backfill_batch(conn, after=after, limit=batch_size)
+        _add_allocations(by_role, batch.by_role)
+        allocated += batch.users_backfilled
+        credits += batch.credits_allocated
+        fallback += batch.fallback_role_users
+        on_batch(batch.users_backfilled)
+        if batch.last_user_id is None:
+            break
+        after = batch.last_user_id
+    rest = credits_db.backfill(conn)
+    _add_allocations(by_role, rest.by_role)
+    on_batch(rest.users_backfilled)
+    return BackfillSummary(
+        users_total=rest.users_total,
+        users_without_credits=allocated + rest.users_without_credits,
+        users_backfilled=allocated + rest.users_backfilled,
+        credits_allocated=credits + rest.credits_allocated,
+        fallback_role_users=fallback + rest.fallback_role_users,
+        by_role=dict(sorted(by_role.items())),
+        dry_run=False,
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -179,8 +191,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                           TimeElapsedColumn(), console=err, disable=args.json) as progress:
                 task = progress.add_task("backfill", total=waiting)
                 summary = run_batched_backfill(
-                    conn, args.batch_size,
-                    lambda batch: progress.advance(task, batch.users_backfilled),
+                    conn, args.batch_size, lambda allocated: progress.advance(task, allocated),
                 )
     if args.json:
         _print_json(asdict(summary))

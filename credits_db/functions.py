@@ -11,6 +11,7 @@ from credits_db._calls import UserId
 from credits_db._execute import SyncConnection, run
 from credits_db.models import (
     AllocationReport,
+    BackfillBatch,
     BackfillSummary,
     Balance,
     CreditOperation,
@@ -34,6 +35,21 @@ def backfill(
         InvalidArgument: ``limit`` is below 1.
     """
     return run(conn, _calls.backfill(dry_run=dry_run, limit=limit))
+
+
+def backfill_batch(
+    conn: SyncConnection, *, after: UserId | None = None, limit: int = 50_000
+) -> BackfillBatch:
+    """Allocate credits to the users without any among the next ``limit`` users by id.
+
+    Walk a large table by passing each result's ``last_user_id`` as the next
+    ``after`` until it is None; each call costs the same wherever it starts.
+    Finish with :func:`backfill` to catch users left behind the cursor.
+
+    Raises:
+        InvalidArgument: ``limit`` is below 1 or beyond a 32-bit integer.
+    """
+    return run(conn, _calls.backfill_batch(after=after, limit=limit))
 
 
 def allocation_report(conn: SyncConnection) -> AllocationReport:

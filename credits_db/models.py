@@ -52,13 +52,48 @@ class BackfillSummary:
             users_backfilled=int(data["users_backfilled"]),
             credits_allocated=int(data["credits_allocated"]),
             fallback_role_users=int(data["fallback_role_users"]),
-            by_role=dict(
-                {
-                    role: RoleAllocation(users=int(v["users"]), credits=int(v["credits"]))
-                    for role, v in sorted(data["by_role"].items())
-                }
-            ),
+            by_role=_role_allocations(data["by_role"]),
             dry_run=bool(data["dry_run"]),
+        )
+
+
+def _role_allocations(by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, RoleAllocation]:
+    return {role: RoleAllocation(users=int(v["users"]), credits=int(v["credits"]))
+            for role, v in sorted(by_role.items())}
+
+
+@dataclass(frozen=True)
+class BackfillBatch:
+    """What one ``backfill_user_credits_batch()`` call did.
+
+    Attributes:
+        users_scanned: users in this call's window (the next ``limit`` by id).
+        users_backfilled: of those, users this call allocated.
+        credits_allocated: credits this call allocated.
+        fallback_role_users: of the allocated, users with a NULL or unknown role.
+        by_role: per role as stored in users.role (NULL under ``"(null)"``).
+        last_user_id: the window's last user, to pass as ``after`` to the next
+            call; None when no user was left after the cursor.
+    """
+
+    users_scanned: int
+    users_backfilled: int
+    credits_allocated: int
+    fallback_role_users: int
+    by_role: Mapping[str, RoleAllocation]
+    last_user_id: UUID | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BackfillBatch:
+        """Build from the jsonb ``backfill_user_credits_batch()`` returns."""
+        last = data["last_user_id"]
+        return cls(
+            users_scanned=int(data["users_scanned"]),
+            users_backfilled=int(data["users_backfilled"]),
+            credits_allocated=int(data["credits_allocated"]),
+            fallback_role_users=int(data["fallback_role_users"]),
+            by_role=_role_allocations(data["by_role"]),
+            last_user_id=None if last is None else UUID(last),
         )
 
 

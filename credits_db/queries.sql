@@ -6,6 +6,11 @@
 -- Allocate credits to users who have none (or report what would happen).
 SELECT backfill_user_credits(p_dry_run => %(dry_run)s, p_limit => %(limit)s);
 
+-- name: backfill_batch
+-- Allocate credits to the users without any among the next `limit` users in
+-- primary-key order after `after` (NULL: from the first).
+SELECT backfill_user_credits_batch(p_after_user_id => %(after)s, p_limit => %(limit)s);
+
 -- name: allocation_report
 -- Users with and without credits, and credits per role.
 SELECT credit_allocation_report();

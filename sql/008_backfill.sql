@@ -13,8 +13,8 @@ WHERE NOT EXISTS (SELECT 1 FROM public.user_credits uc WHERE uc.user_id = u.id);
 
 REVOKE ALL ON credits_backfill_candidates FROM PUBLIC;
 
--- Allocates every user without a balance row, by role, in one set-based
--- statement. Safe to repeat and to run beside signups and other backfills:
+-- The one allocation statement behind both backfill entry points (below). Safe
+-- to repeat and to run beside signups and other backfills:
 --   * ON CONFLICT DO NOTHING never overwrites a balance, and a log row is
 --     written only for a balance row this call actually inserted;
 --   * a transaction-scoped advisory lock queues concurrent backfills, so the
@@ -22,13 +22,29 @@ REVOKE ALL ON credits_backfill_candidates FROM PUBLIC;
 --     (rather than racing it row by row, which could deadlock);
 --   * signups allocate in their own transaction; a user they have not
 --     committed is invisible here, one they have committed has a row already.
-CREATE FUNCTION backfill_user_credits(
-    p_dry_run boolean DEFAULT false,
-    p_limit   integer DEFAULT NULL
+--
+-- Two ways to choose whom to allocate (p_keyset):
+--   * false: any p_limit users of credits_backfill_candidates (all if NULL),
+--     and the report counts users_total and users_without_credits;
+--   * true: among the next p_limit users in primary-key order after
+--     p_after_user_id, those without a balance row. Each such batch reads its
+--     own window of users and probes user_credits once per user, so a batch
+--     costs the same at the millionth user as at the first; the report gives
+--     the window (users_scanned, last_user_id) and no totals, which would
+--     cost a scan of every user per batch.
+-- plan_cache_mode = force_custom_plan plans each call with its arguments, so
+-- the branch not taken is folded away and the window is an index range scan;
+-- a generic plan would have to serve both modes and every cursor position.
+CREATE FUNCTION credits_backfill(
+    p_dry_run       boolean,
+    p_limit         integer,
+    p_keyset        boolean,
+    p_after_user_id uuid
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_report jsonb;
@@ -36,8 +52,9 @@ BEGIN
     IF p_dry_run IS NULL THEN
         RAISE EXCEPTION 'p_dry_run must be true or false, not NULL' USING ERRCODE = '22004';
     END IF;
-    IF p_limit IS NOT NULL AND p_limit < 1 THEN
-        RAISE EXCEPTION 'p_limit must be a positive number of users or NULL, not %', p_limit
+    IF (p_limit IS NOT NULL AND p_limit < 1) OR (p_keyset AND p_limit IS NULL) THEN
+        RAISE EXCEPTION 'p_limit must be a positive number of users%, not %',
+            CASE WHEN p_keyset THEN '' ELSE ' or NULL' END, coalesce(p_limit::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
 
@@ -46,13 +63,28 @@ BEGIN
     END IF;
 
     WITH population AS MATERIALIZED (
-        -- Counted once: with p_limit every batch pays this scan of users.
+        -- Counted once: every batch of a p_limit backfill pays this scan of users.
         SELECT count(*) AS users_total FROM users
     ),
-    chosen AS MATERIALIZED (
-        SELECT user_id, role, credits, is_fallback
-        FROM credits_backfill_candidates
+    user_window AS MATERIALIZED (
+        SELECT u.id FROM users u
+        WHERE p_keyset AND (p_after_user_id IS NULL OR u.id > p_after_user_id)
+        ORDER BY u.id
         LIMIT p_limit
+    ),
+    chosen AS MATERIALIZED (
+        (SELECT c.user_id, c.role, c.credits, c.is_fallback
+         FROM credits_backfill_candidates c
+         WHERE NOT p_keyset
+         LIMIT p_limit)
+        UNION ALL
+        -- LIMIT 1 keeps each lookup a probe by primary key, one per user of the
+        -- window, whatever the statistics of user_credits say.
+        SELECT c.user_id, c.role, c.credits, c.is_fallback
+        FROM user_window w
+        CROSS JOIN LATERAL (
+            SELECT * FROM credits_backfill_candidates c WHERE c.user_id = w.id LIMIT 1
+        ) c
     ),
     allocated AS (
         INSERT INTO user_credits (user_id, total_credits)
@@ -86,29 +118,75 @@ BEGIN
         GROUP BY role
     )
     SELECT jsonb_build_object(
-        'users_total', (SELECT users_total FROM population),
-        -- Without a limit every candidate is chosen. With one, count instead of
-        -- re-running the anti-join: every balance row belongs to exactly one
-        -- existing user (primary key, foreign key), so the difference is exact.
-        'users_without_credits', CASE WHEN p_limit IS NULL
-                                      THEN (SELECT count(*) FROM chosen)
-                                      ELSE (SELECT users_total FROM population)
-                                           - (SELECT count(*) FROM user_credits)
-                                 END,
         'users_backfilled', coalesce(sum(users), 0),
         'credits_allocated', coalesce(sum(credits), 0),
         'fallback_role_users', coalesce(sum(fallback_users), 0),
         'by_role', coalesce(jsonb_object_agg(coalesce(role, '(null)'),
                             jsonb_build_object('users', users, 'credits', credits)), '{}'),
         'dry_run', p_dry_run
-    )
+    ) || CASE
+        WHEN p_keyset THEN jsonb_build_object(
+            'users_scanned', (SELECT count(*) FROM user_window),
+            'last_user_id', (SELECT id FROM user_window ORDER BY id DESC LIMIT 1))
+        ELSE jsonb_build_object(
+            'users_total', (SELECT users_total FROM population),
+            -- Without a limit every candidate is chosen. With one, count instead
+            -- of re-running the anti-join: every balance row belongs to exactly
+            -- one existing user (primary key, foreign key), so the difference is exact.
+            'users_without_credits', CASE WHEN p_limit IS NULL
+                                          THEN (SELECT count(*) FROM chosen)
+                                          ELSE (SELECT users_total FROM population)
+                                               - (SELECT count(*) FROM user_credits)
+                                     END)
+    END
     INTO v_report
     FROM per_role;
     RETURN v_report;
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
+    'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
+
+-- Allocates every user without a balance row (or p_limit of them), by role,
+-- in one set-based statement; p_dry_run reports without writing.
+CREATE FUNCTION backfill_user_credits(
+    p_dry_run boolean DEFAULT false,
+    p_limit   integer DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT credits_backfill(p_dry_run, p_limit, false, NULL);
+$$;
+
 REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
 
 COMMENT ON FUNCTION backfill_user_credits(boolean, integer) IS
     'Allocate credits by role to every user without a balance row (source backfill). Idempotent; p_limit batches, p_dry_run reports without writing.';
+
+-- Batches for large tables: walk users in primary-key order, p_limit users per
+-- call, passing each call's last_user_id to the next (NULL for the first);
+-- last_user_id NULL means no user is left after the cursor. A call costs the
+-- same wherever the cursor is, where backfill_user_credits(p_limit => n)
+-- looks for candidates among all users on every call. A user who lost their
+-- signup allocation behind the cursor is left to a final
+-- backfill_user_credits() (the CLI makes that call).
+CREATE FUNCTION backfill_user_credits_batch(
+    p_after_user_id uuid DEFAULT NULL,
+    p_limit         integer DEFAULT 50000
+) RETURNS jsonb
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT credits_backfill(false, p_limit, true, p_after_user_id);
+$$;
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION backfill_user_credits_batch(uuid, integer) IS
+    'Backfill the next p_limit users after p_after_user_id in primary-key order; returns last_user_id for the next call (NULL when done).';

@@ -34,7 +34,9 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION'
                        ' public.credits_refuse_log_change(),'
                        ' public.credits_allocate_on_signup(),'
+                       ' public.credits_backfill(boolean, integer, boolean, uuid),'
                        ' public.backfill_user_credits(boolean, integer),'
+                       ' public.backfill_user_credits_batch(uuid, integer),'
                        ' public.credit_allocation_report(),'
                        ' public.credits_replayed_result(public.credit_usage_log),'
                        ' public.add_team_member(uuid, uuid),'
@@ -61,6 +63,7 @@ GRANT EXECUTE ON FUNCTION credits_current_user_id(),
                           debit_credits(uuid, integer, text, text, text)
     TO credits_user, credits_admin;
 GRANT EXECUTE ON FUNCTION backfill_user_credits(boolean, integer),
+                          backfill_user_credits_batch(uuid, integer),
                           grant_credits(uuid, integer, text, text, text),
                           refund_credits(bigint, text),
                           add_team_member(uuid, uuid),
@@ -95,6 +98,7 @@ BEGIN
                                   get_credit_balance(uuid),
                                   debit_credits(uuid, integer, text, text, text),
                                   backfill_user_credits(boolean, integer),
+                                  backfill_user_credits_batch(uuid, integer),
                                   grant_credits(uuid, integer, text, text, text),
                                   refund_credits(bigint, text),
                                   add_team_member(uuid, uuid),

@@ -68,6 +68,12 @@ def test_supabase_install(empty_db: Database) -> None:
                     assert not one(conn, "SELECT has_table_privilege(%s, %s, %s)",
                                    (role, table, write)), (role, table, write)
         assert not one(conn, "SELECT has_function_privilege('anon', %s, 'EXECUTE')", (DEBIT,))
+        for function in ("backfill_user_credits_batch(uuid,integer)",
+                         "credits_backfill(boolean,integer,boolean,uuid)"):
+            assert not one(conn, "SELECT has_function_privilege('authenticated', %s, 'EXECUTE')",
+                           (function,)), function
+        assert one(conn, "SELECT has_function_privilege('service_role', %s, 'EXECUTE')",
+                   ("backfill_user_credits_batch(uuid,integer)",))
         # NOINHERIT or not, the memberships carry the privileges (WITH INHERIT TRUE on
         # PostgreSQL 16+, direct grants on 15).
         assert one(conn, "SELECT has_function_privilege('authenticated', %s, 'EXECUTE')", (DEBIT,))

@@ -23,6 +23,7 @@ GRANT = "grant_credits(uuid,integer,text,text,text)"
 USER_FUNCTIONS = {"credits_current_user_id()", "get_credit_balance(uuid)", DEBIT}
 ADMIN_FUNCTIONS = USER_FUNCTIONS | {
     "backfill_user_credits(boolean,integer)",
+    "backfill_user_credits_batch(uuid,integer)",
     GRANT,
     "refund_credits(bigint,text)",
     "add_team_member(uuid,uuid)",

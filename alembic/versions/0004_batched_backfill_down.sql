@@ -1,9 +1,9 @@
--- credits-db 0004: backfill_user_credits() counts users once per call (frozen; see sql/ for current definitions).
--- With p_limit every batch reported users_total and users_without_credits from
--- two separate scans of users; one scan now serves both. Replacing a function
--- keeps its privileges and comment.
+-- credits-db 0004 down: backfill_user_credits() as revisions 0001 and 0003 left
+-- it (its privileges and comment survive the replacement), without the batch
+-- function and the shared allocation function.
 
--- ---- 008_backfill.sql (backfill_user_credits only) ----
+DROP FUNCTION backfill_user_credits_batch(uuid, integer);
+
 CREATE OR REPLACE FUNCTION backfill_user_credits(
     p_dry_run boolean DEFAULT false,
     p_limit   integer DEFAULT NULL
@@ -27,11 +27,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock(hashtextextended('credits_db.backfill_user_credits', 0));
     END IF;
 
-    WITH population AS MATERIALIZED (
-        -- Counted once: with p_limit every batch pays this scan of users.
-        SELECT count(*) AS users_total FROM users
-    ),
-    chosen AS MATERIALIZED (
+    WITH chosen AS MATERIALIZED (
         SELECT user_id, role, credits, is_fallback
         FROM credits_backfill_candidates
         LIMIT p_limit
@@ -68,13 +64,13 @@ BEGIN
         GROUP BY role
     )
     SELECT jsonb_build_object(
-        'users_total', (SELECT users_total FROM population),
+        'users_total', (SELECT count(*) FROM users),
         -- Without a limit every candidate is chosen. With one, count instead of
         -- re-running the anti-join: every balance row belongs to exactly one
         -- existing user (primary key, foreign key), so the difference is exact.
         'users_without_credits', CASE WHEN p_limit IS NULL
                                       THEN (SELECT count(*) FROM chosen)
-                                      ELSE (SELECT users_total FROM population)
+                                      ELSE (SELECT count(*) FROM users)
                                            - (SELECT count(*) FROM user_credits)
                                  END,
         'users_backfilled', coalesce(sum(users), 0),
@@ -89,3 +85,5 @@ BEGIN
     RETURN v_report;
 END
 $$;
+
+DROP FUNCTION credits_backfill(boolean, integer, boolean, uuid);

@@ -1,4 +1,4 @@
-"""Backfill counts users once per call (every batch of a batched backfill paid two scans).
+"""Batched backfill: backfill_user_credits_batch() walks users by primary key, O(batch) per call.
 
 Revision ID: 0004
 Revises: 0003
@@ -18,8 +18,8 @@ _HERE = Path(__file__).parent
 
 
 def upgrade() -> None:
-    run_sql_file(_HERE / "0004_backfill_counts_once.sql")
+    run_sql_file(_HERE / "0004_batched_backfill.sql")
 
 
 def downgrade() -> None:
-    run_sql_file(_HERE / "0004_backfill_counts_once_down.sql")
+    run_sql_file(_HERE / "0004_batched_backfill_down.sql")

@@ -1,0 +1,219 @@
+-- credits-db 0004: batched backfill that costs the same at every batch (frozen; see sql/ for current definitions).
+-- backfill_user_credits(p_limit => n) looked for candidates among all users
+-- and counted all users twice on every call, so a batched backfill of N users
+-- cost O(N) per batch. backfill_user_credits_batch() walks users by primary
+-- key instead; both run one allocation statement, credits_backfill().
+-- backfill_user_credits() keeps its signature, result and privileges.
+
+-- ---- 008_backfill.sql (the functions; the view is unchanged) ----
+-- The one allocation statement behind both backfill entry points (below). Safe
+-- to repeat and to run beside signups and other backfills:
+--   * ON CONFLICT DO NOTHING never overwrites a balance, and a log row is
+--     written only for a balance row this call actually inserted;
+--   * a transaction-scoped advisory lock queues concurrent backfills, so the
+--     second one starts after the first commits and finds nothing left to do
+--     (rather than racing it row by row, which could deadlock);
+--   * signups allocate in their own transaction; a user they have not
+--     committed is invisible here, one they have committed has a row already.
+--
+-- Two ways to choose whom to allocate (p_keyset):
+--   * false: any p_limit users of credits_backfill_candidates (all if NULL),
+--     and the report counts users_total and users_without_credits;
+--   * true: among the next p_limit users in primary-key order after
+--     p_after_user_id, those without a balance row. Each such batch reads its
+--     own window of users and probes user_credits once per user, so a batch
+--     costs the same at the millionth user as at the first; the report gives
+--     the window (users_scanned, last_user_id) and no totals, which would
+--     cost a scan of every user per batch.
+-- plan_cache_mode = force_custom_plan plans each call with its arguments, so
+-- the branch not taken is folded away and the window is an index range scan;
+-- a generic plan would have to serve both modes and every cursor position.
+CREATE FUNCTION credits_backfill(
+    p_dry_run       boolean,
+    p_limit         integer,
+    p_keyset        boolean,
+    p_after_user_id uuid
+) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v_report jsonb;
+BEGIN
+    IF p_dry_run IS NULL THEN
+        RAISE EXCEPTION 'p_dry_run must be true or false, not NULL' USING ERRCODE = '22004';
+    END IF;
+    IF (p_limit IS NOT NULL AND p_limit < 1) OR (p_keyset AND p_limit IS NULL) THEN
+        RAISE EXCEPTION 'p_limit must be a positive number of users%, not %',
+            CASE WHEN p_keyset THEN '' ELSE ' or NULL' END, coalesce(p_limit::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+
+    IF NOT p_dry_run THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('credits_db.backfill_user_credits', 0));
+    END IF;
+
+    WITH population AS MATERIALIZED (
+        -- Counted once: every batch of a p_limit backfill pays this scan of users.
+        SELECT count(*) AS users_total FROM users
+    ),
+    user_window AS MATERIALIZED (
+        SELECT u.id FROM users u
+        WHERE p_keyset AND (p_after_user_id IS NULL OR u.id > p_after_user_id)
+        ORDER BY u.id
+        LIMIT p_limit
+    ),
+    chosen AS MATERIALIZED (
+        (SELECT c.user_id, c.role, c.credits, c.is_fallback
+         FROM credits_backfill_candidates c
+         WHERE NOT p_keyset
+         LIMIT p_limit)
+        UNION ALL
+        -- LIMIT 1 keeps each lookup a probe by primary key, one per user of the
+        -- window, whatever the statistics of user_credits say.
+        SELECT c.user_id, c.role, c.credits, c.is_fallback
+        FROM user_window w
+        CROSS JOIN LATERAL (
+            SELECT * FROM credits_backfill_candidates c WHERE c.user_id = w.id LIMIT 1
+        ) c
+    ),
+    allocated AS (
+        INSERT INTO user_credits (user_id, total_credits)
+        SELECT user_id, credits FROM chosen
+        WHERE NOT p_dry_run
+        ON CONFLICT (user_id) DO NOTHING
+        RETURNING user_id
+    ),
+    -- One join tells which chosen users this call allocated; the log rows and
+    -- every number of the report come from it, so nothing is scanned twice.
+    done AS MATERIALIZED (
+        SELECT c.* FROM chosen c WHERE p_dry_run
+        UNION ALL
+        SELECT c.* FROM chosen c JOIN allocated a USING (user_id)
+    ),
+    logged AS (
+        INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+        SELECT d.user_id, d.credits, 'credit', 'backfill',
+               CASE
+                   WHEN NOT d.is_fallback THEN 'backfill allocation for role ' || d.role
+                   WHEN d.role IS NULL THEN 'backfill allocation: no role, member allocation (fallback)'
+                   ELSE format('backfill allocation: unknown role %L, member allocation (fallback)', d.role)
+               END
+        FROM done d
+        WHERE NOT p_dry_run AND d.credits > 0
+    ),
+    per_role AS (
+        SELECT role, count(*) AS users, sum(credits) AS credits,
+               count(*) FILTER (WHERE is_fallback) AS fallback_users
+        FROM done
+        GROUP BY role
+    )
+    SELECT jsonb_build_object(
+        'users_backfilled', coalesce(sum(users), 0),
+        'credits_allocated', coalesce(sum(credits), 0),
+        'fallback_role_users', coalesce(sum(fallback_users), 0),
+        'by_role', coalesce(jsonb_object_agg(coalesce(role, '(null)'),
+                            jsonb_build_object('users', users, 'credits', credits)), '{}'),
+        'dry_run', p_dry_run
+    ) || CASE
+        WHEN p_keyset THEN jsonb_build_object(
+            'users_scanned', (SELECT count(*) FROM user_window),
+            'last_user_id', (SELECT id FROM user_window ORDER BY id DESC LIMIT 1))
+        ELSE jsonb_build_object(
+            'users_total', (SELECT users_total FROM population),
+            -- Without a limit every candidate is chosen. With one, count instead
+            -- of re-running the anti-join: every balance row belongs to exactly
+            -- one existing user (primary key, foreign key), so the difference is exact.
+            'users_without_credits', CASE WHEN p_limit IS NULL
+                                          THEN (SELECT count(*) FROM chosen)
+                                          ELSE (SELECT users_total FROM population)
+                                               - (SELECT count(*) FROM user_credits)
+                                     END)
+    END
+    INTO v_report
+    FROM per_role;
+    RETURN v_report;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
+    'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
+
+-- Allocates every user without a balance row (or p_limit of them), by role,
+-- in one set-based statement; p_dry_run reports without writing.
+CREATE OR REPLACE FUNCTION backfill_user_credits(
+    p_dry_run boolean DEFAULT false,
+    p_limit   integer DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT credits_backfill(p_dry_run, p_limit, false, NULL);
+$$;
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION backfill_user_credits(boolean, integer) IS
+    'Allocate credits by role to every user without a balance row (source backfill). Idempotent; p_limit batches, p_dry_run reports without writing.';
+
+-- Batches for large tables: walk users in primary-key order, p_limit users per
+-- call, passing each call's last_user_id to the next (NULL for the first);
+-- last_user_id NULL means no user is left after the cursor. A call costs the
+-- same wherever the cursor is, where backfill_user_credits(p_limit => n)
+-- looks for candidates among all users on every call. A user who lost their
+-- signup allocation behind the cursor is left to a final
+-- backfill_user_credits() (the CLI makes that call).
+CREATE FUNCTION backfill_user_credits_batch(
+    p_after_user_id uuid DEFAULT NULL,
+    p_limit         integer DEFAULT 50000
+) RETURNS jsonb
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+    SELECT credits_backfill(false, p_limit, true, p_after_user_id);
+$$;
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION backfill_user_credits_batch(uuid, integer) IS
+    'Backfill the next p_limit users after p_after_user_id in primary-key order; returns last_user_id for the next call (NULL when done).';
+
+-- ---- 024_grants.sql (the two new functions only) ----
+GRANT EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) TO credits_admin;
+
+-- Supabase's default privileges gave the API roles EXECUTE on both new
+-- functions; taken back, as 0003 did for every other object.
+DO $credits_revoke_api_roles$
+DECLARE
+    v_role text;
+BEGIN
+    FOR v_role IN
+        SELECT rolname FROM pg_catalog.pg_roles
+        WHERE rolname IN ('anon', 'authenticated', 'service_role')
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION'
+                       ' public.credits_backfill(boolean, integer, boolean, uuid),'
+                       ' public.backfill_user_credits_batch(uuid, integer) FROM %I', v_role);
+    END LOOP;
+END
+$credits_revoke_api_roles$;
+
+-- PostgreSQL 15: a NOINHERIT service_role gets credits_admin's privileges
+-- directly (see 0003).
+DO $credits_noinherit_members$
+BEGIN
+    IF current_setting('server_version_num')::integer >= 160000 THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role' AND NOT rolinherit)
+       AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
+        GRANT EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) TO service_role;
+    END IF;
+END
+$credits_noinherit_members$;
