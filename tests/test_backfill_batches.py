@@ -26,7 +26,8 @@ def test_walk_visits_each_window_once_in_key_order(conn: Conn) -> None:
     waiting = add_users_without_credits(conn, "member", "admin", None, "Boss", "super_admin")
     allocated = add_users(conn, "team_admin")  # has credits already: scanned, left alone
     ordered = sorted(waiting + allocated, key=uuid.UUID)
-    seen, after = [], None
+    seen: list[str] = []
+    after: str | None = None
     while True:
         result = batch(conn, after, 2)
         if result["last_user_id"] is None:
