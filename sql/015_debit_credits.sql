@@ -47,6 +47,8 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     v_log_id    bigint;
+    v_earlier   bigint;
+    v_locked    boolean;
     v_remaining integer;
     v_admin     uuid;
     v_entry     credit_usage_log;
@@ -108,26 +110,51 @@ BEGIN
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
-        PERFORM pg_advisory_xact_lock(hashtextextended(
-            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0));
+        -- Assigned, not PERFORMed: an assignment is evaluated as an expression,
+        -- without running a query. Every statement below starts after the lock
+        -- is granted, so it sees the entry of any earlier call that committed.
+        v_locked := pg_advisory_xact_lock(hashtextextended(
+            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0)) IS NULL;
 
-        -- A debit row first: a grant to the caller's own account under the same
-        -- key must not hide the debit this call is a retry of.
-        -- Two branches, one per index: an OR across user_id and actor_user_id
-        -- would leave the key alone as the index condition and scan every
-        -- keyed row ever written.
-        SELECT e.* INTO v_entry
-        FROM (
-            SELECT l.* FROM credit_usage_log l
-            WHERE l.user_id = p_user_id AND l.idempotency_key = p_idempotency_key
-              AND l.actor_user_id IS NULL
-            UNION ALL
-            SELECT l.* FROM credit_usage_log l
-            WHERE l.actor_user_id = p_user_id AND l.idempotency_key = p_idempotency_key
-        ) AS e
-        ORDER BY e.type = 'debit' DESC, e.id
-        LIMIT 1;
-        IF FOUND THEN
+        -- One statement: look for the caller's earlier entry with this key and,
+        -- only if there is none, debit the own account and log it.
+        -- The earlier entry: a debit row first (a grant to the caller's own
+        -- account under the same key must not hide the debit this call is a
+        -- retry of). Two branches, one per index: an OR across user_id and
+        -- actor_user_id would leave the key alone as the index condition and
+        -- scan every keyed row ever written.
+        WITH earlier AS (
+            SELECT e.id
+            FROM (
+                SELECT l.id, l.type FROM credit_usage_log l
+                WHERE l.user_id = p_user_id AND l.idempotency_key = p_idempotency_key
+                  AND l.actor_user_id IS NULL
+                UNION ALL
+                SELECT l.id, l.type FROM credit_usage_log l
+                WHERE l.actor_user_id = p_user_id AND l.idempotency_key = p_idempotency_key
+            ) AS e
+            ORDER BY e.type = 'debit' DESC, e.id
+            LIMIT 1
+        ), debited AS (
+            UPDATE user_credits
+            SET used_credits = used_credits + p_amount, last_updated = now()
+            WHERE user_id = p_user_id AND remaining_credits >= p_amount
+              AND NOT EXISTS (SELECT FROM earlier)
+            RETURNING remaining_credits
+        ), logged AS (
+            INSERT INTO credit_usage_log
+                (user_id, amount, type, source, description, idempotency_key)
+            SELECT p_user_id, -p_amount, 'debit', p_source, p_description, p_idempotency_key
+            FROM debited
+            ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id
+        )
+        SELECT (SELECT id FROM earlier), (SELECT remaining_credits FROM debited),
+               (SELECT id FROM logged)
+        INTO v_earlier, v_remaining, v_log_id;
+
+        IF v_earlier IS NOT NULL THEN
+            SELECT * INTO v_entry FROM credit_usage_log l WHERE l.id = v_earlier;
             IF v_entry.type <> 'debit' OR v_entry.amount <> -p_amount
                OR v_entry.source <> p_source THEN
                 RAISE EXCEPTION 'idempotency key % was already used with different parameters',
@@ -140,18 +167,10 @@ BEGIN
             RETURN credits_replayed_result(v_entry);
         END IF;
 
-        UPDATE user_credits
-        SET used_credits = used_credits + p_amount, last_updated = now()
-        WHERE user_id = p_user_id AND remaining_credits >= p_amount
-        RETURNING remaining_credits INTO v_remaining;
-
-        IF FOUND THEN
-            INSERT INTO credit_usage_log
-                (user_id, amount, type, source, description, idempotency_key)
-            VALUES (p_user_id, -p_amount, 'debit', p_source, p_description, p_idempotency_key)
-            ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id INTO v_log_id;
+        IF v_remaining IS NOT NULL THEN
             IF v_log_id IS NULL THEN
+                -- The balance changed but the key is another call's on this
+                -- account: raising rolls the debit back with everything else.
                 RAISE EXCEPTION 'idempotency key % was already used on this account by another call',
                     p_idempotency_key
                     USING ERRCODE = 'CR007', DETAIL = format('account %s', p_user_id);

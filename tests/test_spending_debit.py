@@ -188,6 +188,18 @@ def test_another_members_key_on_the_pool_is_cr007(conn: Conn) -> None:
     assert debit(conn, second, 10, idempotency_key="shared")["from_team_pool"] is False
 
 
+def test_admin_reusing_a_key_a_member_spent_on_the_pool_is_cr007(conn: Conn) -> None:
+    # The member's pool debit holds key 'k' on the admin's account; the admin's
+    # own keyed debit passes the balance check, then finds the key taken: the
+    # debit is rolled back with the error.
+    admin, member = add_users(conn, "team_admin", "member")
+    add_member(conn, admin, member)
+    debit(conn, member, 400, idempotency_key="k")
+    err = fails_cleanly(conn, "CR007", "SELECT debit_credits(%s, 10, p_idempotency_key => 'k')",
+                        (admin,))
+    assert "already used on this account by another call" in str(err)
+
+
 def test_refused_keyed_debit_leaves_the_key_free(conn: Conn) -> None:
     [user] = add_users(conn, "member")
     fails_cleanly(conn, "CR001", "SELECT debit_credits(%s, 400, p_idempotency_key => 'k')", (user,))
