@@ -183,32 +183,39 @@ BEGIN
     END IF;
 
     -- The own account could not pay (or has no balance row yet): the pool.
-    SELECT t.team_admin_id INTO v_admin
-    FROM team_credit_sharing t WHERE t.team_member_id = p_user_id;
-
-    IF FOUND THEN
+    -- One statement finds the pool, debits it and logs the entry, so the pool
+    -- row, which every member of the team contends for, is locked only for
+    -- the rest of this statement and the commit.
+    WITH pool AS (
+        SELECT t.team_admin_id FROM team_credit_sharing t WHERE t.team_member_id = p_user_id
+    ), debited AS (
         UPDATE user_credits
         SET used_credits = used_credits + p_amount, last_updated = now()
-        WHERE user_id = v_admin AND remaining_credits >= p_amount
-        RETURNING remaining_credits INTO v_remaining;
+        WHERE user_id = (SELECT team_admin_id FROM pool) AND remaining_credits >= p_amount
+        RETURNING user_id, remaining_credits
+    ), logged AS (
+        INSERT INTO credit_usage_log
+            (user_id, actor_user_id, amount, type, source, description, idempotency_key)
+        SELECT d.user_id, p_user_id, -p_amount, 'debit', p_source, p_description,
+               p_idempotency_key
+        FROM debited d
+        ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id
+    )
+    SELECT (SELECT team_admin_id FROM pool), (SELECT remaining_credits FROM debited),
+           (SELECT id FROM logged)
+    INTO v_admin, v_remaining, v_log_id;
 
-        IF FOUND THEN
-            INSERT INTO credit_usage_log
-                (user_id, actor_user_id, amount, type, source, description, idempotency_key)
-            VALUES (v_admin, p_user_id, -p_amount, 'debit', p_source, p_description,
-                    p_idempotency_key)
-            ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id INTO v_log_id;
-            IF v_log_id IS NULL THEN
-                RAISE EXCEPTION 'idempotency key % was already used on the team pool account by another call',
-                    p_idempotency_key
-                    USING ERRCODE = 'CR007', DETAIL = format('team pool account %s', v_admin);
-            END IF;
-            RETURN jsonb_build_object(
-                'log_id', v_log_id, 'account_user_id', v_admin, 'actor_user_id', p_user_id,
-                'amount', p_amount, 'remaining_credits', v_remaining,
-                'from_team_pool', true, 'replayed', false);
+    IF v_remaining IS NOT NULL THEN
+        IF v_log_id IS NULL THEN
+            RAISE EXCEPTION 'idempotency key % was already used on the team pool account by another call',
+                p_idempotency_key
+                USING ERRCODE = 'CR007', DETAIL = format('team pool account %s', v_admin);
         END IF;
+        RETURN jsonb_build_object(
+            'log_id', v_log_id, 'account_user_id', v_admin, 'actor_user_id', p_user_id,
+            'amount', p_amount, 'remaining_credits', v_remaining,
+            'from_team_pool', true, 'replayed', false);
     END IF;
 
     -- Refused: only now is it worth telling an unknown user from a poor one.

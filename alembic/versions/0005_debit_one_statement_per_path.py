@@ -1,4 +1,4 @@
-"""Keyed debit: the replay lookup, the debit and its log row in one statement.
+"""Debit: the keyed path and the team pool path each in one statement.
 
 Revision ID: 0005
 Revises: 0004
@@ -18,8 +18,8 @@ _HERE = Path(__file__).parent
 
 
 def upgrade() -> None:
-    run_sql_file(_HERE / "0005_keyed_debit_one_statement.sql")
+    run_sql_file(_HERE / "0005_debit_one_statement_per_path.sql")
 
 
 def downgrade() -> None:
-    run_sql_file(_HERE / "0005_keyed_debit_one_statement_down.sql")
+    run_sql_file(_HERE / "0005_debit_one_statement_per_path_down.sql")
