@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with provide(args.url) as server:
         major, _version = server.version()
-        pgbench = Pgbench(find_pgbench(major))
+        pgbench = Pgbench(find_pgbench(major), transactions=50 if args.quick else None)
         log(f"server PostgreSQL {major}, pgbench {pgbench.binary}, mode {sizes.mode}")
         ctx = workloads.Context(server, sizes, pgbench, args.out / "plans", log)
         machine = server.machine()

@@ -21,6 +21,8 @@ class Pgbench:
     """A pgbench binary and the server URL to point it at."""
 
     binary: Path
+    transactions: int | None = None
+    """Per client, instead of a duration: --quick runs a fixed, small amount of work."""
 
     def run(self, url: str, *, script: str | None, clients: int, seconds: int,
             defines: dict[str, str] | None = None, options: str | None = None,
@@ -29,7 +31,9 @@ class Pgbench:
         with tempfile.TemporaryDirectory(prefix="bench-pgbench-") as tmp:
             args = [str(self.binary), "-n" if script else "", "-M", "prepared",
                     "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
-                    "-T", str(seconds), "-l", "--log-prefix", f"{tmp}/tx"]
+                    *(["-t", str(self.transactions)] if self.transactions else
+                      ["-T", str(seconds)]),
+                    "-l", "--log-prefix", f"{tmp}/tx"]
             args = [a for a in args if a]
             if script is not None:
                 args += ["-f", str(HERE / f"{script}.sql")]

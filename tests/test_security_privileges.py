@@ -29,11 +29,8 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
     assert len(functions) == 16
     for signature, _definer, config, nobody_can, public_can in functions:
         # SECURITY DEFINER or not, every function fixes its search_path, with
-        # pg_temp named last so temporary tables cannot shadow ours; the
-        # shared backfill statement is also planned for its arguments.
-        extra = (["plan_cache_mode=force_custom_plan"]
-                 if signature == "credits_backfill(boolean,integer,boolean,uuid)" else [])
-        assert config == ["search_path=pg_catalog, public, pg_temp", *extra], signature
+        # pg_temp named last so temporary tables cannot shadow ours.
+        assert config == ["search_path=pg_catalog, public, pg_temp"], signature
         assert nobody_can is False, signature
         assert public_can is False, signature
     definers = {s for s, definer, *_ in functions if definer}
