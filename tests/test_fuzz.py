@@ -30,7 +30,7 @@ DOCUMENTED = {f"CR{n:03d}" for n in range(1, 11)} | {"22023", "22004"}
 MALFORMED_UUID = "22P02"  # the text given for a uuid does not parse (InvalidArgument)
 ROLES = ("team_admin", "team_admin", "member", "member", "admin", "super_admin")
 
-FUZZ = settings(max_examples=150, deadline=None,
+FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
