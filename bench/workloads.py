@@ -146,10 +146,10 @@ def backfill(ctx: Context) -> None:
                    cli, bare, 1.50, [f"Python peak RSS per run (MB): {rss}"],
                    {"peak_rss_mb": rss}))
 
-    # A hazard found by this bench: after a VACUUM ANALYZE of the still-empty
-    # user_credits, the batched call (p_limit set) counts the remaining
-    # candidates with a nested-loop anti join over a seq scan of user_credits,
-    # which the same statement has just filled: quadratic. Measured small.
+    # A hazard this bench once found: after a VACUUM ANALYZE of the still-empty
+    # user_credits, the batched call recounted the remaining candidates with a
+    # nested-loop anti join over a seq scan of user_credits, which the same
+    # statement had just filled: quadratic. Kept as a regression check.
     small = min(users, 20_000)
     ctx.log(f"1. backfill hazard: {small:,} users, user_credits analyzed while empty")
     _fn, bare, cli = alternate(ctx.sizes.reps, _backfill_sides(ctx, small, analyzed=True),
@@ -158,9 +158,9 @@ def backfill(ctx: Context) -> None:
     ctx.add(Result("backfill_cli_analyzed", "1. backfill",
                    f"CLI batched backfill {small:,} users, user_credits ANALYZEd while empty",
                    "s", "lower", cli, bare, 1.50,
-                   ["hazard: backfill_user_credits(p_limit) counts users_without_credits "
-                    "with a nested-loop anti join + seq scan of user_credits (planned as empty)"
-                    ", after the same statement filled it; see docs/performance.md",
+                   ["regression check: batches planned with user_credits analyzed while "
+                    "empty once went quadratic (a recount by nested-loop anti join); "
+                    "see the git history of docs/performance.md",
                     f"single call (no p_limit) on the same state: median "
                     f"{statistics.median(_fn.values):.3g} s"]))
 
@@ -263,9 +263,9 @@ def accounts_db(ctx: Context, users: int, suffix: str) -> str:
 
 
 def _debit_pair(ctx: Context, database: str, a_script: str, b_script: str, clients: int,
-                seconds: int, defines: dict[str, str], options: str | None = None,
-                *more_scripts: str) -> list[Series]:
-    """pgbench the scripts in turn (A B [C ...] A B ...) and return one series each."""
+                seconds: int, defines: dict[str, str], *, options: str | None = None,
+                also: tuple[str, ...] = ()) -> list[Series]:
+    """pgbench A, B and the scripts in ``also`` in turn (A B [C ...] A B ...); a series each."""
     url = ctx.server.url(database)
 
     def side(script: str) -> Callable[[], Sample]:
@@ -275,7 +275,7 @@ def _debit_pair(ctx: Context, database: str, a_script: str, b_script: str, clien
                                    defines=defines, options=options)
         return action
 
-    scripts = [a_script, b_script, *more_scripts]
+    scripts = [a_script, b_script, *also]
     return alternate(ctx.sizes.reps, [(script, side(script)) for script in scripts], ctx.log)
 
 
@@ -302,7 +302,7 @@ def debit(ctx: Context) -> str:
         # the least PL/pgSQL function, the floor of any function-based API.
         floor = ("pgbench_debit_floor",) if clients == 8 else ()
         series = _debit_pair(ctx, database, "pgbench_debit", "pgbench_debit_bare", clients,
-                             sizes.pgbench_seconds, defines, None, *floor)
+                             sizes.pgbench_seconds, defines, also=floor)
         ctx.add(Result(f"debit_c{clients}", "3. debit",
                        f"debit_credits() vs bare UPDATE+INSERT, {clients} client(s)", "tps",
                        "higher", series[0], series[1], None if clients == 1 else 0.90,
@@ -535,7 +535,7 @@ def growth(ctx: Context) -> None:
         label = f"{users:,} users, {users:,} log rows"
         points[label] = [_latency(s) for s in _debit_pair(
             ctx, database, "pgbench_debit", "pgbench_debit_bare", 1, sizes.growth_seconds,
-            {"accounts": str(users)}, options)]
+            {"accounts": str(users)}, options=options)]
         if users != max(sizes.growth_users):
             server.drop(database)
         biggest = database
@@ -556,7 +556,7 @@ def growth(ctx: Context) -> None:
             ctx.log(f"  debit with {label}")
             points[label] = [_latency(s) for s in _debit_pair(
                 ctx, biggest, "pgbench_debit", "pgbench_debit_bare", 1, sizes.growth_seconds,
-                {"accounts": str(users)}, options)]
+                {"accounts": str(users)}, options=options)]
         plan_statements(ctx, conn, label, _named_statements(sql_text("plans")))
     labels = list(points)
     points[labels[-1]][0].label = f"debit_credits() at {labels[-1]}"

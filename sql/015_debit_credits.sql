@@ -48,7 +48,6 @@ AS $$
 DECLARE
     v_log_id    bigint;
     v_earlier   bigint;
-    v_locked    boolean;
     v_remaining integer;
     v_admin     uuid;
     v_entry     credit_usage_log;
@@ -110,11 +109,10 @@ BEGIN
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
-        -- Assigned, not PERFORMed: an assignment is evaluated as an expression,
-        -- without running a query. Every statement below starts after the lock
-        -- is granted, so it sees the entry of any earlier call that committed.
-        v_locked := pg_advisory_xact_lock(hashtextextended(
-            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0)) IS NULL;
+        -- Every statement below starts after the lock is granted, so it sees
+        -- the entry of any earlier call with this key that committed.
+        PERFORM pg_advisory_xact_lock(hashtextextended(
+            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0));
 
         -- One statement: look for the caller's earlier entry with this key and,
         -- only if there is none, debit the own account and log it.

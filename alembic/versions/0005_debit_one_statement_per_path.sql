@@ -1,6 +1,6 @@
 -- credits-db 0005: each debit path is one statement (frozen; see sql/ for current definitions).
--- A keyed debit took four queries (lock, replay lookup, UPDATE, INSERT): the
--- lock is now an expression and the other three one statement. A team pool
+-- A keyed debit took four queries (lock, replay lookup, UPDATE, INSERT): after
+-- the lock, the other three are now one statement. A team pool
 -- debit took three (pool lookup, UPDATE, INSERT): now one, so the contended
 -- pool row is held for less time. Replacing the function keeps its privileges
 -- and comment.
@@ -20,7 +20,6 @@ AS $$
 DECLARE
     v_log_id    bigint;
     v_earlier   bigint;
-    v_locked    boolean;
     v_remaining integer;
     v_admin     uuid;
     v_entry     credit_usage_log;
@@ -82,11 +81,10 @@ BEGIN
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
-        -- Assigned, not PERFORMed: an assignment is evaluated as an expression,
-        -- without running a query. Every statement below starts after the lock
-        -- is granted, so it sees the entry of any earlier call that committed.
-        v_locked := pg_advisory_xact_lock(hashtextextended(
-            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0)) IS NULL;
+        -- Every statement below starts after the lock is granted, so it sees
+        -- the entry of any earlier call with this key that committed.
+        PERFORM pg_advisory_xact_lock(hashtextextended(
+            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0));
 
         -- One statement: look for the caller's earlier entry with this key and,
         -- only if there is none, debit the own account and log it.
