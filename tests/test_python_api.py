@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import psycopg
 import pytest
@@ -53,6 +54,23 @@ def test_async_backfill(db: Database) -> None:
 
     summary = asyncio.run(main())
     assert summary.credits_allocated == 10000
+
+
+def test_async_backfill_batch_walks_to_the_end(db: Database) -> None:
+    with db.connect() as setup:
+        ids = add_users_without_credits(setup, "member", "admin", None)
+
+    async def main() -> list[credits_db.BackfillBatch]:
+        async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as conn:
+            first = await aio.backfill_batch(conn, limit=2)
+            second = await aio.backfill_batch(conn, after=first.last_user_id, limit=2)
+            return [first, second, await aio.backfill_batch(conn, after=second.last_user_id)]
+
+    first, second, done = asyncio.run(main())
+    assert (first.users_backfilled, second.users_backfilled) == (2, 1)
+    assert second.last_user_id == max(uuid.UUID(i) for i in ids)
+    assert first.credits_allocated + second.credits_allocated == 350 + 1000 + 350
+    assert done.last_user_id is None and done.users_scanned == 0
 
 
 def test_database_errors_map_to_exceptions(db: Database) -> None:
