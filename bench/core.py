@@ -30,6 +30,7 @@ class Sizes:
     growth_seconds: int
     clients: tuple[int, ...]
     keyed_clients: tuple[int, ...]
+    ladder_calls: int = 3000
     reps: int = 3
 
 
@@ -38,7 +39,7 @@ FULL = Sizes("full", 1_000_000, 100_000, 100_000, 2000, (10_000, 100_000, 1_000_
              keyed_clients=(8, 32))
 QUICK = Sizes("quick", 20_000, 10_000, 10_000, 200, (1_000, 5_000, 10_000), (10_000, 50_000),
               pgbench_seconds=1, growth_seconds=1, clients=(1, 8, 32),
-              keyed_clients=(8,))
+              keyed_clients=(8,), ladder_calls=200)
 
 
 def sql_text(name: str) -> str:

@@ -288,39 +288,104 @@ def _p99_note(series: list[Series]) -> list[str]:
     return notes
 
 
+def _add_floors(ctx: Context, prefix: str, where: str, *, package: Series, bare: Series,
+                function: Series | None, contract: Series) -> None:
+    """The floor rows of one debit load: each floor vs bare, and the package vs its floor."""
+    if function is not None:
+        ctx.add(Result(f"{prefix}_floor", "3. debit",
+                       f"floor: bare statement in the least PL/pgSQL function vs bare, {where}",
+                       "tps", "higher", function, bare, None,
+                       [*_p99_note([function]), "what calling any function costs"]))
+    ctx.add(Result(f"{prefix}_contract_floor", "3. debit",
+                   f"contract floor: the least function keeping the debit contract vs bare, "
+                   f"{where}", "tps", "higher", contract, bare, None,
+                   [*_p99_note([contract]),
+                    "jsonb result, SECURITY DEFINER with pinned search_path, permission check"
+                    + (", advisory lock and replay lookup" if "key" in prefix else "")
+                    + " (bench/debit_contract_floor_function.sql): what the contract costs"]))
+    ctx.add(Result(f"{prefix}_vs_contract", "3. debit",
+                   f"debit_credits() vs that contract floor, {where}", "tps", "higher",
+                   package, contract, None,
+                   ["what debit_credits() costs beyond the contract it must keep"]))
+
+
+def _debit_ladder(ctx: Context, database: str) -> None:
+    """Server time per committed debit, one session, each rung adding one piece."""
+    calls, accounts = ctx.sizes.ladder_calls, ctx.sizes.accounts
+    ctx.log(f"  cost ladder: {calls} committed calls per rung, one session")
+    with ctx.server.connect(database) as conn:
+        conn.execute(b"SET synchronous_commit = off")
+
+        def rung(name: str) -> Callable[[], Sample]:
+            def action() -> Sample:
+                row = conn.execute(b"CALL bench_debit_ladder(%s, %s, %s)",
+                                   (name, calls, accounts)).fetchone()
+                assert row is not None
+                return Sample(float(row[0]))
+            return action
+
+        series = alternate(ctx.sizes.reps, [(name, rung(name)) for name, _ in DEBIT_LADDER],
+                           ctx.log)
+    bare = series[0]
+    for (name, label), one, below in zip(DEBIT_LADDER[1:], series[1:], series[:-1],
+                                         strict=True):
+        step = statistics.median(one.values) - statistics.median(below.values)
+        ctx.add(Result(f"debit_ladder_{name}", "3. debit",
+                       f"cost ladder, one session: {label} vs bare", "us/call", "lower",
+                       one, bare, None,
+                       [f"{step:+.1f} us per call over the rung above "
+                        "(bench/debit_cost_ladder.sql)"]))
+
+
+DEBIT_LADDER = (
+    ("bare", "the bare statement"),
+    ("function", "in the least PL/pgSQL function"),
+    ("result", "+ the jsonb result"),
+    ("definer", "+ SECURITY DEFINER, pinned search_path"),
+    ("contract", "+ the permission check (the contract floor)"),
+    ("package", "debit_credits()"),
+)
+"""The rungs of bench/debit_cost_ladder.sql, each adding one piece to the one above."""
+
+
 def debit(ctx: Context) -> str:
     server, sizes = ctx.server, ctx.sizes
     n = sizes.accounts
     ctx.log(f"3. debit throughput over {n:,} accounts")
     database = accounts_db(ctx, n, "debit")
     with server.connect(database) as conn:
-        conn.execute(sql_bytes("debit_floor_function"), {})
+        for script in ("debit_floor_function", "debit_contract_floor_function",
+                       "debit_cost_ladder"):
+            conn.execute(sql_bytes(script), {})
     defines = {"accounts": str(n)}
     for clients in sizes.clients:
         ctx.log(f"  {clients} client(s)")
-        # At 8 clients a third side runs between them: the bare statement in
-        # the least PL/pgSQL function, the floor of any function-based API.
-        floor = ("pgbench_debit_floor",) if clients == 8 else ()
+        # Under load two more sides run between A and B: the bare statement in
+        # the least PL/pgSQL function (the floor of any function-based API) and
+        # the least function keeping the debit contract (the floor of this API).
+        floors = (("pgbench_debit_floor", "pgbench_debit_contract_floor") if clients > 1
+                  else ())
         series = _debit_pair(ctx, database, "pgbench_debit", "pgbench_debit_bare", clients,
-                             sizes.pgbench_seconds, defines, also=floor)
+                             sizes.pgbench_seconds, defines, also=floors)
         ctx.add(Result(f"debit_c{clients}", "3. debit",
                        f"debit_credits() vs bare UPDATE+INSERT, {clients} client(s)", "tps",
                        "higher", series[0], series[1], None if clients == 1 else 0.90,
                        _p99_note(series[:2])))
-        if floor:
-            ctx.add(Result(f"debit_floor_c{clients}", "3. debit",
-                           f"floor: bare statement in a minimal PL/pgSQL function vs bare, "
-                           f"{clients} clients", "tps", "higher", series[2], series[1], None,
-                           [*_p99_note(series[2:]),
-                            "what calling any function costs; debit_credits() adds its "
-                            "contract on top (docs/performance.md)"]))
+        if floors:
+            _add_floors(ctx, f"debit_c{clients}", f"{clients} clients",
+                        package=series[0], bare=series[1], function=series[2],
+                        contract=series[3])
     for clients in sizes.keyed_clients:
         ctx.log(f"  idempotency key, {clients} clients")
         series = _debit_pair(ctx, database, "pgbench_debit_key", "pgbench_debit_key_bare",
-                             clients, sizes.pgbench_seconds, defines)
+                             clients, sizes.pgbench_seconds, defines,
+                             also=("pgbench_debit_key_contract_floor",))
         ctx.add(Result(f"debit_key_c{clients}", "3. debit",
                        f"debit_credits() with idempotency key vs bare, {clients} clients",
-                       "tps", "higher", series[0], series[1], 0.80, _p99_note(series)))
+                       "tps", "higher", series[0], series[1], 0.80, _p99_note(series[:2])))
+        _add_floors(ctx, f"debit_key_c{clients}", f"with key, {clients} clients",
+                    package=series[0], bare=series[1], function=None, contract=series[2])
+    _debit_ladder(ctx, database)
     with server.connect(database) as conn:
         row = conn.execute(b"SELECT count(*) FROM verify_credit_integrity()").fetchone()
     assert row is not None

@@ -11,12 +11,21 @@ import pytest
 
 from bench import report
 from bench.__main__ import main
+from bench.core import sql_bytes
 from tests.conftest import Server
+from tests.helpers import Conn, add_users, balance
+from tests.test_security_support import acting, refused
+
+BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "debit_cost_ladder")
 
 WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth")
 IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "signup_single",
-       "signup_single_floor", "signup_single_vs_floor", "debit_c1", "debit_c8", "debit_floor_c8",
-       "debit_c32", "debit_key_c8", "tpcb_c8", "python_sync",
+       "signup_single_floor", "signup_single_vs_floor", "debit_c1", "debit_c8", "debit_c8_floor",
+       "debit_c8_contract_floor", "debit_c8_vs_contract", "debit_c32", "debit_c32_floor",
+       "debit_c32_contract_floor", "debit_c32_vs_contract", "debit_key_c8",
+       "debit_key_c8_contract_floor", "debit_key_c8_vs_contract", "debit_ladder_function",
+       "debit_ladder_result", "debit_ladder_definer", "debit_ladder_contract",
+       "debit_ladder_package", "tpcb_c8", "python_sync",
        "python_async", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit")
 
 
@@ -62,3 +71,82 @@ def test_readme_block_is_replaced_by_the_latest_table() -> None:
     assert report.readme_with_results(updated, results) == updated
     with pytest.raises(ValueError, match="markers"):
         report.readme_with_results("no markers", results)
+
+
+def _install_bench_functions(conn: Conn) -> None:
+    for script in BENCH_FUNCTIONS:
+        conn.execute(sql_bytes(script), {})
+
+
+def _without_account(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("log_id", "account_user_id")}
+
+
+def _log_shape(conn: Conn, user_id: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT amount, type, source, description, actor_user_id, idempotency_key IS NOT NULL"
+        " FROM credit_usage_log WHERE user_id = %s AND type = 'debit'", (user_id,)).fetchall()
+
+
+@pytest.mark.parametrize("floor", ["bench_debit_contract_floor", "bench_debit_ladder_result",
+                                   "bench_debit_ladder_definer"])
+def test_contract_floors_do_what_a_debit_does(conn: Conn, floor: str) -> None:
+    """A floor that did less than debit_credits() would flatter the bench's ratios."""
+    _install_bench_functions(conn)
+    package_user, floor_user = add_users(conn, "member", "member")
+    expected = conn.execute("SELECT debit_credits(%s, 7)", (package_user,)).fetchone()
+    got = conn.execute(f"SELECT {floor}(%s, 7)", (floor_user,)).fetchone()
+    assert expected is not None and got is not None
+    assert _without_account(got[0]) == _without_account(expected[0])
+    assert got[0]["account_user_id"] == floor_user
+    assert balance(conn, floor_user) == balance(conn, package_user) == (350, 7, 343)
+    assert _log_shape(conn, floor_user) == _log_shape(conn, package_user)
+    # Refused like the package's hot path: nothing debited, no result.
+    assert conn.execute(f"SELECT {floor}(%s, 400)", (floor_user,)).fetchone() == (None,)
+    assert balance(conn, floor_user) == (350, 7, 343)
+
+
+def test_keyed_contract_floor_finds_an_earlier_entry(conn: Conn) -> None:
+    _install_bench_functions(conn)
+    package_user, floor_user = add_users(conn, "member", "member")
+    expected = conn.execute("SELECT debit_credits(%s, 5, 'usage', NULL, 'k-1')",
+                            (package_user,)).fetchone()
+    got = conn.execute("SELECT bench_debit_key_contract_floor(%s, 5, 'k-1')",
+                       (floor_user,)).fetchone()
+    assert expected is not None and got is not None
+    assert _without_account(got[0]) == _without_account(expected[0])
+    assert _log_shape(conn, floor_user) == _log_shape(conn, package_user)
+    # The same key again: the lookup finds the entry and nothing is spent twice
+    # (the floor does not build the replayed result: the bench never replays).
+    again = conn.execute("SELECT bench_debit_key_contract_floor(%s, 5, 'k-1')",
+                         (floor_user,)).fetchone()
+    assert again == (None,)
+    assert balance(conn, floor_user) == (350, 5, 345)
+
+
+@pytest.mark.parametrize("floor", ["bench_debit_contract_floor(%s, 1)",
+                                   "bench_debit_key_contract_floor(%s, 1, 'k')"])
+def test_contract_floors_keep_the_permission_check(conn: Conn, floor: str) -> None:
+    _install_bench_functions(conn)
+    me, other = add_users(conn, "member", "member")
+    with acting(conn, "credits_user", me):
+        refused(conn, f"SELECT {floor}", (other,))
+        assert conn.execute(f"SELECT {floor}", (me,)).fetchone() is not None
+    assert balance(conn, other) == (350, 0, 350)
+    assert balance(conn, me) == (350, 1, 349)
+
+
+def test_cost_ladder_rungs_each_debit_once(conn: Conn) -> None:
+    """Every rung of the ladder does the same durable work: one debit, one log row."""
+    _install_bench_functions(conn)
+    add_users(conn, *["member"] * 4)
+    conn.execute("CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY user_id)::int"
+                 " AS n, user_id AS id FROM user_credits")
+    rungs = ("bare", "function", "result", "definer", "contract", "package")
+    for rung in rungs:
+        row = conn.execute("CALL bench_debit_ladder(%s, 3, 4)", (rung,)).fetchone()
+        assert row is not None and row[0] > 0
+    spent = conn.execute("SELECT sum(used_credits) FROM user_credits").fetchone()
+    logged = conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'debit'").fetchone()
+    assert spent == (3 * len(rungs),)
+    assert logged == (3 * len(rungs),)
