@@ -12,7 +12,7 @@ import pytest
 from bench import report
 from bench.__main__ import main
 from bench.core import sql_bytes
-from tests.conftest import Server
+from tests.conftest import Database, Server
 from tests.helpers import Conn, add_users, balance
 from tests.test_security_support import acting, refused
 
@@ -20,7 +20,8 @@ BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "deb
 
 WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth")
 IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "signup_single",
-       "signup_single_floor", "signup_single_vs_floor", "debit_c1", "debit_c8", "debit_c8_floor",
+       "signup_single_floor", "signup_single_vs_floor",
+       "signup_single_contract_floor", "signup_single_vs_contract", "debit_c1", "debit_c8", "debit_c8_floor",
        "debit_c8_contract_floor", "debit_c8_vs_contract", "debit_c32", "debit_c32_floor",
        "debit_c32_contract_floor", "debit_c32_vs_contract", "debit_key_c8",
        "debit_key_c8_contract_floor", "debit_key_c8_vs_contract", "debit_ladder_function",
@@ -150,3 +151,28 @@ def test_cost_ladder_rungs_each_debit_once(conn: Conn) -> None:
     logged = conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'debit'").fetchone()
     assert spent == (3 * len(rungs),)
     assert logged == (3 * len(rungs),)
+
+
+def test_signup_contract_floor_writes_what_the_trigger_writes(
+        server: Server, installed_template: Database) -> None:
+    """Two copies, the package's trigger and the floor's: the same rows per role."""
+    roles = ["member", "admin", "team_admin", "RecruitPro", "super_admin", None, "intern"]
+    rows = []
+    for floor in (False, True):
+        database = server.create(template=installed_template.name)
+        with database.connect() as conn:
+            if floor:
+                conn.execute(sql_bytes("signup_contract_floor_trigger"))
+            conn.execute("INSERT INTO users (email, role) SELECT 'u' || i || '@x.invalid', r"
+                         " FROM unnest(%s::text[]) WITH ORDINALITY AS t(r, i)", (roles,))
+            rows.append(conn.execute(
+                "SELECT u.email, c.total_credits, l.amount, l.type, l.source, l.description"
+                " FROM users u JOIN user_credits c ON c.user_id = u.id"
+                " JOIN credit_usage_log l ON l.user_id = u.id ORDER BY u.email").fetchall())
+            # The INSERT triggers left enabled (bit 4 of tgtype: INSERT).
+            triggers = conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'users'::regclass"
+                                    " AND tgenabled <> 'D' AND NOT tgisinternal AND tgtype & 4 = 4").fetchall()
+        server.drop(database)
+        assert triggers == [("bench_signup_contract_floor" if floor else "users_allocate_credits",)]
+    assert len(rows[0]) == len(roles)
+    assert rows[1] == rows[0]
