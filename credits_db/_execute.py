@@ -14,6 +14,8 @@ outside any transaction block, commits by itself.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from contextlib import suppress
 from typing import Any, TypeVar, Union
 
@@ -50,8 +52,9 @@ def run(conn: SyncConnection, call: Call[T]) -> T:
         if isinstance(conn, sa.Connection):
             value = conn.exec_driver_sql(call.query, dict(call.params)).scalar_one()
         else:
-            # A cursor of our own: the caller's row factory (dict_row...) stays theirs.
-            row = conn.cursor(row_factory=tuple_row).execute(call.query, call.params).fetchone()
+            lock, cursor = _own_cursor(conn)
+            with lock:
+                row = cursor.execute(call.query, call.params).fetchone()
             assert row is not None
             value = row[0]
     except (psycopg.Error, sa.exc.DBAPIError) as exc:
@@ -82,14 +85,52 @@ async def arun(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:
     """Execute ``call`` on an async psycopg connection and parse its single result value."""
     may_commit = _may_commit(conn)
     try:
-        cursor = conn.cursor(row_factory=tuple_row)
-        await cursor.execute(call.query, call.params)
-        row = await cursor.fetchone()
+        lock, cursor = _own_async_cursor(conn)
+        async with lock:
+            await cursor.execute(call.query, call.params)
+            row = await cursor.fetchone()
         assert row is not None
     except psycopg.Error as exc:
         _raise_translated(exc, may_have_committed=may_commit)
         raise  # pragma: no cover
     return call.parse(row[0])
+
+
+_OWN_CURSOR = "_credits_db_cursor"
+"""The attribute under which a connection keeps this package's cursor."""
+
+_OwnCursor = tuple[threading.Lock, psycopg.Cursor[tuple[Any, ...]]]
+_OwnAsyncCursor = tuple[asyncio.Lock, psycopg.AsyncCursor[tuple[Any, ...]]]
+
+
+def _own_cursor(conn: psycopg.Connection[Any]) -> _OwnCursor:
+    """This package's tuple-row cursor on ``conn``, made on first use and kept there.
+
+    A cursor of our own, so the caller's row factory (dict_row...) stays theirs.
+    Kept, because a new cursor resolves its adapters again on its first execute:
+    about 15 us of Python per call, a quarter of the wrapper's price over a raw
+    prepared execute (bench workload 5, docs/performance.md). The lock stops two
+    threads sharing the connection from interleaving execute and fetch on the
+    one cursor; psycopg serialises their statements on the connection anyway.
+    The connection and its cursor reference each other; the garbage collector
+    frees the pair once the caller lets go of the connection.
+    """
+    own: _OwnCursor | None = getattr(conn, _OWN_CURSOR, None)
+    if own is None:
+        # Two threads racing here each get a pair of their own; the last one
+        # stored is shared from then on. Either way no cursor is used by two.
+        own = (threading.Lock(), conn.cursor(row_factory=tuple_row))
+        setattr(conn, _OWN_CURSOR, own)
+    return own
+
+
+def _own_async_cursor(conn: psycopg.AsyncConnection[Any]) -> _OwnAsyncCursor:
+    """:func:`_own_cursor` for an async connection (an asyncio lock: tasks, not threads)."""
+    own: _OwnAsyncCursor | None = getattr(conn, _OWN_CURSOR, None)
+    if own is None:
+        own = (asyncio.Lock(), conn.cursor(row_factory=tuple_row))
+        setattr(conn, _OWN_CURSOR, own)
+    return own
 
 
 def _may_commit(conn: _Connection) -> bool:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+from psycopg.rows import dict_row
 
 import credits_db
 from credits_db import aio, urls
 from tests.conftest import Database
-from tests.helpers import add_users_without_credits
+from tests.helpers import add_users, add_users_without_credits, balance
 
 
 def test_backfill_with_psycopg_joins_the_callers_transaction(db: Database) -> None:
@@ -92,3 +97,116 @@ def test_append_only_violation_is_translated(db: Database) -> None:
                           credits_db.AppendOnlyViolation)
     finally:
         engine.dispose()
+
+
+def test_threads_sharing_a_connection_each_get_their_own_result(db: Database) -> None:
+    """The package keeps one cursor per connection: calls from threads sharing the
+    connection must not read each other's result (execute and fetch stay paired)."""
+    with db.connect() as setup:
+        users = add_users(setup, *["member"] * 4)
+    with db.connect() as conn:
+        def spend(user: str) -> list[tuple[str, int]]:
+            return [(str(op.account_user_id), op.remaining_credits)
+                    for op in (credits_db.debit(conn, user, 1) for _ in range(40))]
+
+        with ThreadPoolExecutor(max_workers=len(users)) as pool:
+            results = dict(zip(users, pool.map(spend, users), strict=True))
+        for user, seen in results.items():
+            assert seen == [(user, 349 - i) for i in range(40)]
+        assert balance(conn, users[0]) == (350, 40, 310)
+
+
+def test_async_tasks_sharing_a_connection_each_get_their_own_result(db: Database) -> None:
+    with db.connect() as setup:
+        users = add_users(setup, *["member"] * 4)
+
+    async def main() -> dict[str, list[tuple[str, int]]]:
+        async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as conn:
+            async def spend(user: str) -> list[tuple[str, int]]:
+                ops = [await aio.debit(conn, user, 1) for _ in range(20)]
+                return [(str(op.account_user_id), op.remaining_credits) for op in ops]
+
+            seen = await asyncio.gather(*(spend(user) for user in users))
+            return dict(zip(users, seen, strict=True))
+
+    for user, seen in asyncio.run(main()).items():
+        assert seen == [(user, 349 - i) for i in range(20)]
+
+
+def test_the_kept_cursor_lets_the_connection_go(db: Database) -> None:
+    """The connection and the package's cursor on it are freed once the caller drops it."""
+    with db.connect() as setup:
+        (user,) = add_users(setup, "member")
+    conn = db.connect()
+    credits_db.debit(conn, user, 1)
+    gone = weakref.ref(conn)
+    conn.close()
+    del conn
+    gc.collect()
+    assert gone() is None
+
+
+def test_the_callers_row_factory_stays_theirs(db: Database) -> None:
+    with db.connect() as setup:
+        (user,) = add_users(setup, "member")
+    with psycopg.connect(db.url, autocommit=True, row_factory=dict_row) as conn:
+        assert credits_db.debit(conn, user, 1).remaining_credits == 349
+        assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+        assert credits_db.debit(conn, user, 1).remaining_credits == 348
+
+
+class _LockWitness:
+    """Stands in for the package's kept cursor and notes whether its lock was held."""
+
+    def __init__(self, lock: Any, cursor: Any) -> None:
+        self.lock, self.cursor = lock, cursor
+        self.held: list[bool] = []
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.held.append(self.lock.locked())
+        result = self.cursor.execute(*args, **kwargs)
+        return self if result is self.cursor else result
+
+    def fetchone(self) -> Any:
+        self.held.append(self.lock.locked())
+        return self.cursor.fetchone()
+
+
+def test_execute_and_fetch_on_the_kept_cursor_hold_its_lock(db: Database) -> None:
+    """Threads sharing a connection share the kept cursor: each call holds the
+    cursor's lock from execute to fetch, so none reads another's result."""
+    with db.connect() as setup:
+        (user,) = add_users(setup, "member")
+    with db.connect() as conn:
+        credits_db.debit(conn, user, 1)
+        lock, cursor = conn._credits_db_cursor  # type: ignore[attr-defined]
+        witness = _LockWitness(lock, cursor)
+        conn._credits_db_cursor = (lock, witness)  # type: ignore[attr-defined]
+        assert credits_db.debit(conn, user, 1).remaining_credits == 348
+        assert witness.held == [True, True]
+
+
+def test_async_execute_and_fetch_on_the_kept_cursor_hold_its_lock(db: Database) -> None:
+    with db.connect() as setup:
+        (user,) = add_users(setup, "member")
+
+    class AsyncWitness(_LockWitness):
+        async def execute(self, *args: Any, **kwargs: Any) -> Any:
+            self.held.append(self.lock.locked())
+            return await self.cursor.execute(*args, **kwargs)
+
+        async def fetchone(self) -> Any:
+            self.held.append(self.lock.locked())
+            return await self.cursor.fetchone()
+
+    async def main() -> list[bool]:
+        async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as conn:
+            await aio.debit(conn, user, 1)
+            lock, cursor = conn._credits_db_cursor  # type: ignore[attr-defined]
+            witness = AsyncWitness(lock, cursor)
+            conn._credits_db_cursor = (lock, witness)  # type: ignore[attr-defined]
+            assert (await aio.debit(conn, user, 1)).remaining_credits == 348
+            held: list[bool] = witness.held
+            return held
+
+    assert asyncio.run(main()) == [True, True]
