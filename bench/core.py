@@ -32,6 +32,8 @@ class Sizes:
     keyed_clients: tuple[int, ...]
     ladder_calls: int = 3000
     reps: int = 3
+    short_reps: int = 5
+    """Repetitions of the rows whose runs take seconds at most: one slow run moves a median of 3."""
 
 
 FULL = Sizes("full", 1_000_000, 100_000, 100_000, 2000, (10_000, 100_000, 1_000_000),
@@ -39,7 +41,7 @@ FULL = Sizes("full", 1_000_000, 100_000, 100_000, 2000, (10_000, 100_000, 1_000_
              keyed_clients=(8, 32))
 QUICK = Sizes("quick", 20_000, 10_000, 10_000, 200, (1_000, 5_000, 10_000), (10_000, 50_000),
               pgbench_seconds=1, growth_seconds=1, clients=(1, 8, 32),
-              keyed_clients=(8,), ladder_calls=200)
+              keyed_clients=(8,), ladder_calls=200, short_reps=3)
 
 
 def sql_text(name: str) -> str:

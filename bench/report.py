@@ -46,7 +46,9 @@ def markdown(results: list[Result], meta: JsonDict) -> str:
         f"pgbench: {meta['pgbench']}. Total run time {meta['seconds']:.0f} s.",
         "",
         f"A is credits-db, B the bare-SQL baseline, run alternately (A B A B ...), "
-        f"{meta['reps']} repetitions each: median [min - max]. Ratio = median A / median B "
+        f"{meta['reps']} repetitions each ({meta['sizes']['short_reps']} for the rows whose runs "
+        f"take seconds: bulk signup, ANALYZE hazard, cost ladder, Python): "
+        f"median [min - max]. Ratio = median A / median B "
         f"(for tps higher is better, for times lower is better). "
         f"Method: docs/performance.md.",
         "",

@@ -152,7 +152,7 @@ def backfill(ctx: Context) -> None:
     # statement had just filled: quadratic. Kept as a regression check.
     small = min(users, 20_000)
     ctx.log(f"1. backfill hazard: {small:,} users, user_credits analyzed while empty")
-    _fn, bare, cli = alternate(ctx.sizes.reps, _backfill_sides(ctx, small, analyzed=True),
+    _fn, bare, cli = alternate(ctx.sizes.short_reps, _backfill_sides(ctx, small, analyzed=True),
                                ctx.log)
     ctx.server.drop(ctx.server.name("bf_run"))
     ctx.add(Result("backfill_cli_analyzed", "1. backfill",
@@ -188,7 +188,7 @@ def signup(ctx: Context) -> None:
                 return Sample(seconds, _state(conn))
         return action
 
-    fn, bare = alternate(sizes.reps, [
+    fn, bare = alternate(sizes.short_reps, [
         ("INSERT ... SELECT with trigger", batch("signup_batch", True)),
         ("trigger disabled, one set-based CTE statement", batch("signup_batch_baseline", False)),
     ], ctx.log)
@@ -338,7 +338,7 @@ def _debit_ladder(ctx: Context, database: str) -> None:
                 return Sample(float(row[0]))
             return action
 
-        series = alternate(ctx.sizes.reps, [(name, rung(name)) for name, _ in DEBIT_LADDER],
+        series = alternate(ctx.sizes.short_reps, [(name, rung(name)) for name, _ in DEBIT_LADDER],
                            ctx.log)
     bare = series[0]
     for (name, label), one, below in zip(DEBIT_LADDER[1:], series[1:], series[:-1],
@@ -485,7 +485,7 @@ def python_wrapper(ctx: Context, database: str) -> None:
         for _ in range(10):  # warm both paths (psycopg prepares after 5 executions)
             credits_db.debit(conn, sequence[0], 1)
             cursor.execute(raw, {"user_id": sequence[0], "amount": 1}, prepare=True)
-        series = alternate(sizes.reps, [("credits_db.debit", wrapper),
+        series = alternate(sizes.short_reps, [("credits_db.debit", wrapper),
                                         ("psycopg execute(prepare=True)", bare)], ctx.log)
     ctx.add(Result("python_sync", "5. Python", "credits_db.debit per call (sync)", "ms/call",
                    "lower", series[0], series[1], 1.10))
@@ -511,11 +511,11 @@ def python_wrapper(ctx: Context, database: str) -> None:
                 await aio.debit(aconn, sequence[0], 1)
                 await acursor.execute(raw, {"user_id": sequence[0], "amount": 1}, prepare=True)
             a, b = Series("credits_db.aio.debit"), Series("AsyncConnection execute(prepare=True)")
-            for rep in range(sizes.reps):
+            for rep in range(sizes.short_reps):
                 a.samples.append(Sample(await awrapper()))
-                ctx.log(f"    rep {rep + 1}/{sizes.reps} {a.label}: {a.values[-1]:.4g}")
+                ctx.log(f"    rep {rep + 1}/{sizes.short_reps} {a.label}: {a.values[-1]:.4g}")
                 b.samples.append(Sample(await abare()))
-                ctx.log(f"    rep {rep + 1}/{sizes.reps} {b.label}: {b.values[-1]:.4g}")
+                ctx.log(f"    rep {rep + 1}/{sizes.short_reps} {b.label}: {b.values[-1]:.4g}")
             return [a, b]
 
     series = asyncio.run(run_async())
