@@ -36,7 +36,7 @@ class Sizes:
     """Repetitions of the rows whose runs take seconds at most: one slow run moves a median of 3."""
 
 
-FULL = Sizes("full", 1_000_000, 100_000, 100_000, 2000, (10_000, 100_000, 1_000_000),
+FULL = Sizes("full", 1_000_000, 100_000, 100_000, 4000, (10_000, 100_000, 1_000_000),
              (1_000_000, 10_000_000), pgbench_seconds=5, growth_seconds=3, clients=(1, 8, 32),
              keyed_clients=(8, 32))
 QUICK = Sizes("quick", 20_000, 10_000, 10_000, 200, (1_000, 5_000, 10_000), (10_000, 50_000),
