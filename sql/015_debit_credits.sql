@@ -46,7 +46,6 @@ SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-    v_log_id    bigint;
     v_earlier   bigint;
     v_remaining integer;
     v_admin     uuid;
@@ -95,17 +94,24 @@ BEGIN
         END IF;
     END IF;
 
-    IF p_user_id IS NULL THEN
-        RAISE EXCEPTION 'unknown user: p_user_id must not be NULL' USING ERRCODE = 'CR005';
-    ELSIF p_amount IS NULL OR p_amount <= 0 THEN
-        RAISE EXCEPTION 'invalid amount %: a debit must be a positive integer',
-            coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
-    ELSIF p_source IS NULL OR p_source = '' THEN
-        RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
-    ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
-        -- A longer key might not fit the unique index (54000): refuse it by name.
-        RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
-            USING ERRCODE = '22023';
+    -- One condition on the way to the keyed and pool paths: PL/pgSQL compiles
+    -- each condition it evaluates once per transaction, so four tests in a row
+    -- cost four compilations on every call. Which argument is bad is worked out
+    -- only when one is.
+    IF p_user_id IS NULL OR p_amount IS NULL OR p_amount <= 0 OR p_source IS NULL
+       OR p_source = '' OR p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
+        IF p_user_id IS NULL THEN
+            RAISE EXCEPTION 'unknown user: p_user_id must not be NULL' USING ERRCODE = 'CR005';
+        ELSIF p_amount IS NULL OR p_amount <= 0 THEN
+            RAISE EXCEPTION 'invalid amount %: a debit must be a positive integer',
+                coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
+        ELSIF p_source IS NULL OR p_source = '' THEN
+            RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
+        ELSE
+            -- A longer key might not fit the unique index (54000): refuse it by name.
+            RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
+                USING ERRCODE = '22023';
+        END IF;
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
@@ -147,9 +153,21 @@ BEGIN
             ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id
         )
-        SELECT (SELECT id FROM earlier), (SELECT remaining_credits FROM debited),
-               (SELECT id FROM logged)
-        INTO v_earlier, v_remaining, v_log_id;
+        SELECT x.earlier_id, x.remaining,
+               -- The result is built here, not in a RETURN expression: one
+               -- condition below instead of three on the way out.
+               CASE WHEN x.log_id IS NOT NULL THEN jsonb_build_object(
+                   'log_id', x.log_id, 'account_user_id', p_user_id, 'actor_user_id', NULL,
+                   'amount', p_amount, 'remaining_credits', x.remaining,
+                   'from_team_pool', false, 'replayed', false) END
+        INTO v_earlier, v_remaining, v_result
+        FROM (SELECT (SELECT id FROM earlier) AS earlier_id,
+                     (SELECT remaining_credits FROM debited) AS remaining,
+                     (SELECT id FROM logged) AS log_id) AS x;
+
+        IF v_result IS NOT NULL THEN
+            RETURN v_result;
+        END IF;
 
         IF v_earlier IS NOT NULL THEN
             SELECT * INTO v_entry FROM credit_usage_log l WHERE l.id = v_earlier;
@@ -166,17 +184,11 @@ BEGIN
         END IF;
 
         IF v_remaining IS NOT NULL THEN
-            IF v_log_id IS NULL THEN
-                -- The balance changed but the key is another call's on this
-                -- account: raising rolls the debit back with everything else.
-                RAISE EXCEPTION 'idempotency key % was already used on this account by another call',
-                    p_idempotency_key
-                    USING ERRCODE = 'CR007', DETAIL = format('account %s', p_user_id);
-            END IF;
-            RETURN jsonb_build_object(
-                'log_id', v_log_id, 'account_user_id', p_user_id, 'actor_user_id', NULL,
-                'amount', p_amount, 'remaining_credits', v_remaining,
-                'from_team_pool', false, 'replayed', false);
+            -- Debited but not logged: the key is another call's on this
+            -- account. Raising rolls the debit back with everything else.
+            RAISE EXCEPTION 'idempotency key % was already used on this account by another call',
+                p_idempotency_key
+                USING ERRCODE = 'CR007', DETAIL = format('account %s', p_user_id);
         END IF;
     END IF;
 
@@ -200,20 +212,23 @@ BEGIN
         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id
     )
-    SELECT (SELECT team_admin_id FROM pool), (SELECT remaining_credits FROM debited),
-           (SELECT id FROM logged)
-    INTO v_admin, v_remaining, v_log_id;
+    SELECT x.admin_id, x.remaining,
+           CASE WHEN x.log_id IS NOT NULL THEN jsonb_build_object(
+               'log_id', x.log_id, 'account_user_id', x.admin_id, 'actor_user_id', p_user_id,
+               'amount', p_amount, 'remaining_credits', x.remaining,
+               'from_team_pool', true, 'replayed', false) END
+    INTO v_admin, v_remaining, v_result
+    FROM (SELECT (SELECT team_admin_id FROM pool) AS admin_id,
+                 (SELECT remaining_credits FROM debited) AS remaining,
+                 (SELECT id FROM logged) AS log_id) AS x;
 
-    IF v_remaining IS NOT NULL THEN
-        IF v_log_id IS NULL THEN
-            RAISE EXCEPTION 'idempotency key % was already used on the team pool account by another call',
-                p_idempotency_key
-                USING ERRCODE = 'CR007', DETAIL = format('team pool account %s', v_admin);
-        END IF;
-        RETURN jsonb_build_object(
-            'log_id', v_log_id, 'account_user_id', v_admin, 'actor_user_id', p_user_id,
-            'amount', p_amount, 'remaining_credits', v_remaining,
-            'from_team_pool', true, 'replayed', false);
+    IF v_result IS NOT NULL THEN
+        RETURN v_result;
+    ELSIF v_remaining IS NOT NULL THEN
+        -- Debited but not logged: the key is another call's on the pool account.
+        RAISE EXCEPTION 'idempotency key % was already used on the team pool account by another call',
+            p_idempotency_key
+            USING ERRCODE = 'CR007', DETAIL = format('team pool account %s', v_admin);
     END IF;
 
     -- Refused: only now is it worth telling an unknown user from a poor one.
