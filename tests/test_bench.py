@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
+from uuid import uuid4
 
 import pytest
 
-from bench import report
+from bench import report, workloads
 from bench.__main__ import main
 from bench.core import sql_bytes
 from tests.conftest import Database, Server
@@ -176,3 +178,20 @@ def test_signup_contract_floor_writes_what_the_trigger_writes(
         assert triggers == [("bench_signup_contract_floor" if floor else "users_allocate_credits",)]
     assert len(rows[0]) == len(roles)
     assert rows[1] == rows[0]
+
+
+def test_python_rows_alternate_the_sides_block_by_block() -> None:
+    """Workload 5 runs A and B in alternating blocks, first side swapped every block,
+    and reports milliseconds per call of each side over the whole sequence."""
+    order: list[str] = []
+    context = cast(workloads.Context, SimpleNamespace(
+        sizes=SimpleNamespace(short_reps=2), log=lambda _message: None))
+    sequence = [uuid4() for _ in range(3 * workloads.PYTHON_BLOCK)]
+    a, b = workloads._interleaved(context, sequence, ("A", lambda _u: order.append("A")),
+                                  ("B", lambda _u: order.append("B")))
+    block = workloads.PYTHON_BLOCK
+    one_rep = (["A"] * block + ["B"] * block + ["B"] * block + ["A"] * block
+               + ["A"] * block + ["B"] * block)
+    assert order == one_rep * 2
+    assert len(a.samples) == len(b.samples) == 2
+    assert all(v > 0 for v in a.values + b.values)
