@@ -10,13 +10,25 @@ whether the call may have committed (``outcome_unknown``). That is decided from
 the connection's state *before* the statement is sent, since a broken
 connection may no longer tell: only a statement sent in autocommit mode,
 outside any transaction block, commits by itself.
+
+**Never prepared on the server.** psycopg prepares a statement server-side
+after it ran five times on a connection (``prepare_threshold``). Behind a
+transaction pooler (PgBouncer, Supabase's pooler on port 6543) a prepared
+statement lives on a server connection the next transaction may not get, and
+other clients on that server connection reuse the same names: ``42P05
+prepared statement "_pg3_0" already exists`` or ``26000 ... does not exist``.
+So every statement of this package is sent unprepared (``prepare=False``, the
+unnamed statement), whatever the caller's connection settings: a connection
+with psycopg's defaults works through a pooler. It costs a direct connection
+little (bench workload 5, docs/integration.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar, Union
 
 import psycopg
@@ -50,11 +62,12 @@ def run(conn: SyncConnection, call: Call[T]) -> T:
     may_commit = _may_commit(conn)
     try:
         if isinstance(conn, sa.Connection):
-            value = conn.exec_driver_sql(call.query, dict(call.params)).scalar_one()
+            with _unprepared(conn):
+                value = conn.exec_driver_sql(call.query, dict(call.params)).scalar_one()
         else:
             lock, cursor = _own_cursor(conn)
             with lock:
-                row = cursor.execute(call.query, call.params).fetchone()
+                row = cursor.execute(call.query, call.params, prepare=False).fetchone()
             assert row is not None
             value = row[0]
     except (psycopg.Error, sa.exc.DBAPIError) as exc:
@@ -87,13 +100,35 @@ async def arun(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:
     try:
         lock, cursor = _own_async_cursor(conn)
         async with lock:
-            await cursor.execute(call.query, call.params)
+            await cursor.execute(call.query, call.params, prepare=False)
             row = await cursor.fetchone()
         assert row is not None
     except psycopg.Error as exc:
         _raise_translated(exc, may_have_committed=may_commit)
         raise  # pragma: no cover
     return call.parse(row[0])
+
+
+@contextmanager
+def _unprepared(conn: sa.Connection) -> Iterator[None]:
+    """Nothing psycopg sends on ``conn``'s driver connection meanwhile is prepared.
+
+    SQLAlchemy runs the statement (so its transaction state, autobegin, events
+    and disconnect handling stay its own) but has no per-statement ``prepare``
+    option: the driver connection's ``prepare_threshold`` is None for this one
+    statement and restored after. Other drivers are left as they are.
+    """
+    driver = None if conn.closed or conn.invalidated else getattr(
+        conn.connection, "driver_connection", None)
+    if not isinstance(driver, psycopg.Connection | psycopg.AsyncConnection):
+        yield
+        return
+    threshold = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = threshold
 
 
 _OWN_CURSOR = "_credits_db_cursor"
