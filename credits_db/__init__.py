@@ -22,6 +22,7 @@ from credits_db.errors import (
     UnknownUser,
 )
 from credits_db.functions import (
+    acting_as,
     add_team_member,
     allocation_report,
     backfill,
@@ -76,6 +77,7 @@ __all__ = [
     "TeamFull",
     "TeamMember",
     "UnknownUser",
+    "acting_as",
     "add_team_member",
     "allocation_report",
     "backfill",

@@ -138,3 +138,22 @@ def history(user_id: UserId, *, limit: int) -> Call[list[LedgerEntry]]:
     _int4(limit, "limit", InvalidArgument)
     return Call(QUERIES["history"], {"user_id": str(user_id), "limit": limit},
                 LedgerEntry.list_from_json)
+
+
+def user_id_text(user_id: UserId) -> str:
+    """``user_id`` in canonical text form; a value that is not a uuid is refused here
+    (``InvalidArgument``, 22P02) before anything is sent."""
+    try:
+        return str(user_id if isinstance(user_id, UUID) else UUID(str(user_id)))
+    except ValueError:
+        raise InvalidArgument(f"not a user id (a uuid): {user_id!r}", sqlstate="22P02") from None
+
+
+def act_as(user_id: str) -> Call[str]:
+    """``set_config('credits.user_id', user_id, true)``: until the transaction ends."""
+    return Call(QUERIES["act_as"], {"user_id": user_id}, str)
+
+
+def acting_user() -> Call[str | None]:
+    """``current_setting('credits.user_id', true)``: NULL when never set."""
+    return Call(QUERIES["acting_user"], {}, lambda value: None if value is None else str(value))

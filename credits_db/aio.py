@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from credits_db import _calls
 from credits_db._calls import UserId
@@ -21,6 +24,7 @@ from credits_db.models import (
 )
 
 AsyncConnection = psycopg.AsyncConnection[Any]
+AsyncConnectionT = TypeVar("AsyncConnectionT", bound=psycopg.AsyncConnection[Any])
 
 
 async def backfill(
@@ -95,3 +99,30 @@ async def history(conn: AsyncConnection, user_id: UserId, *, limit: int = 50
                   ) -> list[LedgerEntry]:
     """Async :func:`credits_db.history`."""
     return await arun(conn, _calls.history(user_id, limit=limit))
+
+
+@asynccontextmanager
+async def acting_as(conn: AsyncConnectionT, user_id: UserId) -> AsyncIterator[AsyncConnectionT]:
+    """Async :func:`credits_db.acting_as`: act as ``user_id`` for one transaction.
+
+    ``set_config('credits.user_id', ..., true)`` inside ``conn.transaction()``:
+    the identity dies with the transaction, so nothing leaks to the next client
+    of a pooled server connection. Nested in the caller's transaction it is a
+    savepoint, and the caller's earlier value is back after the block.
+
+    ::
+
+        async with aio.acting_as(conn, user_id):
+            await aio.debit(conn, user_id, 10)
+
+    Raises:
+        InvalidArgument: ``user_id`` is not a uuid (nothing is sent).
+    """
+    user = _calls.user_id_text(user_id)
+    nested = conn.info.transaction_status != TransactionStatus.IDLE
+    async with conn.transaction():
+        previous = await arun(conn, _calls.acting_user()) if nested else None
+        await arun(conn, _calls.act_as(user))
+        yield conn
+        if nested:
+            await arun(conn, _calls.act_as(previous or ""))

@@ -1,10 +1,17 @@
-"""The synchronous API: one function per SQL function.
+"""The synchronous API: one function per SQL function, and :func:`acting_as`.
 
 Each takes ``conn`` (a psycopg Connection, a SQLAlchemy Connection or Engine)
 and joins its transaction; see :mod:`credits_db._execute`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.pq import TransactionStatus
 
 from credits_db import _calls
 from credits_db._calls import UserId
@@ -19,6 +26,8 @@ from credits_db.models import (
     LedgerEntry,
     TeamMember,
 )
+
+ConnectionT = TypeVar("ConnectionT", bound=psycopg.Connection[Any])
 
 
 def backfill(
@@ -149,3 +158,41 @@ def verify(conn: SyncConnection) -> list[IntegrityProblem]:
 def history(conn: SyncConnection, user_id: UserId, *, limit: int = 50) -> list[LedgerEntry]:
     """One account's ledger rows, newest first."""
     return run(conn, _calls.history(user_id, limit=limit))
+
+
+@contextmanager
+def acting_as(conn: ConnectionT, user_id: UserId) -> Iterator[ConnectionT]:
+    """Act as ``user_id`` for one transaction: the identity the self-only rules check.
+
+    ``credits_current_user_id()`` (what ``debit`` and ``balance`` compare a
+    ``credits_user`` with, and the row level security policies) reads the
+    setting ``credits.user_id``; this sets it with ``set_config(..., true)``,
+    transaction-local, inside ``conn.transaction()``. So the identity dies with
+    the transaction: safe behind a transaction pooler (PgBouncer, Supabase's
+    port 6543), where the next transaction on the same server connection may
+    be another client's. Never ``SET credits.user_id`` for a session there.
+
+    ::
+
+        with credits_db.acting_as(conn, user_id):
+            credits_db.debit(conn, user_id, 10)
+
+    The block is a transaction of its own (committed at its end, rolled back
+    on an exception), or a savepoint inside the caller's transaction; there the
+    caller's earlier value of ``credits.user_id`` is back after the block.
+    Where ``auth.uid()`` exists (Supabase) the database reads that instead.
+
+    Yields:
+        ``conn``.
+
+    Raises:
+        InvalidArgument: ``user_id`` is not a uuid (nothing is sent).
+    """
+    user = _calls.user_id_text(user_id)
+    nested = conn.info.transaction_status != TransactionStatus.IDLE
+    with conn.transaction():
+        previous = run(conn, _calls.acting_user()) if nested else None
+        run(conn, _calls.act_as(user))
+        yield conn
+        if nested:
+            run(conn, _calls.act_as(previous or ""))

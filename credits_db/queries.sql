@@ -66,3 +66,14 @@ FROM (
     ORDER BY created_at DESC, id DESC
     LIMIT %(limit)s
 ) AS entry;
+
+-- name: act_as
+-- Act as a user until the end of the current transaction: the setting
+-- credits_current_user_id() reads, set transaction-local (is_local => true), so
+-- it never outlives the transaction on a server connection a pooler shares.
+-- An empty value means nobody.
+SELECT set_config('credits.user_id', %(user_id)s, true);
+
+-- name: acting_user
+-- Who the current transaction acts as (NULL when credits.user_id was never set).
+SELECT current_setting('credits.user_id', true);
