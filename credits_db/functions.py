@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+import sqlalchemy as sa
 from psycopg.pq import TransactionStatus
 
 from credits_db import _calls
 from credits_db._calls import UserId
 from credits_db._execute import SyncConnection, run
+from credits_db.errors import InvalidArgument
 from credits_db.models import (
     AllocationReport,
     BackfillBatch,
@@ -27,7 +29,7 @@ from credits_db.models import (
     TeamMember,
 )
 
-ConnectionT = TypeVar("ConnectionT", bound=psycopg.Connection[Any])
+ConnectionT = TypeVar("ConnectionT", bound=psycopg.Connection[Any] | sa.Connection)
 
 
 def backfill(
@@ -167,32 +169,55 @@ def acting_as(conn: ConnectionT, user_id: UserId) -> Iterator[ConnectionT]:
     ``credits_current_user_id()`` (what ``debit`` and ``balance`` compare a
     ``credits_user`` with, and the row level security policies) reads the
     setting ``credits.user_id``; this sets it with ``set_config(..., true)``,
-    transaction-local, inside ``conn.transaction()``. So the identity dies with
-    the transaction: safe behind a transaction pooler (PgBouncer, Supabase's
-    port 6543), where the next transaction on the same server connection may
-    be another client's. Never ``SET credits.user_id`` for a session there.
+    transaction-local, inside a transaction the block opens. So the identity
+    dies with the transaction: safe behind a transaction pooler (PgBouncer,
+    Supabase's port 6543), where the next transaction on the same server
+    connection may be another client's. Never ``SET credits.user_id`` for a
+    session there.
 
     ::
 
         with credits_db.acting_as(conn, user_id):
             credits_db.debit(conn, user_id, 10)
 
-    The block is a transaction of its own (committed at its end, rolled back
-    on an exception), or a savepoint inside the caller's transaction; there the
-    caller's earlier value of ``credits.user_id`` is back after the block.
-    Where ``auth.uid()`` exists (Supabase) the database reads that instead.
+    ``conn`` is a psycopg Connection (the block is ``conn.transaction()``) or a
+    SQLAlchemy Connection (``conn.begin()``, or ``conn.begin_nested()`` inside
+    the caller's transaction). The block is a transaction of its own (committed
+    at its end, rolled back on an exception), or a savepoint inside the caller's
+    transaction; there the caller's earlier value of ``credits.user_id`` is back
+    after the block. Like ``conn.transaction()``, an error caught inside the
+    block still aborts it. Where ``auth.uid()`` exists (Supabase) the database
+    reads that instead.
 
     Yields:
         ``conn``.
 
     Raises:
-        InvalidArgument: ``user_id`` is not a uuid (nothing is sent).
+        InvalidArgument: ``user_id`` is not a uuid, or ``conn`` is a SQLAlchemy
+            Connection in AUTOCOMMIT (no transaction to scope the setting to);
+            nothing is sent.
     """
     user = _calls.user_id_text(user_id)
-    nested = conn.info.transaction_status != TransactionStatus.IDLE
-    with conn.transaction():
+    with _transaction(conn) as nested:
         previous = run(conn, _calls.acting_user()) if nested else None
         run(conn, _calls.act_as(user))
         yield conn
         if nested:
             run(conn, _calls.act_as(previous or ""))
+
+
+@contextmanager
+def _transaction(conn: psycopg.Connection[Any] | sa.Connection) -> Iterator[bool]:
+    """A transaction of its own, or a savepoint inside the caller's; yields which."""
+    if isinstance(conn, sa.Connection):
+        driver = getattr(conn.connection, "driver_connection", None)
+        if getattr(driver, "autocommit", False):
+            raise InvalidArgument("acting_as needs a transaction: this SQLAlchemy connection "
+                                  "is in AUTOCOMMIT, so the setting would end with its statement")
+        nested = conn.in_transaction()
+        with conn.begin_nested() if nested else conn.begin():
+            yield nested
+    else:
+        nested = conn.info.transaction_status != TransactionStatus.IDLE
+        with conn.transaction():
+            yield nested

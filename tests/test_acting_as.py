@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from psycopg.pq import TransactionStatus
 
 import credits_db
@@ -33,9 +35,11 @@ def user_login(server: Server, installed_template: Database) -> Iterator[pgbounc
 
 
 def user_url(db: Database, login: pgbouncer.Login) -> str:
-    """``db`` as ``login`` (password for servers that ask; trust ignores it)."""
-    return psycopg.conninfo.make_conninfo(urls.to_libpq(db.url), user=login.user,
-                                          password=login.password)
+    """``db``'s URL as ``login`` (password for servers that ask; trust ignores it)."""
+    parts = urlsplit(urls.to_libpq(db.url))
+    where = parts.netloc.rpartition("@")[2]
+    credentials = f"{quote(login.user, safe='')}:{quote(login.password, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}@{where}"))
 
 
 @pytest.fixture
@@ -182,3 +186,52 @@ def test_async_acting_as(db: Database, conn: Conn, user_login: pgbouncer.Login) 
     assert asyncio.run(main()) == [alice, bob, alice, None]
     assert balance(conn, alice) == (350, 10, 340)
     assert balance(conn, bob) == (350, 1, 349)
+
+
+def test_acting_as_on_a_sqlalchemy_connection(db: Database, conn: Conn,
+                                              user_login: pgbouncer.Login) -> None:
+    alice, bob = add_users(conn, "member", "member")
+
+    def who(connection: sa.Connection) -> str | None:
+        value = connection.exec_driver_sql("SELECT credits_current_user_id()::text").scalar()
+        return None if value is None else str(value)
+
+    def spend_then_fail(connection: sa.Connection) -> None:
+        with credits_db.acting_as(connection, alice):
+            credits_db.debit(connection, alice, 100)
+            raise Boom
+
+    engine = sa.create_engine(urls.to_sqlalchemy(user_url(db, user_login)))
+    try:
+        with engine.connect() as connection:
+            with credits_db.acting_as(connection, alice) as same:  # conn.begin(): committed
+                assert same is connection and who(connection) == alice
+                credits_db.debit(connection, alice, 10)
+            assert not connection.in_transaction()
+            assert balance(conn, alice) == (350, 10, 340)
+            assert who(connection) is None
+            connection.rollback()
+
+            with pytest.raises(Boom):
+                spend_then_fail(connection)
+            assert not connection.in_transaction()
+
+            with connection.begin(), credits_db.acting_as(connection, bob):
+                with credits_db.acting_as(connection, alice):  # a savepoint
+                    credits_db.debit(connection, alice, 1)
+                assert who(connection) == bob  # bob's block, restored
+                credits_db.debit(connection, bob, 2)
+                with pytest.raises(Boom):
+                    spend_then_fail(connection)  # rolled back to its savepoint
+                assert who(connection) == bob
+            assert who(connection) is None
+            connection.rollback()
+
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as autocommit, \
+                pytest.raises(credits_db.InvalidArgument, match="AUTOCOMMIT"), \
+                credits_db.acting_as(autocommit, alice):
+            pass  # pragma: no cover - never entered
+    finally:
+        engine.dispose()
+    assert balance(conn, alice) == (350, 11, 339)
+    assert balance(conn, bob) == (350, 2, 348)

@@ -230,6 +230,29 @@ def test_sqlalchemy_through_the_pooler(db: Database, conn: Conn,
     assert server_connections(conn, db, bouncer.admin.user) <= 1
 
 
+def test_sqlalchemy_acting_as_through_the_pooler(db: Database, conn: Conn,
+                                                 bouncer: pgbouncer.PgBouncer,
+                                                 user_login: pgbouncer.Login) -> None:
+    (alice,) = add_users(conn, "member")
+    engine = sa.create_engine(urls.to_sqlalchemy(bouncer.url(db.name, user_login)))
+    try:
+        with engine.connect() as held:
+            for _ in range(CALLS):
+                with credits_db.acting_as(held, alice):
+                    credits_db.debit(held, alice, 1)
+                with pytest.raises(credits_db.PermissionDenied):
+                    credits_db.debit(engine, alice, 1)  # the Engine's other connection
+            pids = {held.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()}
+            held.commit()
+            with engine.connect() as other:
+                pids.add(other.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+                other.commit()
+        assert len(pids) == 1
+    finally:
+        engine.dispose()
+    assert balance(conn, alice) == (350, CALLS, 350 - CALLS)
+
+
 def test_pgbouncer_runs_unprivileged_and_is_stopped_after(server: Server) -> None:
     with pgbouncer.running(server.admin_url) as running:
         with psycopg.connect(running.url("postgres"), autocommit=True) as client:
