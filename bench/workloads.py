@@ -456,6 +456,9 @@ def hot_pool(ctx: Context) -> None:
 
 
 def python_wrapper(ctx: Context, database: str) -> None:
+    """Workload 5: the wrapper's price over a raw prepared execute, then what sending
+    unprepared (``prepare=False``, so a transaction pooler can stand between) costs
+    on a direct connection (:func:`python_unprepared`)."""
     server, sizes = ctx.server, ctx.sizes
     calls = sizes.python_calls
     ctx.log(f"5. Python wrapper: {calls} calls per repetition")
@@ -482,7 +485,7 @@ def python_wrapper(ctx: Context, database: str) -> None:
         series = _interleaved(ctx, sequence, ("credits_db.debit", wrapper),
                               ("psycopg execute(prepare=True)", bare))
     ctx.add(Result("python_sync", "5. Python", "credits_db.debit per call (sync)", "ms/call",
-                   "lower", series[0], series[1], 1.10, [INTERLEAVED_NOTE]))
+                   "lower", series[0], series[1], 1.10, [INTERLEAVED_NOTE, UNPREPARED_NOTE]))
 
     async def run_async() -> tuple[Series, Series]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
@@ -503,7 +506,73 @@ def python_wrapper(ctx: Context, database: str) -> None:
 
     series = asyncio.run(run_async())
     ctx.add(Result("python_async", "5. Python", "credits_db.aio.debit per call (async)", "ms/call",
-                   "lower", series[0], series[1], 1.10, [INTERLEAVED_NOTE]))
+                   "lower", series[0], series[1], 1.10, [INTERLEAVED_NOTE, UNPREPARED_NOTE]))
+    python_unprepared(ctx, url, raw, sequence)
+
+
+def python_unprepared(ctx: Context, url: str, raw: bytes, sequence: list[UUID]) -> None:
+    """The price of ``prepare=False`` alone: the raw debit unprepared vs prepared on
+    one connection, sync and async, with ``synchronous_commit = off`` on it (as the
+    cost ladder: the statement is measured, not the WAL flush, whose drift is larger
+    than this price)."""
+    params = {"amount": 1}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(b"SET synchronous_commit = off")
+        cursor = conn.cursor()
+
+        def send(prepare: bool) -> Callable[[UUID], None]:
+            def call(user_id: UUID) -> None:
+                cursor.execute(raw, {**params, "user_id": user_id}, prepare=prepare)
+                cursor.fetchone()
+            return call
+
+        for prepare in (True, False) * 10:
+            send(prepare)(sequence[0])
+        series = _interleaved(ctx, sequence, ("psycopg execute(prepare=False)", send(False)),
+                              ("psycopg execute(prepare=True)", send(True)))
+    ctx.add(Result("python_unprepared", "5. Python",
+                   "raw execute, prepare=False vs prepare=True, per call (sync)", "ms/call",
+                   "lower", series[0], series[1], None, [INTERLEAVED_NOTE, UNPREPARED_ROW_NOTE],
+                   _price_us(series)))
+
+    async def run_async() -> tuple[Series, Series]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
+            await aconn.execute(b"SET synchronous_commit = off")
+            acursor = aconn.cursor()
+
+            def send(prepare: bool) -> Callable[[UUID], Awaitable[None]]:
+                async def call(user_id: UUID) -> None:
+                    await acursor.execute(raw, {**params, "user_id": user_id}, prepare=prepare)
+                    await acursor.fetchone()
+                return call
+
+            for prepare in (True, False) * 10:
+                await send(prepare)(sequence[0])
+            return await _interleaved_async(
+                ctx, sequence, ("AsyncConnection execute(prepare=False)", send(False)),
+                ("AsyncConnection execute(prepare=True)", send(True)))
+
+    series = asyncio.run(run_async())
+    ctx.add(Result("python_async_unprepared", "5. Python",
+                   "raw execute, prepare=False vs prepare=True, per call (async)", "ms/call",
+                   "lower", series[0], series[1], None, [INTERLEAVED_NOTE, UNPREPARED_ROW_NOTE],
+                   _price_us(series)))
+
+
+UNPREPARED_NOTE = ("the wrapper sends its statements unprepared (prepare=False) so that a "
+                   "transaction pooler (PgBouncer, Supabase port 6543) may stand between; "
+                   "B stays the raw prepared execute, so this ratio includes that price")
+
+UNPREPARED_ROW_NOTE = ("what prepare=False alone costs a direct connection: the same raw "
+                       "statement, parsed and planned per call vs prepared once; "
+                       "synchronous_commit=off on this connection, so the statement is "
+                       "measured, not the WAL flush")
+
+
+def _price_us(series: tuple[Series, Series]) -> JsonDict:
+    """A's median minus B's, in microseconds per call (the ``extra`` of a row)."""
+    a, b = (statistics.median(one.values) for one in series)
+    return {"price_us_per_call": round((a - b) * 1000, 1)}
 
 
 PYTHON_BLOCK = 50

@@ -29,7 +29,7 @@ IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "sig
        "debit_key_c8_contract_floor", "debit_key_c8_vs_contract", "debit_ladder_function",
        "debit_ladder_result", "debit_ladder_definer", "debit_ladder_contract",
        "debit_ladder_package", "tpcb_c8", "python_sync",
-       "python_async", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit")
+       "python_async", "python_unprepared", "python_async_unprepared", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit")
 
 
 def _finite_positive(value: Any) -> bool:
