@@ -16,10 +16,15 @@
 -- the same admin and role changes of that admin, but not the foreign-key
 -- checks of unrelated inserts), and the count runs after the lock is granted,
 -- when READ COMMITTED shows every member an earlier add committed.
+--
+-- Both users rows are locked before the membership row is written (the admin's
+-- as above, the member's FOR KEY SHARE, the lock the foreign key check takes):
+-- a user deleted while this call waits is then an unknown user (CR005), never
+-- a foreign key violation (23503) from the INSERT.
 CREATE FUNCTION add_team_member(p_team_admin_id uuid, p_team_member_id uuid) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_admin_role   text;
@@ -42,14 +47,14 @@ BEGIN
     END IF;
 
     SELECT u.role INTO v_admin_role
-    FROM users u WHERE u.id = p_team_admin_id
+    FROM public.users u WHERE u.id = p_team_admin_id
     FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown user %', p_team_admin_id
             USING ERRCODE = 'CR005', DETAIL = 'the team admin does not exist';
     END IF;
 
-    PERFORM 1 FROM users u WHERE u.id = p_team_member_id;
+    PERFORM 1 FROM public.users u WHERE u.id = p_team_member_id FOR KEY SHARE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown user %', p_team_member_id
             USING ERRCODE = 'CR005', DETAIL = 'the team member does not exist';
@@ -57,8 +62,8 @@ BEGIN
 
     SELECT coalesce(rc.team_member_limit, fallback.team_member_limit, 0) INTO v_limit
     FROM (SELECT 1) AS one
-    LEFT JOIN role_credits rc ON rc.role = v_admin_role
-    LEFT JOIN role_credits fallback ON fallback.role = 'member';
+    LEFT JOIN public.role_credits rc ON rc.role = v_admin_role
+    LEFT JOIN public.role_credits fallback ON fallback.role = 'member';
     IF v_limit <= 0 THEN
         RAISE EXCEPTION 'user % is not a team admin', p_team_admin_id
             USING ERRCODE = 'CR003',
@@ -67,7 +72,7 @@ BEGIN
     END IF;
 
     SELECT t.team_admin_id INTO v_current
-    FROM team_credit_sharing t WHERE t.team_member_id = p_team_member_id;
+    FROM public.team_credit_sharing t WHERE t.team_member_id = p_team_member_id;
     IF FOUND THEN
         IF v_current = p_team_admin_id THEN
             RETURN;
@@ -77,7 +82,7 @@ BEGIN
     END IF;
 
     SELECT count(*) INTO v_members
-    FROM team_credit_sharing t WHERE t.team_admin_id = p_team_admin_id;
+    FROM public.team_credit_sharing t WHERE t.team_admin_id = p_team_admin_id;
     IF v_members >= v_limit THEN
         RAISE EXCEPTION 'team of % is full', p_team_admin_id
             USING ERRCODE = 'CR002',
@@ -87,13 +92,13 @@ BEGIN
     -- The member may have joined another pool after step 6 looked (that add
     -- locked a different admin); the unique member constraint decides, and the
     -- loser gets CR004 rather than a unique violation.
-    INSERT INTO team_credit_sharing (team_admin_id, team_member_id)
+    INSERT INTO public.team_credit_sharing (team_admin_id, team_member_id)
     VALUES (p_team_admin_id, p_team_member_id)
     ON CONFLICT ON CONSTRAINT team_credit_sharing_member_unique DO NOTHING
     RETURNING id INTO v_inserted;
     IF v_inserted IS NULL THEN
         SELECT t.team_admin_id INTO v_current
-        FROM team_credit_sharing t WHERE t.team_member_id = p_team_member_id;
+        FROM public.team_credit_sharing t WHERE t.team_member_id = p_team_member_id;
         RAISE EXCEPTION 'user % is already a member of another team', p_team_member_id
             USING ERRCODE = 'CR004', DETAIL = format('team admin %s', v_current);
     END IF;

@@ -4,7 +4,11 @@
 --   * Supabase (a function auth.uid() exists): auth.uid(), the JWT's subject
 --     that PostgREST puts in the request settings. It is looked up at every
 --     call and called through EXECUTE, so it may be created after credits-db
---     is installed, and this function compiles without it.
+--     is installed, and this function compiles without it. It is trusted only
+--     when its owner is a superuser, this function's owner, or Supabase's
+--     supabase_auth_admin: a role allowed to create a schema named auth must
+--     not be able to name the caller (nor run code as the definer functions'
+--     owner, who calls this one).
 --   * Anywhere else: the setting credits.user_id, which the application sets
 --     per transaction for the user it serves:
 --         SET LOCAL credits.user_id = '<uuid>';   -- or set_config(..., true)
@@ -22,13 +26,19 @@
 CREATE FUNCTION credits_current_user_id() RETURNS uuid
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_setting text;
     v_user_id uuid;
 BEGIN
-    IF to_regprocedure('auth.uid()') IS NOT NULL THEN
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+               WHERE p.oid = to_regprocedure('auth.uid()')
+                 AND (r.rolsuper OR r.rolname = 'supabase_auth_admin'
+                      OR p.proowner = (SELECT me.proowner FROM pg_catalog.pg_proc me
+                                       WHERE me.oid = 'public.credits_current_user_id()'::regprocedure)))
+    THEN
         EXECUTE 'SELECT auth.uid()' INTO v_user_id;
         RETURN v_user_id;
     END IF;
