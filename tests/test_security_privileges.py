@@ -26,11 +26,11 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
         " has_function_privilege('public', p.oid, 'EXECUTE')"
         " FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace"
     ).fetchall()
-    assert len(functions) == 16
+    assert len(functions) == 17
     for signature, _definer, config, nobody_can, public_can in functions:
         # SECURITY DEFINER or not, every function fixes its search_path, with
         # pg_temp named last so temporary tables cannot shadow ours.
-        assert config == ["search_path=pg_catalog, public, pg_temp"], signature
+        assert config == ["search_path=pg_catalog, pg_temp"], signature
         assert nobody_can is False, signature
         assert public_can is False, signature
     definers = {s for s, definer, *_ in functions if definer}
