@@ -175,7 +175,9 @@ COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
     'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
 
 -- Allocates every user without a balance row (or p_limit of them), by role,
--- in one set-based statement; p_dry_run reports without writing.
+-- in one set-based statement; p_dry_run reports without writing. The body is
+-- SQL-standard, bound to credits_backfill when created: an overload of that
+-- name created later can never come between them.
 CREATE FUNCTION backfill_user_credits(
     p_dry_run boolean DEFAULT false,
     p_limit   integer DEFAULT NULL
@@ -183,9 +185,7 @@ CREATE FUNCTION backfill_user_credits(
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT public.credits_backfill(p_dry_run, p_limit, false, NULL::uuid);
-$$;
+RETURN public.credits_backfill(p_dry_run, p_limit, false, NULL::uuid);
 
 REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
 
@@ -206,9 +206,7 @@ CREATE FUNCTION backfill_user_credits_batch(
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT public.credits_backfill(false, p_limit, true, p_after_user_id);
-$$;
+RETURN public.credits_backfill(false, p_limit, true, p_after_user_id);
 
 REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
 

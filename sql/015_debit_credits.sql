@@ -68,13 +68,13 @@ DECLARE
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
                        'credits_admin'::name, 'MEMBER'::text)
-       AND (p_user_id = public.credits_current_user_id()) IS NOT TRUE THEN
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied: may not spend the credits of user %',
             coalesce(p_user_id::text, 'NULL')
             USING ERRCODE = '42501',
                   DETAIL = format('caller %s is user %s and not a member of credits_admin',
                                   coalesce(nullif(current_setting('role'), 'none'), session_user),
-                                  coalesce(public.credits_current_user_id()::text, 'NULL')),
+                                  coalesce(credits_internal.current_user_id()::text, 'NULL')),
                   HINT = 'A credits_user may debit only its own account (credits_current_user_id()).';
     END IF;
 
@@ -184,7 +184,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN public.credits_replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry);
         END IF;
 
         IF v_remaining IS NOT NULL THEN

@@ -82,7 +82,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN public.credits_replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry);
         END IF;
     END IF;
 

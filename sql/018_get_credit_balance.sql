@@ -17,7 +17,7 @@ DECLARE
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
                        'credits_admin'::name, 'MEMBER'::text)
-       AND (p_user_id = public.credits_current_user_id()) IS NOT TRUE THEN
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied: may not read the balance of user %',
             coalesce(p_user_id::text, 'NULL')
             USING ERRCODE = '42501',

@@ -23,7 +23,11 @@
 --
 -- SECURITY INVOKER (it reads settings and needs no privilege); STABLE so a
 -- policy can evaluate it once per query (the policies wrap it in a sub-SELECT).
-CREATE FUNCTION credits_current_user_id() RETURNS uuid
+-- The body is credits_internal.current_user_id(), which the definer functions
+-- call (see 012 for why internal); public.credits_current_user_id() is the
+-- name for everyone else, a SQL-standard body bound to it when created, so no
+-- later overload can come between them.
+CREATE FUNCTION credits_internal.current_user_id() RETURNS uuid
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
@@ -37,7 +41,7 @@ BEGIN
                WHERE p.oid = to_regprocedure('auth.uid()')
                  AND (r.rolsuper OR r.rolname = 'supabase_auth_admin'
                       OR p.proowner = (SELECT me.proowner FROM pg_catalog.pg_proc me
-                                       WHERE me.oid = 'public.credits_current_user_id()'::regprocedure)))
+                                       WHERE me.oid = 'credits_internal.current_user_id()'::regprocedure)))
     THEN
         EXECUTE 'SELECT auth.uid()' INTO v_user_id;
         RETURN v_user_id;
@@ -53,7 +57,18 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION credits_internal.current_user_id() FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_internal.current_user_id() IS
+    'Internal: the body of credits_current_user_id().';
+
+CREATE FUNCTION credits_current_user_id() RETURNS uuid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN credits_internal.current_user_id();
+
 REVOKE EXECUTE ON FUNCTION credits_current_user_id() FROM PUBLIC;
 
 COMMENT ON FUNCTION credits_current_user_id() IS
-    'The user the current request acts for: auth.uid() when it exists (Supabase), else the setting credits.user_id (empty = NULL, not a uuid = 22P02).';
+    'The user the current request acts for: auth.uid() when it exists (Supabase) and a trusted role owns it, else the transaction''s setting credits.user_id (empty = NULL, not a uuid = 22P02).';

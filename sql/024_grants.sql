@@ -12,7 +12,7 @@
 -- pg_temp is named, and last: a search path that leaves it out still searches
 -- the session's temporary schema first for tables and types, and it is never
 -- searched for functions or operators.
-GRANT USAGE ON SCHEMA public TO credits_user, credits_admin;
+GRANT USAGE ON SCHEMA public, credits_internal TO credits_user, credits_admin;
 
 -- Supabase's default privileges give anon, authenticated and service_role
 -- ALL on every new table, sequence and function in public, which would let
@@ -42,7 +42,6 @@ BEGIN
                        ' public.backfill_user_credits(boolean, integer),'
                        ' public.backfill_user_credits_batch(uuid, integer),'
                        ' public.credit_allocation_report(),'
-                       ' public.credits_replayed_result(public.credit_usage_log),'
                        ' public.add_team_member(uuid, uuid),'
                        ' public.remove_team_member(uuid, uuid),'
                        ' public.debit_credits(uuid, integer, text, text, text),'
@@ -66,6 +65,7 @@ GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log
     TO credits_admin;
 
 GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                          credits_internal.current_user_id(),
                           get_credit_balance(uuid),
                           debit_credits(uuid, integer, text, text, text)
     TO credits_user, credits_admin;
@@ -89,19 +89,21 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated' AND NOT rolinherit)
        AND pg_catalog.pg_has_role('authenticated', 'credits_user', 'MEMBER') THEN
-        GRANT USAGE ON SCHEMA public TO authenticated;
+        GRANT USAGE ON SCHEMA public, credits_internal TO authenticated;
         GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing TO authenticated;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                                  credits_internal.current_user_id(),
                                   get_credit_balance(uuid),
                                   debit_credits(uuid, integer, text, text, text)
             TO authenticated;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role' AND NOT rolinherit)
        AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
-        GRANT USAGE ON SCHEMA public TO service_role;
+        GRANT USAGE ON SCHEMA public, credits_internal TO service_role;
         GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
                         team_credit_sharing, credits_backfill_candidates TO service_role;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                                  credits_internal.current_user_id(),
                                   get_credit_balance(uuid),
                                   debit_credits(uuid, integer, text, text, text),
                                   backfill_user_credits(boolean, integer),

@@ -56,6 +56,19 @@ COMMENT ON COLUMN user_credits.allocated_credits IS
 COMMENT ON COLUMN user_credits.opened_after_log_id IS
     'Every entry of this account has a larger credit_usage_log.id; smaller ids with the same user_id belong to an earlier, deleted account.';
 
+-- ---- 012_replayed_result.sql: the internal schema ----
+-- credits_internal holds the helpers the PL/pgSQL functions call by name.
+-- PL/pgSQL resolves names when a statement first runs, and a function in a
+-- schema others may CREATE in can be made ambiguous by an overload with an
+-- extra defaulted parameter (foo(int) beside foo(int, int DEFAULT 0) is
+-- "not unique"): no role but the owner may create anything in this schema,
+-- so a call here always reaches ours.
+CREATE SCHEMA credits_internal;
+REVOKE ALL ON SCHEMA credits_internal FROM PUBLIC;
+
+COMMENT ON SCHEMA credits_internal IS
+    'credits-db''s internal helpers: only its owner may create objects here.';
+
 -- ---- 011_spending_log_columns.sql: the key table ----
 -- The log's idempotency_key column records each entry's key for the audit
 -- trail; the keys themselves live in their own table. Idempotency keys belong
@@ -158,7 +171,11 @@ ORDER BY l.id
 ON CONFLICT DO NOTHING;
 
 -- ---- 011_spending_log_columns.sql: the log's key indexes give way to the table ----
+-- Inside the revision's transaction, so not CONCURRENTLY: the drop itself is
+-- a catalog change, held until the revision commits (same quiet window).
+-- squawk-ignore require-concurrent-index-deletion
 DROP INDEX credit_usage_log_idempotency_key_idx;
+-- squawk-ignore require-concurrent-index-deletion
 DROP INDEX credit_usage_log_actor_idempotency_key_idx;
 
 -- ---- 006_append_only_log.sql ----
@@ -172,6 +189,8 @@ BEGIN
               HINT = 'Correct an entry with a new one (a refund or a grant).';
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION credits_refuse_log_change() FROM PUBLIC;
 
 -- ---- 007_signup_allocation.sql ----
 CREATE OR REPLACE FUNCTION credits_allocate_on_signup() RETURNS trigger
@@ -215,6 +234,8 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION credits_allocate_on_signup() FROM PUBLIC;
 
 -- ---- 008_backfill.sql ----
 CREATE OR REPLACE FUNCTION credits_backfill(
@@ -341,6 +362,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) FROM PUBLIC;
+
 COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
     'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
 
@@ -351,9 +374,9 @@ CREATE OR REPLACE FUNCTION backfill_user_credits(
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT public.credits_backfill(p_dry_run, p_limit, false, NULL::uuid);
-$$;
+RETURN public.credits_backfill(p_dry_run, p_limit, false, NULL::uuid);
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
 
 COMMENT ON FUNCTION backfill_user_credits(boolean, integer) IS
     'Allocate credits by role to every user without a balance row (source backfill). Idempotent; p_limit batches, p_dry_run reports without writing.';
@@ -365,9 +388,9 @@ CREATE OR REPLACE FUNCTION backfill_user_credits_batch(
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT public.credits_backfill(false, p_limit, true, p_after_user_id);
-$$;
+RETURN public.credits_backfill(false, p_limit, true, p_after_user_id);
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
 
 COMMENT ON FUNCTION backfill_user_credits_batch(uuid, integer) IS
     'Backfill the next p_limit users after p_after_user_id in primary-key order; returns last_user_id for the next call (NULL when done).';
@@ -408,11 +431,13 @@ AS $$
     );
 $$;
 
+REVOKE EXECUTE ON FUNCTION credit_allocation_report() FROM PUBLIC;
+
 COMMENT ON FUNCTION credit_allocation_report() IS
     'Users with and without a balance, and credits held per role (the post-backfill verification report).';
 
 -- ---- 012_replayed_result.sql ----
-CREATE OR REPLACE FUNCTION credits_replayed_result(p_entry public.credit_usage_log) RETURNS jsonb
+CREATE OR REPLACE FUNCTION credits_internal.replayed_result(p_entry public.credit_usage_log) RETURNS jsonb
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
@@ -433,7 +458,9 @@ AS $$
     );
 $$;
 
-COMMENT ON FUNCTION credits_replayed_result(public.credit_usage_log) IS
+REVOKE EXECUTE ON FUNCTION credits_internal.replayed_result(public.credit_usage_log) FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_internal.replayed_result(public.credit_usage_log) IS
     'Internal: the result a keyed debit or grant returned originally, rebuilt from its log entry (replayed = true).';
 
 -- ---- 013_add_team_member.sql ----
@@ -521,6 +548,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION add_team_member(uuid, uuid) FROM PUBLIC;
+
 COMMENT ON FUNCTION add_team_member(uuid, uuid) IS
     'Let p_team_member_id spend from p_team_admin_id''s balance. No-op if already so; CR002 full, CR003 not a team admin, CR004 in another team, CR005 unknown user, CR009 self.';
 
@@ -544,6 +573,8 @@ BEGIN
     RETURN FOUND;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION remove_team_member(uuid, uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION remove_team_member(uuid, uuid) IS
     'End a team membership; true if it existed. The member keeps their own balance.';
@@ -571,13 +602,13 @@ DECLARE
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
                        'credits_admin'::name, 'MEMBER'::text)
-       AND (p_user_id = public.credits_current_user_id()) IS NOT TRUE THEN
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied: may not spend the credits of user %',
             coalesce(p_user_id::text, 'NULL')
             USING ERRCODE = '42501',
                   DETAIL = format('caller %s is user %s and not a member of credits_admin',
                                   coalesce(nullif(current_setting('role'), 'none'), session_user),
-                                  coalesce(public.credits_current_user_id()::text, 'NULL')),
+                                  coalesce(credits_internal.current_user_id()::text, 'NULL')),
                   HINT = 'A credits_user may debit only its own account (credits_current_user_id()).';
     END IF;
 
@@ -687,7 +718,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN public.credits_replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry);
         END IF;
 
         IF v_remaining IS NOT NULL THEN
@@ -775,6 +806,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION debit_credits(uuid, integer, text, text, text) FROM PUBLIC;
+
 COMMENT ON FUNCTION debit_credits(uuid, integer, text, text, text) IS
     'Spend p_amount from the own account, else wholly from the team pool; CR001 if neither can pay. Keyed calls replay (replayed = true) instead of spending twice. Only credits_admin members may debit another user''s account (else 42501).';
 
@@ -833,7 +866,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN public.credits_replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry);
         END IF;
     END IF;
 
@@ -901,6 +934,8 @@ BEGIN
         'from_team_pool', false, 'replayed', false);
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION grant_credits(uuid, integer, text, text, text) FROM PUBLIC;
 
 COMMENT ON FUNCTION grant_credits(uuid, integer, text, text, text) IS
     'Add p_amount to the account''s total_credits (creating its balance row if missing). CR006 if the total would exceed 2^31-1; keyed calls replay.';
@@ -971,6 +1006,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION refund_credits(bigint, text) FROM PUBLIC;
+
 COMMENT ON FUNCTION refund_credits(bigint, text) IS
     'Reverse one debit onto its account (a refund credit: total_credits increases). CR008 if not a debit or already refunded.';
 
@@ -986,7 +1023,7 @@ DECLARE
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
                        'credits_admin'::name, 'MEMBER'::text)
-       AND (p_user_id = public.credits_current_user_id()) IS NOT TRUE THEN
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied: may not read the balance of user %',
             coalesce(p_user_id::text, 'NULL')
             USING ERRCODE = '42501',
@@ -1017,6 +1054,8 @@ BEGIN
     RETURN v_result;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION get_credit_balance(uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION get_credit_balance(uuid) IS
     'Own balance, team pool and spendable (the largest single debit accepted now) of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';
@@ -1099,6 +1138,8 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION credits_topup_on_role_change() FROM PUBLIC;
 
 COMMENT ON FUNCTION credits_topup_on_role_change() IS
     'Trigger: raise the account to the new role''s allocation when that exceeds the largest it was given (allocated_credits); open it if missing. Never lowers it.';
@@ -1197,11 +1238,13 @@ AS $$
     WHERE p.member_limit = 0
 $$;
 
+REVOKE EXECUTE ON FUNCTION verify_credit_integrity() FROM PUBLIC;
+
 COMMENT ON FUNCTION verify_credit_integrity() IS
     'One row per broken invariant (balance vs ledger, allocations, negative values, bad refunds, keys, pools over their cap or without a team role); no rows when all hold.';
 
 -- ---- 022_current_user_id.sql ----
-CREATE OR REPLACE FUNCTION credits_current_user_id() RETURNS uuid
+CREATE OR REPLACE FUNCTION credits_internal.current_user_id() RETURNS uuid
 LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1215,7 +1258,7 @@ BEGIN
                WHERE p.oid = to_regprocedure('auth.uid()')
                  AND (r.rolsuper OR r.rolname = 'supabase_auth_admin'
                       OR p.proowner = (SELECT me.proowner FROM pg_catalog.pg_proc me
-                                       WHERE me.oid = 'public.credits_current_user_id()'::regprocedure)))
+                                       WHERE me.oid = 'credits_internal.current_user_id()'::regprocedure)))
     THEN
         EXECUTE 'SELECT auth.uid()' INTO v_user_id;
         RETURN v_user_id;
@@ -1231,6 +1274,49 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION credits_current_user_id() IS
-    'The user the current request acts for: auth.uid() when it exists (Supabase), else the setting credits.user_id (empty = NULL, not a uuid = 22P02).';
+REVOKE EXECUTE ON FUNCTION credits_internal.current_user_id() FROM PUBLIC;
 
+COMMENT ON FUNCTION credits_internal.current_user_id() IS
+    'Internal: the body of credits_current_user_id().';
+
+CREATE OR REPLACE FUNCTION credits_current_user_id() RETURNS uuid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN credits_internal.current_user_id();
+
+REVOKE EXECUTE ON FUNCTION credits_current_user_id() FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_current_user_id() IS
+    'The user the current request acts for: auth.uid() when it exists (Supabase) and a trusted role owns it, else the transaction''s setting credits.user_id (empty = NULL, not a uuid = 22P02).';
+
+-- ---- 024_grants.sql: the internal identity function ----
+GRANT USAGE ON SCHEMA credits_internal TO credits_user, credits_admin;
+GRANT EXECUTE ON FUNCTION credits_internal.current_user_id() TO credits_user, credits_admin;
+
+-- PostgreSQL 15: Supabase's NOINHERIT roles hold their privileges directly
+-- (see 024); those that may call credits_current_user_id() get its body too.
+DO $credits_noinherit_internal$
+DECLARE
+    v_role text;
+BEGIN
+    IF current_setting('server_version_num')::integer >= 160000 THEN
+        RETURN;
+    END IF;
+    FOR v_role IN
+        SELECT r.rolname FROM pg_catalog.pg_roles r
+        WHERE r.rolname IN ('authenticated', 'service_role') AND NOT r.rolinherit
+          AND EXISTS (SELECT FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'public.credits_current_user_id()'::regprocedure
+                        AND a.grantee = r.oid AND a.privilege_type = 'EXECUTE')
+    LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA credits_internal TO %I', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION credits_internal.current_user_id() TO %I', v_role);
+    END LOOP;
+END
+$credits_noinherit_internal$;
+
+-- credits_replayed_result is credits_internal.replayed_result now; it was
+-- internal (granted to nobody), so no client calls it.
+-- squawk-ignore ban-drop-function
+DROP FUNCTION credits_replayed_result(credit_usage_log);

@@ -45,6 +45,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION credits_refuse_log_change() FROM PUBLIC;
+
 -- ---- 007_signup_allocation.sql (as of 0006) ----
 CREATE OR REPLACE FUNCTION credits_allocate_on_signup() RETURNS trigger
 LANGUAGE plpgsql
@@ -87,6 +89,8 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION credits_allocate_on_signup() FROM PUBLIC;
 
 -- ---- 008_backfill.sql (as of 0006) ----
 CREATE OR REPLACE FUNCTION credits_backfill(
@@ -206,6 +210,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) FROM PUBLIC;
+
 COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
     'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
 
@@ -220,6 +226,8 @@ AS $$
     SELECT credits_backfill(p_dry_run, p_limit, false, NULL);
 $$;
 
+REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
+
 COMMENT ON FUNCTION backfill_user_credits(boolean, integer) IS
     'Allocate credits by role to every user without a balance row (source backfill). Idempotent; p_limit batches, p_dry_run reports without writing.';
 
@@ -233,6 +241,8 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
     SELECT credits_backfill(false, p_limit, true, p_after_user_id);
 $$;
+
+REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
 
 COMMENT ON FUNCTION backfill_user_credits_batch(uuid, integer) IS
     'Backfill the next p_limit users after p_after_user_id in primary-key order; returns last_user_id for the next call (NULL when done).';
@@ -273,6 +283,8 @@ AS $$
     );
 $$;
 
+REVOKE EXECUTE ON FUNCTION credit_allocation_report() FROM PUBLIC;
+
 COMMENT ON FUNCTION credit_allocation_report() IS
     'Users with and without a balance, and credits held per role (the post-backfill verification report).';
 
@@ -294,6 +306,8 @@ AS $$
         'replayed', true
     );
 $$;
+
+REVOKE EXECUTE ON FUNCTION credits_replayed_result(credit_usage_log) FROM PUBLIC;
 
 COMMENT ON FUNCTION credits_replayed_result(credit_usage_log) IS
     'Internal: the result a keyed debit or grant returned originally, rebuilt from its log entry (replayed = true).';
@@ -383,6 +397,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION add_team_member(uuid, uuid) FROM PUBLIC;
+
 COMMENT ON FUNCTION add_team_member(uuid, uuid) IS
     'Let p_team_member_id spend from p_team_admin_id''s balance. No-op if already so; CR002 full, CR003 not a team admin, CR004 in another team, CR005 unknown user, CR009 self.';
 
@@ -406,6 +422,8 @@ BEGIN
     RETURN FOUND;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION remove_team_member(uuid, uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION remove_team_member(uuid, uuid) IS
     'End a team membership; true if it existed. The member keeps their own balance.';
@@ -629,6 +647,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION debit_credits(uuid, integer, text, text, text) FROM PUBLIC;
+
 COMMENT ON FUNCTION debit_credits(uuid, integer, text, text, text) IS
     'Spend p_amount from the own account, else wholly from the team pool; CR001 if neither can pay. Keyed calls replay (replayed = true) instead of spending twice. Only credits_admin members may debit another user''s account (else 42501).';
 
@@ -739,6 +759,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION grant_credits(uuid, integer, text, text, text) FROM PUBLIC;
+
 COMMENT ON FUNCTION grant_credits(uuid, integer, text, text, text) IS
     'Add p_amount to the account''s total_credits (creating its balance row if missing). CR006 if the total would exceed 2^31-1; keyed calls replay.';
 
@@ -806,6 +828,8 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION refund_credits(bigint, text) FROM PUBLIC;
+
 COMMENT ON FUNCTION refund_credits(bigint, text) IS
     'Reverse one debit onto its account (a refund credit: total_credits increases). CR008 if not a debit or already refunded.';
 
@@ -852,6 +876,8 @@ BEGIN
     RETURN v_result;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION get_credit_balance(uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION get_credit_balance(uuid) IS
     'Own balance, team pool and spendable (the largest single debit accepted now) of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';
@@ -910,6 +936,8 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+REVOKE EXECUTE ON FUNCTION credits_topup_on_role_change() FROM PUBLIC;
 
 COMMENT ON FUNCTION credits_topup_on_role_change() IS
     'Trigger: top up total_credits when users.role changes to a role with a larger allocation (never lowers it).';
@@ -986,6 +1014,8 @@ AS $$
     WHERE p.member_limit = 0
 $$;
 
+REVOKE EXECUTE ON FUNCTION verify_credit_integrity() FROM PUBLIC;
+
 COMMENT ON FUNCTION verify_credit_integrity() IS
     'One row per broken invariant (balance vs ledger, negative values, bad refunds, pools over their cap or without a team role); no rows when all hold.';
 
@@ -1014,9 +1044,14 @@ BEGIN
 END
 $$;
 
+REVOKE EXECUTE ON FUNCTION credits_current_user_id() FROM PUBLIC;
+
 COMMENT ON FUNCTION credits_current_user_id() IS
     'The user the current request acts for: auth.uid() when it exists (Supabase), else the setting credits.user_id (empty = NULL, not a uuid = 22P02).';
 
+DROP FUNCTION credits_internal.replayed_result(credit_usage_log);
+DROP FUNCTION credits_internal.current_user_id();
+DROP SCHEMA credits_internal;
 
 DROP TRIGGER users_forget_credit_keys ON users;
 DROP FUNCTION credits_forget_keys_of_deleted_users();
