@@ -36,10 +36,20 @@ COMMENT ON COLUMN credit_usage_log.refund_of IS
 -- SERIALIZABLE the conflict with a key its snapshot cannot see raises 40001,
 -- so a retry, never a second entry.
 --
--- A user's keys die with the user (the trigger below): a user re-created with
--- the same id starts with no keys, as it starts with a new account.
+-- A user's keys die with the user (ON DELETE CASCADE): a user re-created with
+-- the same id starts with no keys, as it starts with a new account. A foreign
+-- key, not a trigger, because its cascade also sees keys committed after the
+-- deleting transaction's snapshot (at REPEATABLE READ that delete then fails
+-- with 40001 instead of leaving the key behind). Every keyed call locks the
+-- owner's users row FOR KEY SHARE before it writes, so the check finds the
+-- lock already held and a concurrent delete waits for the call.
+--
+-- Its foreign key locks the host's users table against writes for the instant
+-- of this CREATE TABLE (SHARE ROW EXCLUSIVE; nothing to scan).
 CREATE TABLE credit_idempotency_keys (
-    owner_user_id   uuid NOT NULL,
+    owner_user_id   uuid NOT NULL
+                    CONSTRAINT credit_idempotency_keys_owner_fkey
+                    REFERENCES users (id) ON DELETE CASCADE,
     operation       text NOT NULL
                     CONSTRAINT credit_idempotency_keys_operation_check
                     CHECK (operation IN ('debit', 'grant')),
@@ -53,28 +63,3 @@ REVOKE ALL ON credit_idempotency_keys FROM PUBLIC;
 
 COMMENT ON TABLE credit_idempotency_keys IS
     'One row per idempotency key: the caller who owns it (the spender for a debit, the account for a grant) and the entry it names.';
-
-CREATE FUNCTION credits_forget_keys_of_deleted_users() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    DELETE FROM public.credit_idempotency_keys k
-    USING deleted_users d
-    WHERE k.owner_user_id = d.id;
-    RETURN NULL;
-END
-$$;
-
-REVOKE EXECUTE ON FUNCTION credits_forget_keys_of_deleted_users() FROM PUBLIC;
-
-COMMENT ON FUNCTION credits_forget_keys_of_deleted_users() IS
-    'Trigger: a deleted user''s idempotency keys go with them (a re-created id starts without keys).';
-
--- Creating it locks users against writes for an instant (SHARE ROW
--- EXCLUSIVE, no scan), like the other triggers on users.
-CREATE TRIGGER users_forget_credit_keys
-    AFTER DELETE ON users
-    REFERENCING OLD TABLE AS deleted_users
-    FOR EACH STATEMENT EXECUTE FUNCTION credits_forget_keys_of_deleted_users();

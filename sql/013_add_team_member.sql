@@ -8,14 +8,18 @@
 --      unknown role has the member row's limit, like its allocation;
 --   6. the member's current pool: this admin's means the pair exists already
 --      and the call is a no-op; another admin's is CR004;
---   7. the pool has room (CR002).
+--   7. the pool has room (CR002), and the lowest free seat is taken.
 --
 -- The cap must hold when several adds for one admin run at once. Counting and
 -- inserting without a lock lets each of them count the same free seat, so the
 -- admin's users row is locked first (FOR NO KEY UPDATE: it queues adds for
 -- the same admin and role changes of that admin, but not the foreign-key
 -- checks of unrelated inserts), and the count runs after the lock is granted,
--- when READ COMMITTED shows every member an earlier add committed.
+-- when READ COMMITTED shows every member an earlier add committed. At
+-- REPEATABLE READ and SERIALIZABLE the count comes from the transaction's
+-- snapshot, which a lock cannot refresh: there the seat (010) decides, as two
+-- adds counting the same free seat insert the same (admin, seat) and the
+-- later one fails with 40001.
 --
 -- Both users rows are locked before the membership row is written (the admin's
 -- as above, the member's FOR KEY SHARE, the lock the foreign key check takes):
@@ -31,6 +35,7 @@ DECLARE
     v_limit        integer;
     v_current      uuid;
     v_members      bigint;
+    v_seat         integer;
     v_inserted     bigint;
 BEGIN
     IF p_team_admin_id IS NULL OR p_team_member_id IS NULL THEN
@@ -81,9 +86,14 @@ BEGIN
             USING ERRCODE = 'CR004', DETAIL = format('team admin %s', v_current);
     END IF;
 
-    SELECT count(*) INTO v_members
+    SELECT count(*),
+           (SELECT s FROM generate_series(1, v_limit) AS s
+            WHERE NOT EXISTS (SELECT FROM public.team_credit_sharing taken
+                              WHERE taken.team_admin_id = p_team_admin_id AND taken.seat = s)
+            ORDER BY s LIMIT 1)
+    INTO v_members, v_seat
     FROM public.team_credit_sharing t WHERE t.team_admin_id = p_team_admin_id;
-    IF v_members >= v_limit THEN
+    IF v_members >= v_limit OR v_seat IS NULL THEN
         RAISE EXCEPTION 'team of % is full', p_team_admin_id
             USING ERRCODE = 'CR002',
                   DETAIL = format('%s of %s members', v_members, v_limit);
@@ -91,14 +101,23 @@ BEGIN
 
     -- The member may have joined another pool after step 6 looked (that add
     -- locked a different admin); the unique member constraint decides, and the
-    -- loser gets CR004 rather than a unique violation.
-    INSERT INTO public.team_credit_sharing (team_admin_id, team_member_id)
-    VALUES (p_team_admin_id, p_team_member_id)
-    ON CONFLICT ON CONSTRAINT team_credit_sharing_member_unique DO NOTHING
+    -- loser gets CR004 rather than a unique violation. Any conflict is left to
+    -- DO NOTHING, so that at REPEATABLE READ one with a row the snapshot
+    -- cannot see (the member's or the seat's) is 40001.
+    INSERT INTO public.team_credit_sharing (team_admin_id, team_member_id, seat)
+    VALUES (p_team_admin_id, p_team_member_id, v_seat)
+    ON CONFLICT DO NOTHING
     RETURNING id INTO v_inserted;
     IF v_inserted IS NULL THEN
         SELECT t.team_admin_id INTO v_current
         FROM public.team_credit_sharing t WHERE t.team_member_id = p_team_member_id;
+        IF v_current IS NULL THEN
+            -- The seat, not the member, was taken: only an add that skipped
+            -- the admin's lock could do that. Nothing was written.
+            RAISE EXCEPTION 'seat % of the team of % was taken by a concurrent call',
+                v_seat, p_team_admin_id
+                USING ERRCODE = '40001', HINT = 'Retry the call.';
+        END IF;
         RAISE EXCEPTION 'user % is already a member of another team', p_team_member_id
             USING ERRCODE = 'CR004', DETAIL = format('team admin %s', v_current);
     END IF;

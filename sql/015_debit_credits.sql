@@ -24,10 +24,11 @@
 -- PostgreSQL refuses with 40001, so the caller retries (and replays) instead
 -- of debiting twice. The key of a refused call stays free.
 --
--- A user deleted while a keyed pool debit runs: the caller's users row is
--- locked FOR KEY SHARE before the key is written, so the deletion (whose
--- trigger forgets the user's keys) waits for the debit, or the debit finds the
--- user gone (CR005); a re-created id never inherits a key.
+-- A user deleted while a keyed debit runs: the caller's users row is locked
+-- FOR KEY SHARE before anything is written (the lock the key's foreign key
+-- check takes, which then finds it held), so the deletion, whose cascade
+-- removes the user's keys, waits for the debit; or the debit finds the user
+-- gone (CR005). A re-created id never inherits a key.
 --
 -- Argument errors, checked in this order (after the permission check below): NULL user CR005, NULL or non-positive
 -- amount CR006, NULL or empty source 22023, empty or over-255-character key 22023.
@@ -131,6 +132,10 @@ BEGIN
         -- COMMITTED it sees the key of any earlier call that committed.
         PERFORM pg_advisory_xact_lock(hashtextextended(
             'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
+        PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
+        END IF;
 
         -- One statement: look for the caller's key and, only if there is none,
         -- debit the own account, log it and take the key.
@@ -193,13 +198,6 @@ BEGIN
             -- Raising rolls the debit back with everything else.
             RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
                 USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
-        END IF;
-
-        -- The pool pays, if anyone: hold the caller's users row so that its
-        -- deletion (which forgets its keys) cannot pass the key written below.
-        PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
         END IF;
     END IF;
 

@@ -49,7 +49,6 @@ BEGIN
                        ' public.refund_credits(bigint, text),'
                        ' public.get_credit_balance(uuid),'
                        ' public.credits_topup_on_role_change(),'
-                       ' public.credits_forget_keys_of_deleted_users(),'
                        ' public.verify_credit_integrity(),'
                        ' public.credits_current_user_id() FROM %I', v_role);
     END LOOP;

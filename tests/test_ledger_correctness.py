@@ -253,3 +253,51 @@ def test_reserved_sources_cannot_be_granted(conn: Conn) -> None:
     [user] = add_users(conn, "member")
     for source in ["signup", "backfill", "role_change", "refund"]:
         fails_cleanly(conn, "22023", "SELECT grant_credits(%s, 5, %s)", (user, source))
+
+
+# --- found by the interleaving matrix, at REPEATABLE READ ------------------------------
+
+
+def test_two_adds_at_repeatable_read_cannot_both_take_the_last_seat(
+    db: Database, conn: Conn, observer: Conn
+) -> None:
+    admin, *members, late = add_users(conn, "team_admin", "member", "member", "member",
+                                      "member", "member")
+    for member in members[:3]:
+        add_member(conn, admin, member)
+    with db.connect(autocommit=False) as first, db.connect(autocommit=False) as second:
+        first.isolation_level = second.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        first.execute("SELECT add_team_member(%s, %s)", (admin, members[3]))
+        call = Background(lambda: second.execute("SELECT add_team_member(%s, %s)",
+                                                 (admin, late)))
+        assert blocked_or_done(observer, second.info.backend_pid, call)
+        first.commit()
+        assert sqlstate(call.outcome()) == "40001"
+        second.rollback()
+    seats = conn.execute("SELECT seat FROM team_credit_sharing WHERE team_admin_id = %s"
+                         " ORDER BY seat", (admin,)).fetchall()
+    assert seats == [(1,), (2,), (3,), (4,)]
+    fails_cleanly(conn, "CR002", "SELECT add_team_member(%s, %s)", (admin, late))
+
+
+def test_a_user_deleted_at_repeatable_read_after_their_keyed_debit_takes_its_key_along(
+    db: Database, conn: Conn, observer: Conn
+) -> None:
+    admin, member = add_users(conn, "team_admin", "member")
+    add_member(conn, admin, member)
+    debit(conn, member, 350)
+    keyed = "SELECT debit_credits(%s, 100, p_idempotency_key => 'K1')"
+    with db.connect(autocommit=False) as paying, db.connect(autocommit=False) as deleting:
+        deleting.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        deleting.execute("SELECT 1")  # the deleting transaction's snapshot, before the debit
+        paying.execute(keyed, (member,))
+        call = Background(lambda: deleting.execute(DELETE, {"user": member}))
+        assert blocked_or_done(observer, deleting.info.backend_pid, call)
+        paying.commit()
+        assert sqlstate(call.outcome()) == "40001"
+        deleting.rollback()
+    conn.execute(DELETE, {"user": member})
+    assert conn.execute("SELECT count(*) FROM credit_idempotency_keys WHERE owner_user_id = %s",
+                        (member,)).fetchone() == (0,)
+    conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')", (member,))
+    assert debit(conn, member, 100, idempotency_key="K1")["replayed"] is False

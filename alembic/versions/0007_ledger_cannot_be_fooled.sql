@@ -18,10 +18,12 @@
 --      entry;
 --   5. user_credits.opened_after_log_id separates a re-created user id's new
 --      account from the old one's entries (which stay as the audit trail), and
---      a deleted user's keys are forgotten;
+--      a deleted user's keys go with them (a foreign key's cascade);
 --   6. user_credits.allocated_credits, the largest role allocation given: a
 --      role change raises the account to the new role's allocation only, so
---      role churn mints nothing.
+--      role churn mints nothing;
+--   and, found by the interleaving matrix: a team member holds a seat, unique
+--   per admin, so two adds at REPEATABLE READ cannot both take the last one.
 --
 -- Locks: the two ADD COLUMNs are catalog-only, but the backfill of
 -- allocated_credits rewrites every balance row (one UPDATE, holding their row
@@ -56,6 +58,22 @@ COMMENT ON COLUMN user_credits.allocated_credits IS
 COMMENT ON COLUMN user_credits.opened_after_log_id IS
     'Every entry of this account has a larger credit_usage_log.id; smaller ids with the same user_id belong to an earlier, deleted account.';
 
+-- ---- 010_team_credit_sharing.sql: seats ----
+-- Existing members take seats 1, 2, ... in the order they joined. The table is
+-- small (at most team_member_limit rows per admin); it is locked for the scan.
+ALTER TABLE team_credit_sharing ADD COLUMN seat integer;
+UPDATE team_credit_sharing t
+SET seat = s.seat
+FROM (SELECT id, row_number() OVER (PARTITION BY team_admin_id ORDER BY created_at, id) AS seat
+      FROM team_credit_sharing) s
+WHERE s.id = t.id;
+-- squawk-ignore adding-not-nullable-field
+ALTER TABLE team_credit_sharing ALTER COLUMN seat SET NOT NULL;
+-- squawk-ignore constraint-missing-not-valid
+ALTER TABLE team_credit_sharing ADD CONSTRAINT team_credit_sharing_seat_positive CHECK (seat > 0);
+-- squawk-ignore constraint-missing-not-valid, disallowed-unique-constraint
+ALTER TABLE team_credit_sharing ADD CONSTRAINT team_credit_sharing_seat_unique UNIQUE (team_admin_id, seat);
+
 -- ---- 012_replayed_result.sql: the internal schema ----
 -- credits_internal holds the helpers the PL/pgSQL functions call by name.
 -- PL/pgSQL resolves names when a statement first runs, and a function in a
@@ -86,10 +104,20 @@ COMMENT ON SCHEMA credits_internal IS
 -- SERIALIZABLE the conflict with a key its snapshot cannot see raises 40001,
 -- so a retry, never a second entry.
 --
--- A user's keys die with the user (the trigger below): a user re-created with
--- the same id starts with no keys, as it starts with a new account.
+-- A user's keys die with the user (ON DELETE CASCADE): a user re-created with
+-- the same id starts with no keys, as it starts with a new account. A foreign
+-- key, not a trigger, because its cascade also sees keys committed after the
+-- deleting transaction's snapshot (at REPEATABLE READ that delete then fails
+-- with 40001 instead of leaving the key behind). Every keyed call locks the
+-- owner's users row FOR KEY SHARE before it writes, so the check finds the
+-- lock already held and a concurrent delete waits for the call.
+--
+-- Its foreign key locks the host's users table against writes for the instant
+-- of this CREATE TABLE (SHARE ROW EXCLUSIVE; nothing to scan).
 CREATE TABLE credit_idempotency_keys (
-    owner_user_id   uuid NOT NULL,
+    owner_user_id   uuid NOT NULL
+                    CONSTRAINT credit_idempotency_keys_owner_fkey
+                    REFERENCES users (id) ON DELETE CASCADE,
     operation       text NOT NULL
                     CONSTRAINT credit_idempotency_keys_operation_check
                     CHECK (operation IN ('debit', 'grant')),
@@ -104,31 +132,6 @@ REVOKE ALL ON credit_idempotency_keys FROM PUBLIC;
 COMMENT ON TABLE credit_idempotency_keys IS
     'One row per idempotency key: the caller who owns it (the spender for a debit, the account for a grant) and the entry it names.';
 
-CREATE FUNCTION credits_forget_keys_of_deleted_users() RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    DELETE FROM public.credit_idempotency_keys k
-    USING deleted_users d
-    WHERE k.owner_user_id = d.id;
-    RETURN NULL;
-END
-$$;
-
-REVOKE EXECUTE ON FUNCTION credits_forget_keys_of_deleted_users() FROM PUBLIC;
-
-COMMENT ON FUNCTION credits_forget_keys_of_deleted_users() IS
-    'Trigger: a deleted user''s idempotency keys go with them (a re-created id starts without keys).';
-
--- Creating it locks users against writes for an instant (SHARE ROW
--- EXCLUSIVE, no scan), like the other triggers on users.
-CREATE TRIGGER users_forget_credit_keys
-    AFTER DELETE ON users
-    REFERENCING OLD TABLE AS deleted_users
-    FOR EACH STATEMENT EXECUTE FUNCTION credits_forget_keys_of_deleted_users();
-
 -- ---- 023_row_level_security.sql / 024_grants.sql: who sees the keys ----
 ALTER TABLE credit_idempotency_keys ENABLE ROW LEVEL SECURITY;
 
@@ -139,8 +142,8 @@ CREATE POLICY credits_visible_rows ON credit_idempotency_keys
 
 GRANT SELECT ON credit_idempotency_keys TO credits_user, credits_admin;
 
--- Supabase's default privileges gave its API roles ALL on the new table and
--- function (see 024): taken back here as there.
+-- Supabase's default privileges gave its API roles ALL on the new table
+-- (see 024): taken back here as there.
 DO $credits_revoke_api_roles_keys$
 DECLARE
     v_role text;
@@ -150,8 +153,6 @@ BEGIN
         WHERE rolname IN ('anon', 'authenticated', 'service_role')
     LOOP
         EXECUTE format('REVOKE ALL ON TABLE public.credit_idempotency_keys FROM %I', v_role);
-        EXECUTE format('REVOKE ALL ON FUNCTION public.credits_forget_keys_of_deleted_users() FROM %I',
-                       v_role);
     END LOOP;
 END
 $credits_revoke_api_roles_keys$;
@@ -474,6 +475,7 @@ DECLARE
     v_limit        integer;
     v_current      uuid;
     v_members      bigint;
+    v_seat         integer;
     v_inserted     bigint;
 BEGIN
     IF p_team_admin_id IS NULL OR p_team_member_id IS NULL THEN
@@ -524,9 +526,14 @@ BEGIN
             USING ERRCODE = 'CR004', DETAIL = format('team admin %s', v_current);
     END IF;
 
-    SELECT count(*) INTO v_members
+    SELECT count(*),
+           (SELECT s FROM generate_series(1, v_limit) AS s
+            WHERE NOT EXISTS (SELECT FROM public.team_credit_sharing taken
+                              WHERE taken.team_admin_id = p_team_admin_id AND taken.seat = s)
+            ORDER BY s LIMIT 1)
+    INTO v_members, v_seat
     FROM public.team_credit_sharing t WHERE t.team_admin_id = p_team_admin_id;
-    IF v_members >= v_limit THEN
+    IF v_members >= v_limit OR v_seat IS NULL THEN
         RAISE EXCEPTION 'team of % is full', p_team_admin_id
             USING ERRCODE = 'CR002',
                   DETAIL = format('%s of %s members', v_members, v_limit);
@@ -534,14 +541,23 @@ BEGIN
 
     -- The member may have joined another pool after step 6 looked (that add
     -- locked a different admin); the unique member constraint decides, and the
-    -- loser gets CR004 rather than a unique violation.
-    INSERT INTO public.team_credit_sharing (team_admin_id, team_member_id)
-    VALUES (p_team_admin_id, p_team_member_id)
-    ON CONFLICT ON CONSTRAINT team_credit_sharing_member_unique DO NOTHING
+    -- loser gets CR004 rather than a unique violation. Any conflict is left to
+    -- DO NOTHING, so that at REPEATABLE READ one with a row the snapshot
+    -- cannot see (the member's or the seat's) is 40001.
+    INSERT INTO public.team_credit_sharing (team_admin_id, team_member_id, seat)
+    VALUES (p_team_admin_id, p_team_member_id, v_seat)
+    ON CONFLICT DO NOTHING
     RETURNING id INTO v_inserted;
     IF v_inserted IS NULL THEN
         SELECT t.team_admin_id INTO v_current
         FROM public.team_credit_sharing t WHERE t.team_member_id = p_team_member_id;
+        IF v_current IS NULL THEN
+            -- The seat, not the member, was taken: only an add that skipped
+            -- the admin's lock could do that. Nothing was written.
+            RAISE EXCEPTION 'seat % of the team of % was taken by a concurrent call',
+                v_seat, p_team_admin_id
+                USING ERRCODE = '40001', HINT = 'Retry the call.';
+        END IF;
         RAISE EXCEPTION 'user % is already a member of another team', p_team_member_id
             USING ERRCODE = 'CR004', DETAIL = format('team admin %s', v_current);
     END IF;
@@ -665,6 +681,10 @@ BEGIN
         -- COMMITTED it sees the key of any earlier call that committed.
         PERFORM pg_advisory_xact_lock(hashtextextended(
             'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
+        PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
+        END IF;
 
         -- One statement: look for the caller's key and, only if there is none,
         -- debit the own account, log it and take the key.
@@ -727,13 +747,6 @@ BEGIN
             -- Raising rolls the debit back with everything else.
             RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
                 USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
-        END IF;
-
-        -- The pool pays, if anyone: hold the caller's users row so that its
-        -- deletion (which forgets its keys) cannot pass the key written below.
-        PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
         END IF;
     END IF;
 

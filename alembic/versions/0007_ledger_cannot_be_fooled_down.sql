@@ -1053,9 +1053,12 @@ DROP FUNCTION credits_internal.replayed_result(credit_usage_log);
 DROP FUNCTION credits_internal.current_user_id();
 DROP SCHEMA credits_internal;
 
-DROP TRIGGER users_forget_credit_keys ON users;
-DROP FUNCTION credits_forget_keys_of_deleted_users();
 DROP TABLE credit_idempotency_keys;
+
+ALTER TABLE team_credit_sharing
+    DROP CONSTRAINT team_credit_sharing_seat_unique,
+    DROP CONSTRAINT team_credit_sharing_seat_positive,
+    DROP COLUMN seat;
 
 ALTER TABLE user_credits
     DROP COLUMN allocated_credits,
