@@ -6,9 +6,13 @@
 --   bare       the bare statement (pgbench_debit_bare.sql)
 --   function   inside the least PL/pgSQL function (bench_debit_floor)
 --   result     + the documented jsonb result (bench_debit_ladder_result)
---   definer    + SECURITY DEFINER with the pinned search_path (bench_debit_ladder_definer)
+--   definer    + SECURITY DEFINER with search_path = pg_catalog, pg_temp
+--              (bench_debit_ladder_definer)
 --   contract   + the permission check = bench_debit_contract_floor
 --   package    debit_credits() itself
+-- Every rung names our objects qualified public. (revision 0007), as the
+-- package does: the name is resolved when the statement is planned, so it
+-- costs no rung anything per call, and the rungs differ only by their piece.
 -- The session runs with synchronous_commit off (bench/workloads.py), so the
 -- commit's flush wait, equal for every rung, does not drown the differences.
 -- Bench-only: never installed by credits-db.
@@ -19,12 +23,12 @@ DECLARE
     v_result jsonb;
 BEGIN
     WITH debited AS (
-        UPDATE user_credits
+        UPDATE public.user_credits
         SET used_credits = used_credits + p_amount, last_updated = now()
         WHERE user_id = p_user_id AND remaining_credits >= p_amount
         RETURNING remaining_credits
     ), logged AS (
-        INSERT INTO credit_usage_log (user_id, amount, type, source)
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source)
         SELECT p_user_id, -p_amount, 'debit', 'usage' FROM debited
         RETURNING id
     )
@@ -41,18 +45,18 @@ $$;
 CREATE FUNCTION bench_debit_ladder_definer(p_user_id uuid, p_amount integer) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_result jsonb;
 BEGIN
     WITH debited AS (
-        UPDATE user_credits
+        UPDATE public.user_credits
         SET used_credits = used_credits + p_amount, last_updated = now()
         WHERE user_id = p_user_id AND remaining_credits >= p_amount
         RETURNING remaining_credits
     ), logged AS (
-        INSERT INTO credit_usage_log (user_id, amount, type, source)
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source)
         SELECT p_user_id, -p_amount, 'debit', 'usage' FROM debited
         RETURNING id
     )
@@ -80,23 +84,23 @@ BEGIN
         CASE p_rung
         WHEN 'bare' THEN
             WITH d AS (
-                UPDATE user_credits
+                UPDATE public.user_credits
                 SET used_credits = used_credits + 1, last_updated = now()
-                WHERE user_id = (SELECT id FROM bench_ids WHERE n = v_n) AND remaining_credits >= 1
+                WHERE user_id = (SELECT id FROM public.bench_ids WHERE n = v_n) AND remaining_credits >= 1
                 RETURNING user_id
             )
-            INSERT INTO credit_usage_log (user_id, amount, type, source)
+            INSERT INTO public.credit_usage_log (user_id, amount, type, source)
             SELECT user_id, -1, 'debit', 'usage' FROM d;
         WHEN 'function' THEN
-            PERFORM bench_debit_floor((SELECT id FROM bench_ids WHERE n = v_n), 1);
+            PERFORM public.bench_debit_floor((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         WHEN 'result' THEN
-            PERFORM bench_debit_ladder_result((SELECT id FROM bench_ids WHERE n = v_n), 1);
+            PERFORM public.bench_debit_ladder_result((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         WHEN 'definer' THEN
-            PERFORM bench_debit_ladder_definer((SELECT id FROM bench_ids WHERE n = v_n), 1);
+            PERFORM public.bench_debit_ladder_definer((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         WHEN 'contract' THEN
-            PERFORM bench_debit_contract_floor((SELECT id FROM bench_ids WHERE n = v_n), 1);
+            PERFORM public.bench_debit_contract_floor((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         WHEN 'package' THEN
-            PERFORM debit_credits((SELECT id FROM bench_ids WHERE n = v_n), 1);
+            PERFORM public.debit_credits((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         END CASE;
         COMMIT;
     END LOOP;

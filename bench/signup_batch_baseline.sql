@@ -1,6 +1,8 @@
 -- Workload 2, B: the same INSERT with the trigger disabled, and the balance and
 -- log rows written set-based in the same statement (data-modifying CTEs): the
--- least SQL that leaves the same rows behind.
+-- least SQL that leaves the same rows behind (the balance rows with
+-- allocated_credits = the allocation since revision 0007, opened_after_log_id
+-- from its default as in the package's trigger).
 WITH new_users AS (
     INSERT INTO users (email, role)
     SELECT 's' || g || '@bench.invalid',
@@ -18,8 +20,8 @@ planned AS MATERIALIZED (
     LEFT JOIN role_credits fallback ON fallback.role = 'member'
 ),
 allocated AS (
-    INSERT INTO user_credits (user_id, total_credits)
-    SELECT user_id, credits FROM planned
+    INSERT INTO user_credits (user_id, total_credits, allocated_credits)
+    SELECT user_id, credits, credits FROM planned
     RETURNING user_id
 )
 INSERT INTO credit_usage_log (user_id, amount, type, source, description)

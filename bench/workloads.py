@@ -56,12 +56,14 @@ def _state(conn: Conn) -> JsonDict:
     row = conn.execute(
         b"SELECT (SELECT count(*) FROM user_credits),"
         b" (SELECT sum(total_credits) FROM user_credits),"
+        b" (SELECT sum(allocated_credits) FROM user_credits),"
         b" (SELECT count(*) FROM credit_usage_log),"
         b" (SELECT count(*) FROM credit_usage_log WHERE description IS NOT NULL),"
         b" (SELECT sum(amount) FROM credit_usage_log)").fetchone()
     assert row is not None
-    return {"balances": int(row[0]), "credits": int(row[1] or 0), "log_rows": int(row[2]),
-            "described_log_rows": int(row[3]), "log_sum": int(row[4] or 0)}
+    return {"balances": int(row[0]), "credits": int(row[1] or 0), "allocated": int(row[2] or 0),
+            "log_rows": int(row[3]), "described_log_rows": int(row[4]),
+            "log_sum": int(row[5] or 0)}
 
 
 def _same_work(series: list[Series], keys: tuple[str, ...]) -> list[str]:
@@ -133,7 +135,8 @@ def backfill(ctx: Context) -> None:
     fn, bare, cli = alternate(ctx.sizes.reps, _backfill_sides(ctx, users), ctx.log)
     ctx.server.drop(ctx.server.name("bf_run"))
     ctx.backfill_series[users] = [fn, bare, cli]
-    notes = _same_work([fn, bare, cli], ("balances", "credits", "log_rows", "described_log_rows"))
+    notes = _same_work([fn, bare, cli], ("balances", "credits", "allocated", "log_rows",
+                                         "described_log_rows"))
     replaced = users * REPLACED_SLEEP_SECONDS
     ctx.facts["replaced_system_backfill_seconds"] = replaced
     ctx.add(Result("backfill", "1. backfill", f"backfill {users:,} users, one call", "s",
@@ -195,7 +198,7 @@ def signup(ctx: Context) -> None:
     server.drop(run_db)
     ctx.add(Result("signup_batch", "2. signup", f"bulk signup of {n:,} users", "s", "lower",
                    fn, bare, 1.20,
-                   _same_work([fn, bare], ("balances", "credits", "log_rows",
+                   _same_work([fn, bare], ("balances", "credits", "allocated", "log_rows",
                                            "described_log_rows"))))
 
     clients = 8
@@ -315,7 +318,8 @@ def _add_floors(ctx: Context, prefix: str, where: str, *, package: Series, bare:
                    f"{where}", "tps", "higher", contract, bare, None,
                    [*_p99_note([contract]),
                     "jsonb result, SECURITY DEFINER with pinned search_path, permission check"
-                    + (", advisory lock and replay lookup" if "key" in prefix else "")
+                    + (", advisory lock, key lookup and key row (credit_idempotency_keys)"
+                       if "key" in prefix else "")
                     + " (bench/debit_contract_floor_function.sql): what the contract costs"]))
     ctx.add(Result(f"{prefix}_vs_contract", "3. debit",
                    f"debit_credits() vs that contract floor, {where}", "tps", "higher",

@@ -52,3 +52,22 @@ def log_users_waiting_for_backfill() -> None:
         "run SELECT backfill_user_credits() (or `credits-db backfill`) when ready",
         waiting,
     )
+
+
+def warn_if_public_schema_is_writable() -> None:
+    """Warn when PUBLIC may CREATE in schema public (the default before PostgreSQL 15).
+
+    credits-db's functions resolve every name past whatever is created there,
+    but such a schema lets any role plant objects next to the host's own.
+    """
+    if is_offline():
+        return
+    writable = op.get_bind().execute(
+        sa.text("SELECT pg_catalog.has_schema_privilege('public', 'public', 'CREATE')")
+    ).scalar_one()
+    if writable:
+        log.warning(
+            "credits-db: PUBLIC may CREATE in schema public; credits-db's functions are not "
+            "affected, but revoke it unless every role is trusted: "
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+        )

@@ -124,7 +124,7 @@ def run_batched_backfill(
     flat: each batch is one SQL call; no user is loaded into Python.
     """
     by_role: dict[str, RoleAllocation] = {}
-    allocated = credits = fallback = 0
+    allocated = credits = fallback = skipped = 0
     after = None
     while True:
         batch = credits_db.backfill_batch(conn, after=after, limit=batch_size)
@@ -132,6 +132,7 @@ def run_batched_backfill(
         allocated += batch.users_backfilled
         credits += batch.credits_allocated
         fallback += batch.fallback_role_users
+        skipped += batch.users_skipped
         on_batch(batch.users_backfilled)
         if batch.last_user_id is None:
             break
@@ -147,6 +148,7 @@ def run_batched_backfill(
         fallback_role_users=fallback + rest.fallback_role_users,
         by_role=dict(sorted(by_role.items())),
         dry_run=False,
+        users_skipped=skipped + rest.users_skipped,
     )
 
 

@@ -33,6 +33,7 @@ class BackfillSummary:
             (given the member allocation).
         by_role: per role as stored in users.role (NULL under ``"(null)"``).
         dry_run: True when nothing was written.
+        users_skipped: users deleted while the call ran, so not allocated.
     """
 
     users_total: int
@@ -42,6 +43,7 @@ class BackfillSummary:
     fallback_role_users: int
     by_role: Mapping[str, RoleAllocation]
     dry_run: bool
+    users_skipped: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BackfillSummary:
@@ -54,6 +56,7 @@ class BackfillSummary:
             fallback_role_users=int(data["fallback_role_users"]),
             by_role=_role_allocations(data["by_role"]),
             dry_run=bool(data["dry_run"]),
+            users_skipped=int(data["users_skipped"]),
         )
 
 
@@ -74,6 +77,7 @@ class BackfillBatch:
         by_role: per role as stored in users.role (NULL under ``"(null)"``).
         last_user_id: the window's last user, to pass as ``after`` to the next
             call; None when no user was left after the cursor.
+        users_skipped: users deleted while the call ran, so not allocated.
     """
 
     users_scanned: int
@@ -82,6 +86,7 @@ class BackfillBatch:
     fallback_role_users: int
     by_role: Mapping[str, RoleAllocation]
     last_user_id: UUID | None
+    users_skipped: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BackfillBatch:
@@ -94,6 +99,7 @@ class BackfillBatch:
             fallback_role_users=int(data["fallback_role_users"]),
             by_role=_role_allocations(data["by_role"]),
             last_user_id=None if last is None else UUID(last),
+            users_skipped=int(data["users_skipped"]),
         )
 
 

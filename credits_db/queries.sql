@@ -1,45 +1,52 @@
 -- The statements the Python API sends: each is one call of a SQL function,
--- so every rule lives in the database and the wrapper stays thin.
+-- so every rule lives in the database and the wrapper stays thin. Names are
+-- qualified and every parameter is cast to the function's own argument type:
+-- an exact match always wins, so an overload with looser types that someone
+-- created in public (text for a uuid) can never take the call.
 -- Sections are named "-- name: <query>" and loaded by credits_db/_queries.py.
 
 -- name: backfill
 -- Allocate credits to users who have none (or report what would happen).
-SELECT backfill_user_credits(p_dry_run => %(dry_run)s, p_limit => %(limit)s);
+SELECT public.backfill_user_credits(p_dry_run => %(dry_run)s::boolean, p_limit => %(limit)s::integer);
 
 -- name: backfill_batch
 -- Allocate credits to the users without any among the next `limit` users in
 -- primary-key order after `after` (NULL: from the first).
-SELECT backfill_user_credits_batch(p_after_user_id => %(after)s, p_limit => %(limit)s);
+SELECT public.backfill_user_credits_batch(p_after_user_id => %(after)s::uuid, p_limit => %(limit)s::integer);
 
 -- name: allocation_report
 -- Users with and without credits, and credits per role.
-SELECT credit_allocation_report();
+SELECT public.credit_allocation_report();
 
 -- name: debit
 -- Spend from the user's own account, else whole from their team pool.
-SELECT debit_credits(p_user_id => %(user_id)s, p_amount => %(amount)s, p_source => %(source)s,
-                     p_description => %(description)s, p_idempotency_key => %(idempotency_key)s);
+SELECT public.debit_credits(p_user_id => %(user_id)s::uuid, p_amount => %(amount)s::integer,
+                            p_source => %(source)s::text, p_description => %(description)s::text,
+                            p_idempotency_key => %(idempotency_key)s::text);
 
 -- name: grant
 -- Add credits to an account (creating its balance row if missing).
-SELECT grant_credits(p_user_id => %(user_id)s, p_amount => %(amount)s, p_source => %(source)s,
-                     p_description => %(description)s, p_idempotency_key => %(idempotency_key)s);
+SELECT public.grant_credits(p_user_id => %(user_id)s::uuid, p_amount => %(amount)s::integer,
+                            p_source => %(source)s::text, p_description => %(description)s::text,
+                            p_idempotency_key => %(idempotency_key)s::text);
 
 -- name: refund
 -- Reverse one debit onto the account it came from, at most once.
-SELECT refund_credits(p_log_id => %(log_id)s, p_description => %(description)s);
+SELECT public.refund_credits(p_log_id => %(log_id)s::bigint, p_description => %(description)s::text);
 
 -- name: balance
 -- Own balance, team pool and the largest amount one debit would accept now.
-SELECT get_credit_balance(p_user_id => %(user_id)s);
+SELECT public.get_credit_balance(p_user_id => %(user_id)s::uuid);
 
 -- name: add_team_member
 -- Put a member into a team admin's pool (a no-op when already there).
-SELECT add_team_member(p_team_admin_id => %(team_admin_id)s, p_team_member_id => %(team_member_id)s);
+SELECT public.add_team_member(p_team_admin_id => %(team_admin_id)s::uuid,
+                              p_team_member_id => %(team_member_id)s::uuid);
 
 -- name: remove_team_member
 -- Take a member out of a team admin's pool; true if they were in it.
-SELECT remove_team_member(p_team_admin_id => %(team_admin_id)s, p_team_member_id => %(team_member_id)s);
+SELECT public.remove_team_member(p_team_admin_id => %(team_admin_id)s::uuid,
+                                 p_team_member_id => %(team_member_id)s::uuid);
 
 -- name: list_team_members
 -- The members of one team admin's pool, oldest first.
@@ -47,24 +54,24 @@ SELECT coalesce(jsonb_agg(jsonb_build_object('team_admin_id', team_admin_id,
                                              'team_member_id', team_member_id,
                                              'created_at', created_at)
                           ORDER BY created_at, id), '[]'::jsonb)
-FROM team_credit_sharing
-WHERE team_admin_id = %(team_admin_id)s;
+FROM public.team_credit_sharing
+WHERE team_admin_id = %(team_admin_id)s::uuid;
 
 -- name: verify
 -- Every violated invariant, one row per problem (none when all holds).
 SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'problem', problem)
                           ORDER BY user_id, problem), '[]'::jsonb)
-FROM verify_credit_integrity();
+FROM public.verify_credit_integrity();
 
 -- name: history
 -- One account's ledger, newest first.
 SELECT coalesce(jsonb_agg(to_jsonb(entry) ORDER BY entry.created_at DESC, entry.id DESC), '[]'::jsonb)
 FROM (
     SELECT id, user_id, actor_user_id, amount, type, source, description, idempotency_key, created_at
-    FROM credit_usage_log
-    WHERE user_id = %(user_id)s
+    FROM public.credit_usage_log
+    WHERE user_id = %(user_id)s::uuid
     ORDER BY created_at DESC, id DESC
-    LIMIT %(limit)s
+    LIMIT %(limit)s::integer
 ) AS entry;
 
 -- name: act_as

@@ -26,3 +26,8 @@ CREATE INDEX credit_usage_log_account_history_idx
 
 COMMENT ON TABLE credit_usage_log IS
     'Append-only ledger of credits (amount > 0) and debits (amount < 0) per account.';
+
+-- A new account is opened after every entry that exists when it is inserted
+-- (see 004): the watermark is drawn from the log's own sequence.
+ALTER TABLE user_credits
+    ALTER COLUMN opened_after_log_id SET DEFAULT nextval('credit_usage_log_id_seq');

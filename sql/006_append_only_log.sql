@@ -3,7 +3,7 @@
 -- and TRUNCATE from every role, including the table owner.
 CREATE FUNCTION credits_refuse_log_change() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RAISE EXCEPTION 'credit_usage_log is append-only: % is not allowed', TG_OP

@@ -3,13 +3,17 @@
 -- signup (COPY, INSERT ... SELECT of 100k rows) into two set-based INSERTs
 -- instead of 100k function calls.
 --
+-- Every name is qualified and the search_path holds only pg_catalog (and
+-- pg_temp, last, which is never searched for functions or operators): an
+-- object someone else creates in public cannot be picked instead of ours.
+--
 -- A signup must never fail because of credits: if allocating fails for any
 -- reason the users are still created, a WARNING is logged, and the next
 -- backfill_user_credits() picks them up (they have no user_credits row).
 CREATE FUNCTION credits_allocate_on_signup() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     BEGIN
@@ -23,8 +27,8 @@ BEGIN
             LEFT JOIN public.role_credits fallback ON fallback.role = 'member'
         ),
         allocated AS (
-            INSERT INTO public.user_credits (user_id, total_credits)
-            SELECT user_id, credits FROM planned
+            INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+            SELECT user_id, credits, credits FROM planned
             ON CONFLICT (user_id) DO NOTHING
             RETURNING user_id
         )

@@ -21,7 +21,15 @@ REVOKE ALL ON credits_backfill_candidates FROM PUBLIC;
 --     second one starts after the first commits and finds nothing left to do
 --     (rather than racing it row by row, which could deadlock);
 --   * signups allocate in their own transaction; a user they have not
---     committed is invisible here, one they have committed has a row already.
+--     committed is invisible here, one they have committed has a row already;
+--   * a role change of a user without a balance row opens the account at the
+--     new role's allocation (019): if it is in flight, the INSERT below waits
+--     for it and then finds the row, so the old role is never allocated;
+--   * the chosen users are locked FOR KEY SHARE (the lock the foreign key
+--     check would take, which then finds it held) before their rows are
+--     written: a user deleted meanwhile drops out of the batch and is counted
+--     in users_skipped, instead of failing the whole statement with 23503.
+--     The lock does not block the host's UPDATEs of users, only deletes.
 --
 -- Two ways to choose whom to allocate (p_keyset):
 --   * false: any p_limit users of credits_backfill_candidates (all if NULL),
@@ -45,7 +53,7 @@ CREATE FUNCTION credits_backfill(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_report jsonb;
@@ -65,25 +73,25 @@ BEGIN
 
     WITH population AS MATERIALIZED (
         -- Counted once: every batch of a p_limit backfill pays this scan of users.
-        SELECT count(*) AS users_total FROM users
+        SELECT count(*) AS users_total FROM public.users
     ),
     user_window AS MATERIALIZED (
         -- Two branches, so that the cursor is an index condition: an OR with
         -- "p_after_user_id IS NULL" would make every batch read the index
         -- from its start.
-        (SELECT u.id FROM users u
+        (SELECT u.id FROM public.users u
          WHERE p_keyset AND p_after_user_id IS NULL
          ORDER BY u.id
          LIMIT p_limit)
         UNION ALL
-        (SELECT u.id FROM users u
+        (SELECT u.id FROM public.users u
          WHERE p_keyset AND u.id > p_after_user_id
          ORDER BY u.id
          LIMIT p_limit)
     ),
     chosen AS MATERIALIZED (
         (SELECT c.user_id, c.role, c.credits, c.is_fallback
-         FROM credits_backfill_candidates c
+         FROM public.credits_backfill_candidates c
          WHERE NOT p_keyset
          LIMIT p_limit)
         UNION ALL
@@ -92,13 +100,17 @@ BEGIN
         SELECT c.user_id, c.role, c.credits, c.is_fallback
         FROM user_window w
         CROSS JOIN LATERAL (
-            SELECT * FROM credits_backfill_candidates c WHERE c.user_id = w.id LIMIT 1
+            SELECT * FROM public.credits_backfill_candidates c WHERE c.user_id = w.id LIMIT 1
         ) c
     ),
+    locked AS MATERIALIZED (
+        SELECT u.id FROM public.users u
+        WHERE NOT p_dry_run AND u.id IN (SELECT c.user_id FROM chosen c)
+        FOR KEY SHARE OF u
+    ),
     allocated AS (
-        INSERT INTO user_credits (user_id, total_credits)
-        SELECT user_id, credits FROM chosen
-        WHERE NOT p_dry_run
+        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+        SELECT c.user_id, c.credits, c.credits FROM chosen c JOIN locked l ON l.id = c.user_id
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id
     ),
@@ -110,7 +122,7 @@ BEGIN
         SELECT c.* FROM chosen c JOIN allocated a USING (user_id)
     ),
     logged AS (
-        INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
         SELECT d.user_id, d.credits, 'credit', 'backfill',
                CASE
                    WHEN NOT d.is_fallback THEN 'backfill allocation for role ' || d.role
@@ -132,6 +144,9 @@ BEGIN
         'fallback_role_users', coalesce(sum(fallback_users), 0),
         'by_role', coalesce(jsonb_object_agg(coalesce(role, '(null)'),
                             jsonb_build_object('users', users, 'credits', credits)), '{}'),
+        'users_skipped', CASE WHEN p_dry_run THEN 0
+                              ELSE (SELECT count(*) FROM chosen) - (SELECT count(*) FROM locked)
+                         END,
         'dry_run', p_dry_run
     ) || CASE
         WHEN p_keyset THEN jsonb_build_object(
@@ -145,7 +160,7 @@ BEGIN
             'users_without_credits', CASE WHEN p_limit IS NULL
                                           THEN (SELECT count(*) FROM chosen)
                                           ELSE (SELECT users_total FROM population)
-                                               - (SELECT count(*) FROM user_credits)
+                                               - (SELECT count(*) FROM public.user_credits)
                                      END)
     END
     INTO v_report
@@ -160,17 +175,17 @@ COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
     'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
 
 -- Allocates every user without a balance row (or p_limit of them), by role,
--- in one set-based statement; p_dry_run reports without writing.
+-- in one set-based statement; p_dry_run reports without writing. The body is
+-- SQL-standard, bound to credits_backfill when created: an overload of that
+-- name created later can never come between them.
 CREATE FUNCTION backfill_user_credits(
     p_dry_run boolean DEFAULT false,
     p_limit   integer DEFAULT NULL
 ) RETURNS jsonb
 LANGUAGE sql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
-AS $$
-    SELECT credits_backfill(p_dry_run, p_limit, false, NULL);
-$$;
+SET search_path = pg_catalog, pg_temp
+RETURN public.credits_backfill(p_dry_run, p_limit, false, NULL::uuid);
 
 REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
 
@@ -190,10 +205,8 @@ CREATE FUNCTION backfill_user_credits_batch(
 ) RETURNS jsonb
 LANGUAGE sql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
-AS $$
-    SELECT credits_backfill(false, p_limit, true, p_after_user_id);
-$$;
+SET search_path = pg_catalog, pg_temp
+RETURN public.credits_backfill(false, p_limit, true, p_after_user_id);
 
 REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
 

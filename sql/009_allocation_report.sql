@@ -4,14 +4,14 @@ CREATE FUNCTION credit_allocation_report() RETURNS jsonb
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
     WITH per_user AS (
         SELECT u.role, uc.user_id IS NOT NULL AS has_credits,
                coalesce(uc.total_credits, 0) AS total_credits,
                coalesce(uc.remaining_credits, 0) AS remaining_credits
-        FROM users u
-        LEFT JOIN user_credits uc ON uc.user_id = u.id
+        FROM public.users u
+        LEFT JOIN public.user_credits uc ON uc.user_id = u.id
     ),
     per_role AS (
         SELECT coalesce(role, '(null)') AS role_key,

@@ -4,6 +4,13 @@
 -- keep in step. A member belongs to at most one pool (UNIQUE), so a debit never
 -- has to choose between pools. Deleting either user ends the membership.
 --
+-- Each member holds a numbered seat in the pool, 1 to the admin role's
+-- team_member_limit, unique per admin. The seat is what makes the cap hold at
+-- REPEATABLE READ and SERIALIZABLE: two adds that each counted a free seat in
+-- their own snapshot pick the same seat, and the second insert conflicts with
+-- a row it cannot see (40001). At READ COMMITTED the admin's row lock already
+-- orders them (see add_team_member).
+--
 -- Its two foreign keys lock the host's users table against writes for the
 -- instant of this CREATE TABLE (SHARE ROW EXCLUSIVE; nothing to scan).
 CREATE TABLE team_credit_sharing (
@@ -16,7 +23,10 @@ CREATE TABLE team_credit_sharing (
                    REFERENCES users (id) ON DELETE CASCADE
                    CONSTRAINT team_credit_sharing_member_unique UNIQUE,
     created_at     timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT team_credit_sharing_not_self CHECK (team_admin_id <> team_member_id)
+    seat           integer NOT NULL
+                   CONSTRAINT team_credit_sharing_seat_positive CHECK (seat > 0),
+    CONSTRAINT team_credit_sharing_not_self CHECK (team_admin_id <> team_member_id),
+    CONSTRAINT team_credit_sharing_seat_unique UNIQUE (team_admin_id, seat)
 );
 
 -- Counting a pool's members (the cap check in add_team_member) and the cascade

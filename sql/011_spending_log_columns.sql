@@ -17,24 +17,49 @@ ALTER TABLE credit_usage_log
         -- squawk-ignore disallowed-unique-constraint
         CONSTRAINT credit_usage_log_refund_of_unique UNIQUE;
 
--- An idempotency key is scoped to the account the entry was written to: the
--- index both finds a replay and guarantees that two racing calls cannot both
--- write. Rows without a key (the common case) are not indexed at all.
--- Same quiet window as above.
--- squawk-ignore require-concurrent-index-creation
-CREATE UNIQUE INDEX credit_usage_log_idempotency_key_idx
-    ON credit_usage_log (user_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-
--- A member's keyed debit of a team pool is written to the admin's account with
--- the member as actor. Finding it again by the member (the replay check) must
--- not depend on the member still being in that pool, or a retry after leaving
--- the team would debit a second time.
--- Same quiet window as above.
--- squawk-ignore require-concurrent-index-creation
-CREATE INDEX credit_usage_log_actor_idempotency_key_idx
-    ON credit_usage_log (actor_user_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL AND actor_user_id IS NOT NULL;
-
 COMMENT ON COLUMN credit_usage_log.refund_of IS
     'For a refund (source refund, type credit): the debit it reverses. Each debit is refunded at most once.';
+
+-- The log's idempotency_key column records each entry's key for the audit
+-- trail; the keys themselves live in their own table. Idempotency keys belong
+-- to the caller who chose them, not to the account an
+-- entry lands on. A team member's keyed pool debit is written to the admin's
+-- account, but its key is the member's: no member can block or probe the
+-- admin's keys, nor the admin a member's. A debit key is owned by the user who
+-- spends (p_user_id of debit_credits); a grant key by the granted account, in
+-- its own namespace, so a user cannot take the key of a grant an operator is
+-- about to make. Within one (owner, operation) a key names one entry forever.
+--
+-- The primary key is what makes "never twice" hold: a keyed call inserts its
+-- key in the statement that writes its entry, and a second call with the same
+-- key either finds it (replay) or conflicts with it. At REPEATABLE READ and
+-- SERIALIZABLE the conflict with a key its snapshot cannot see raises 40001,
+-- so a retry, never a second entry.
+--
+-- A user's keys die with the user (ON DELETE CASCADE): a user re-created with
+-- the same id starts with no keys, as it starts with a new account. A foreign
+-- key, not a trigger, because its cascade also sees keys committed after the
+-- deleting transaction's snapshot (at REPEATABLE READ that delete then fails
+-- with 40001 instead of leaving the key behind). Every keyed call locks the
+-- owner's users row FOR KEY SHARE before it writes, so the check finds the
+-- lock already held and a concurrent delete waits for the call.
+--
+-- Its foreign key locks the host's users table against writes for the instant
+-- of this CREATE TABLE (SHARE ROW EXCLUSIVE; nothing to scan).
+CREATE TABLE credit_idempotency_keys (
+    owner_user_id   uuid NOT NULL
+                    CONSTRAINT credit_idempotency_keys_owner_fkey
+                    REFERENCES users (id) ON DELETE CASCADE,
+    operation       text NOT NULL
+                    CONSTRAINT credit_idempotency_keys_operation_check
+                    CHECK (operation IN ('debit', 'grant')),
+    idempotency_key text NOT NULL,
+    log_id          bigint NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT credit_idempotency_keys_pkey PRIMARY KEY (owner_user_id, operation, idempotency_key)
+);
+
+REVOKE ALL ON credit_idempotency_keys FROM PUBLIC;
+
+COMMENT ON TABLE credit_idempotency_keys IS
+    'One row per idempotency key: the caller who owns it (the spender for a debit, the account for a grant) and the entry it names.';

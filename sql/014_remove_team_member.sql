@@ -6,7 +6,7 @@
 CREATE FUNCTION remove_team_member(p_team_admin_id uuid, p_team_member_id uuid) RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_team_admin_id IS NULL OR p_team_member_id IS NULL THEN
@@ -17,7 +17,7 @@ BEGIN
                                   coalesce(p_team_member_id::text, 'NULL'));
     END IF;
 
-    DELETE FROM team_credit_sharing t
+    DELETE FROM public.team_credit_sharing t
     WHERE t.team_admin_id = p_team_admin_id AND t.team_member_id = p_team_member_id;
     RETURN FOUND;
 END

@@ -12,28 +12,41 @@
 -- Anything else (naming a bad argument, unknown user, team pool, diagnosing a
 -- refusal) is looked up only after that UPDATE found nothing to debit.
 --
--- Idempotency: a key is scoped to the account the entry is written to (the
--- unique index on (user_id, idempotency_key)). The caller's earlier entry for
--- a key is their own-account entry with that key, or any pool entry they made
--- with it (actor = caller), whatever pool they are in now, so leaving a team
--- cannot turn a retry into a second debit. Racing calls by one caller with one
--- key queue on a transaction-scoped advisory lock on (caller, key) and then
--- find the winner's entry; a key taken on the account by someone else (another
--- member of the same pool, or a grant) is CR007.
+-- Idempotency: a key belongs to the caller, p_user_id, whichever account the
+-- entry lands on (credit_idempotency_keys, 026): the caller's earlier entry
+-- for a key is found whatever pool they are in now, so leaving a team cannot
+-- turn a retry into a second debit, and no other caller (a pool's admin, a
+-- fellow member) can take, block or probe it. Racing calls by one caller with
+-- one key queue on a transaction-scoped advisory lock on (caller, key); at
+-- READ COMMITTED the later one then sees the winner's key and replays. At
+-- REPEATABLE READ and SERIALIZABLE its snapshot predates the winner's commit:
+-- inserting the key then conflicts with a row the snapshot cannot see, which
+-- PostgreSQL refuses with 40001, so the caller retries (and replays) instead
+-- of debiting twice. The key of a refused call stays free.
+--
+-- A user deleted while a keyed debit runs: the caller's users row is locked
+-- FOR KEY SHARE before anything is written (the lock the key's foreign key
+-- check takes, which then finds it held), so the deletion, whose cascade
+-- removes the user's keys, waits for the debit; or the debit finds the user
+-- gone (CR005). A re-created id never inherits a key.
 --
 -- Argument errors, checked in this order (after the permission check below): NULL user CR005, NULL or non-positive
 -- amount CR006, NULL or empty source 22023, empty or over-255-character key 22023.
 --
--- Permission (revision 0003): a caller who is a member of credits_admin (a
+-- Permission: a caller who is a member of credits_admin (a
 -- superuser counts as a member) may debit any account; anyone else only their
 -- own, credits_current_user_id(), else 42501 (a NULL p_user_id included). The
 -- function runs as its owner (SECURITY DEFINER changes current_user), but not
 -- the `role` setting: the calling role is that setting, or session_user when
 -- no SET ROLE is in effect. A nested caller (another SECURITY DEFINER function
 -- calling this one) is therefore judged by the session's role, not by that
--- function's owner. The role lookup runs first: it is a cached catalog check
--- (about 0.3 us), while credits_current_user_id() costs about 2 us (a call
--- with a pinned search_path), so an admin caller never pays for the latter.
+-- function's owner. The role lookup runs first: it is a cached catalog check,
+-- cheaper than credits_current_user_id(), so an admin caller never pays for
+-- the latter.
+--
+-- Names: search_path is pg_catalog (and pg_temp, last, never searched for
+-- functions or operators), and every object of ours is qualified, so nothing
+-- anyone creates in public can be called in place of ours.
 CREATE FUNCTION debit_credits(
     p_user_id         uuid,
     p_amount          integer,
@@ -43,26 +56,26 @@ CREATE FUNCTION debit_credits(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_earlier   bigint;
     v_remaining integer;
     v_admin     uuid;
-    v_entry     credit_usage_log;
+    v_entry     public.credit_usage_log;
     v_own       integer;
     v_pool      integer;
     v_result    jsonb;
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
-                       'credits_admin', 'MEMBER')
-       AND (p_user_id = credits_current_user_id()) IS NOT TRUE THEN
+                       'credits_admin'::name, 'MEMBER'::text)
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied: may not spend the credits of user %',
             coalesce(p_user_id::text, 'NULL')
             USING ERRCODE = '42501',
                   DETAIL = format('caller %s is user %s and not a member of credits_admin',
                                   coalesce(nullif(current_setting('role'), 'none'), session_user),
-                                  coalesce(credits_current_user_id()::text, 'NULL')),
+                                  coalesce(credits_internal.current_user_id()::text, 'NULL')),
                   HINT = 'A credits_user may debit only its own account (credits_current_user_id()).';
     END IF;
 
@@ -72,13 +85,13 @@ BEGIN
     -- from overflowing for -2^31: that amount is named as CR006 below.
     IF p_idempotency_key IS NULL AND p_amount > 0 THEN
         WITH debited AS (
-            UPDATE user_credits
+            UPDATE public.user_credits
             SET used_credits = used_credits + p_amount, last_updated = now()
             WHERE user_id = p_user_id AND remaining_credits >= p_amount
               AND p_amount > 0 AND p_source <> ''
             RETURNING remaining_credits
         ), logged AS (
-            INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+            INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
             SELECT p_user_id, -p_amount, 'debit', p_source, p_description FROM debited
             RETURNING id
         )
@@ -108,50 +121,46 @@ BEGIN
         ELSIF p_source IS NULL OR p_source = '' THEN
             RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
         ELSE
-            -- A longer key might not fit the unique index (54000): refuse it by name.
+            -- A longer key might not fit the key's index (54000): refuse it by name.
             RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
                 USING ERRCODE = '22023';
         END IF;
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
-        -- Every statement below starts after the lock is granted, so it sees
-        -- the entry of any earlier call with this key that committed.
+        -- Every statement below starts after the lock is granted, so at READ
+        -- COMMITTED it sees the key of any earlier call that committed.
         PERFORM pg_advisory_xact_lock(hashtextextended(
-            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0));
+            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
+        PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
+        END IF;
 
-        -- One statement: look for the caller's earlier entry with this key and,
-        -- only if there is none, debit the own account and log it.
-        -- The earlier entry: a debit row first (a grant to the caller's own
-        -- account under the same key must not hide the debit this call is a
-        -- retry of). Two branches, one per index: an OR across user_id and
-        -- actor_user_id would leave the key alone as the index condition and
-        -- scan every keyed row ever written.
+        -- One statement: look for the caller's key and, only if there is none,
+        -- debit the own account, log it and take the key.
         WITH earlier AS (
-            SELECT e.id
-            FROM (
-                SELECT l.id, l.type FROM credit_usage_log l
-                WHERE l.user_id = p_user_id AND l.idempotency_key = p_idempotency_key
-                  AND l.actor_user_id IS NULL
-                UNION ALL
-                SELECT l.id, l.type FROM credit_usage_log l
-                WHERE l.actor_user_id = p_user_id AND l.idempotency_key = p_idempotency_key
-            ) AS e
-            ORDER BY e.type = 'debit' DESC, e.id
-            LIMIT 1
+            SELECT k.log_id FROM public.credit_idempotency_keys k
+            WHERE k.owner_user_id = p_user_id AND k.operation = 'debit'
+              AND k.idempotency_key = p_idempotency_key
         ), debited AS (
-            UPDATE user_credits
+            UPDATE public.user_credits
             SET used_credits = used_credits + p_amount, last_updated = now()
             WHERE user_id = p_user_id AND remaining_credits >= p_amount
               AND NOT EXISTS (SELECT FROM earlier)
             RETURNING remaining_credits
         ), logged AS (
-            INSERT INTO credit_usage_log
+            INSERT INTO public.credit_usage_log
                 (user_id, amount, type, source, description, idempotency_key)
             SELECT p_user_id, -p_amount, 'debit', p_source, p_description, p_idempotency_key
             FROM debited
-            ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id
+        ), keyed AS (
+            INSERT INTO public.credit_idempotency_keys
+                (owner_user_id, operation, idempotency_key, log_id)
+            SELECT p_user_id, 'debit', p_idempotency_key, logged.id FROM logged
+            ON CONFLICT DO NOTHING
+            RETURNING log_id
         )
         SELECT x.earlier_id, x.remaining,
                -- The result is built here, not in a RETURN expression: one
@@ -161,16 +170,16 @@ BEGIN
                    'amount', p_amount, 'remaining_credits', x.remaining,
                    'from_team_pool', false, 'replayed', false) END
         INTO v_earlier, v_remaining, v_result
-        FROM (SELECT (SELECT id FROM earlier) AS earlier_id,
+        FROM (SELECT (SELECT log_id FROM earlier) AS earlier_id,
                      (SELECT remaining_credits FROM debited) AS remaining,
-                     (SELECT id FROM logged) AS log_id) AS x;
+                     (SELECT log_id FROM keyed) AS log_id) AS x;
 
         IF v_result IS NOT NULL THEN
             RETURN v_result;
         END IF;
 
         IF v_earlier IS NOT NULL THEN
-            SELECT * INTO v_entry FROM credit_usage_log l WHERE l.id = v_earlier;
+            SELECT * INTO v_entry FROM public.credit_usage_log l WHERE l.id = v_earlier;
             IF v_entry.type <> 'debit' OR v_entry.amount <> -p_amount
                OR v_entry.source <> p_source THEN
                 RAISE EXCEPTION 'idempotency key % was already used with different parameters',
@@ -180,66 +189,75 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN credits_replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry);
         END IF;
 
         IF v_remaining IS NOT NULL THEN
-            -- Debited but not logged: the key is another call's on this
-            -- account. Raising rolls the debit back with everything else.
-            RAISE EXCEPTION 'idempotency key % was already used on this account by another call',
-                p_idempotency_key
-                USING ERRCODE = 'CR007', DETAIL = format('account %s', p_user_id);
+            -- Debited but the key was taken meanwhile, which the lock above
+            -- rules out: refuse rather than write an entry without its key.
+            -- Raising rolls the debit back with everything else.
+            RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
+                USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
         END IF;
     END IF;
 
     -- The own account could not pay (or has no balance row yet): the pool.
-    -- One statement finds the pool, debits it and logs the entry, so the pool
-    -- row, which every member of the team contends for, is locked only for
-    -- the rest of this statement and the commit.
+    -- One statement finds the pool, debits it, logs the entry and takes the
+    -- key, so the pool row, which every member of the team contends for, is
+    -- locked only for the rest of this statement and the commit.
     WITH pool AS (
-        SELECT t.team_admin_id FROM team_credit_sharing t WHERE t.team_member_id = p_user_id
+        SELECT t.team_admin_id FROM public.team_credit_sharing t
+        WHERE t.team_member_id = p_user_id
     ), debited AS (
-        UPDATE user_credits
+        UPDATE public.user_credits
         SET used_credits = used_credits + p_amount, last_updated = now()
         WHERE user_id = (SELECT team_admin_id FROM pool) AND remaining_credits >= p_amount
         RETURNING user_id, remaining_credits
     ), logged AS (
-        INSERT INTO credit_usage_log
+        INSERT INTO public.credit_usage_log
             (user_id, actor_user_id, amount, type, source, description, idempotency_key)
         SELECT d.user_id, p_user_id, -p_amount, 'debit', p_source, p_description,
                p_idempotency_key
         FROM debited d
-        ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id
+    ), keyed AS (
+        INSERT INTO public.credit_idempotency_keys
+            (owner_user_id, operation, idempotency_key, log_id)
+        SELECT p_user_id, 'debit', p_idempotency_key, logged.id FROM logged
+        WHERE p_idempotency_key IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING log_id
     )
     SELECT x.admin_id, x.remaining,
-           CASE WHEN x.log_id IS NOT NULL THEN jsonb_build_object(
+           CASE WHEN x.log_id IS NOT NULL
+                     AND (p_idempotency_key IS NULL OR x.key_log_id IS NOT NULL)
+                THEN jsonb_build_object(
                'log_id', x.log_id, 'account_user_id', x.admin_id, 'actor_user_id', p_user_id,
                'amount', p_amount, 'remaining_credits', x.remaining,
                'from_team_pool', true, 'replayed', false) END
     INTO v_admin, v_remaining, v_result
     FROM (SELECT (SELECT team_admin_id FROM pool) AS admin_id,
                  (SELECT remaining_credits FROM debited) AS remaining,
-                 (SELECT id FROM logged) AS log_id) AS x;
+                 (SELECT id FROM logged) AS log_id,
+                 (SELECT log_id FROM keyed) AS key_log_id) AS x;
 
     IF v_result IS NOT NULL THEN
         RETURN v_result;
     ELSIF v_remaining IS NOT NULL THEN
-        -- Debited but not logged: the key is another call's on the pool account.
-        RAISE EXCEPTION 'idempotency key % was already used on the team pool account by another call',
-            p_idempotency_key
-            USING ERRCODE = 'CR007', DETAIL = format('team pool account %s', v_admin);
+        -- Debited, but the key was taken meanwhile (ruled out by the lock).
+        RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
+            USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
     END IF;
 
     -- Refused: only now is it worth telling an unknown user from a poor one.
-    PERFORM 1 FROM users u WHERE u.id = p_user_id;
+    PERFORM 1 FROM public.users u WHERE u.id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
     END IF;
 
-    SELECT uc.remaining_credits INTO v_own FROM user_credits uc WHERE uc.user_id = p_user_id;
+    SELECT uc.remaining_credits INTO v_own FROM public.user_credits uc WHERE uc.user_id = p_user_id;
     IF v_admin IS NOT NULL THEN
-        SELECT uc.remaining_credits INTO v_pool FROM user_credits uc WHERE uc.user_id = v_admin;
+        SELECT uc.remaining_credits INTO v_pool FROM public.user_credits uc WHERE uc.user_id = v_admin;
     END IF;
     RAISE EXCEPTION 'insufficient credits: % requested', p_amount
         USING ERRCODE = 'CR001',

@@ -9,14 +9,25 @@
 -- refused with CR006 by the upsert's own WHERE, on the locked row, rather than
 -- by an integer-overflow error (or, worse, a wrap) from the addition.
 --
--- Idempotency: the key is scoped to the account (the grant's own user_id).
--- Racing grants with one key queue on the same advisory lock as debits of that
--- user with that key, then replay the winner's entry; an entry with the key and
--- different type, amount or source is CR007.
+-- Idempotency: a grant's key is the granted account's, in the grants'
+-- namespace (credit_idempotency_keys, 026): the user's own debit keys cannot
+-- take or block it. Racing grants with one key queue on an advisory lock on
+-- (account, key), then replay the winner's entry (at REPEATABLE READ and
+-- SERIALIZABLE: 40001, see debit_credits); the key with a different amount or
+-- source is CR007.
+--
+-- The sources 'signup', 'backfill', 'role_change' and 'refund' are reserved:
+-- the first three are role allocations (their sum is allocated_credits), the
+-- last names a refund. A grant under one of them is 22023.
+--
+-- The user's row is locked FOR KEY SHARE before anything is written (the lock
+-- the balance row's foreign key check takes): a user deleted while the grant
+-- waits is an unknown user (CR005), never a foreign key violation (23503).
 --
 -- Argument errors, checked in this order: NULL user CR005, NULL or
--- non-positive amount CR006, NULL or empty source 22023, empty or over-255-character key 22023,
--- then the key's replay, then unknown user CR005, then overflow CR006.
+-- non-positive amount CR006, NULL, empty or reserved source 22023, empty or
+-- over-255-character key 22023, then the key's replay, then unknown user
+-- CR005, then overflow CR006.
 CREATE FUNCTION grant_credits(
     p_user_id         uuid,
     p_amount          integer,
@@ -26,13 +37,15 @@ CREATE FUNCTION grant_credits(
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_log_id    bigint;
     v_remaining integer;
     v_total     integer;
-    v_entry     credit_usage_log;
+    v_earlier   bigint;
+    v_key_taken boolean;
+    v_entry     public.credit_usage_log;
 BEGIN
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'unknown user: p_user_id must not be NULL' USING ERRCODE = 'CR005';
@@ -41,22 +54,27 @@ BEGIN
             coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
     ELSIF p_source IS NULL OR p_source = '' THEN
         RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
+    ELSIF p_source IN ('signup', 'backfill', 'role_change', 'refund') THEN
+        RAISE EXCEPTION 'p_source % is reserved', quote_literal(p_source)
+            USING ERRCODE = '22023',
+                  HINT = 'signup, backfill and role_change are role allocations, refund is refund_credits().';
     ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
-        -- A longer key might not fit the unique index (54000): refuse it by name.
+        -- A longer key might not fit the key's index (54000): refuse it by name.
         RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
             USING ERRCODE = '22023';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(hashtextextended(
-            'credits_db.idempotency:' || p_user_id::text || ':' || p_idempotency_key, 0));
+            'credits_db.grant:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
 
-        SELECT l.* INTO v_entry
-        FROM credit_usage_log l
-        WHERE l.user_id = p_user_id AND l.idempotency_key = p_idempotency_key;
+        SELECT k.log_id INTO v_earlier
+        FROM public.credit_idempotency_keys k
+        WHERE k.owner_user_id = p_user_id AND k.operation = 'grant'
+          AND k.idempotency_key = p_idempotency_key;
         IF FOUND THEN
-            IF v_entry.type <> 'credit' OR v_entry.amount <> p_amount
-               OR v_entry.source <> p_source THEN
+            SELECT * INTO v_entry FROM public.credit_usage_log l WHERE l.id = v_earlier;
+            IF v_entry.amount <> p_amount OR v_entry.source <> p_source THEN
                 RAISE EXCEPTION 'idempotency key % was already used with different parameters',
                     p_idempotency_key
                     USING ERRCODE = 'CR007',
@@ -64,31 +82,31 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN credits_replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry);
         END IF;
     END IF;
 
     -- Checked up front because the upsert would report it as a foreign-key
     -- violation (23503), which callers cannot tell from other failures.
-    PERFORM 1 FROM users u WHERE u.id = p_user_id;
+    PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
     END IF;
 
     WITH opened AS (
-        INSERT INTO user_credits (user_id, total_credits)
-        SELECT c.user_id, c.credits FROM credits_backfill_candidates c
+        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+        SELECT c.user_id, c.credits, c.credits FROM public.credits_backfill_candidates c
         WHERE c.user_id = p_user_id
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id, total_credits
     )
-    INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
     SELECT o.user_id, o.total_credits, 'credit', 'backfill',
            'backfill allocation (account opened by a grant)'
     FROM opened o
     WHERE o.total_credits > 0;
 
-    INSERT INTO user_credits AS uc (user_id, total_credits)
+    INSERT INTO public.user_credits AS uc (user_id, total_credits)
     VALUES (p_user_id, p_amount)
     ON CONFLICT (user_id) DO UPDATE
         SET total_credits = uc.total_credits + EXCLUDED.total_credits, last_updated = now()
@@ -97,23 +115,33 @@ BEGIN
 
     IF NOT FOUND THEN
         -- The upsert locked the row even though its WHERE refused it.
-        SELECT uc.total_credits INTO v_total FROM user_credits uc WHERE uc.user_id = p_user_id;
+        SELECT uc.total_credits INTO v_total FROM public.user_credits uc WHERE uc.user_id = p_user_id;
         RAISE EXCEPTION 'invalid amount %: total_credits would exceed 2147483647', p_amount
             USING ERRCODE = 'CR006',
                   DETAIL = format('total_credits is %s; at most %s more can be granted',
                                   v_total, 2147483647 - v_total);
     END IF;
 
-    INSERT INTO credit_usage_log (user_id, amount, type, source, description, idempotency_key)
-    VALUES (p_user_id, p_amount, 'credit', p_source, p_description, p_idempotency_key)
-    ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id INTO v_log_id;
-    IF v_log_id IS NULL THEN
-        -- Taken since the replay check by a caller holding a different lock: a
-        -- team member's keyed debit of this (admin's) account.
-        RAISE EXCEPTION 'idempotency key % was already used on this account by another call',
-            p_idempotency_key
-            USING ERRCODE = 'CR007', DETAIL = format('account %s', p_user_id);
+    WITH logged AS (
+        INSERT INTO public.credit_usage_log
+            (user_id, amount, type, source, description, idempotency_key)
+        VALUES (p_user_id, p_amount, 'credit', p_source, p_description, p_idempotency_key)
+        RETURNING id
+    ), keyed AS (
+        INSERT INTO public.credit_idempotency_keys
+            (owner_user_id, operation, idempotency_key, log_id)
+        SELECT p_user_id, 'grant', p_idempotency_key, logged.id FROM logged
+        WHERE p_idempotency_key IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING log_id
+    )
+    SELECT logged.id, p_idempotency_key IS NOT NULL AND NOT EXISTS (SELECT FROM keyed)
+    INTO v_log_id, v_key_taken
+    FROM logged;
+    IF v_key_taken THEN
+        -- Taken since the replay check, which the lock above rules out.
+        RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
+            USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
     END IF;
 
     RETURN jsonb_build_object(

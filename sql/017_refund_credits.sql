@@ -10,14 +10,17 @@
 -- constraint on refund_of backs this up whatever the path.
 --
 -- A NULL, unknown or non-debit log id is CR008 (nothing refundable there). A
--- debit whose account no longer exists (the user was deleted) is CR005.
+-- debit whose account no longer exists is CR005: the user was deleted, or
+-- deleted and re-created with the same id, whose new account (004) never
+-- receives a refund of the old one's debits.
 CREATE FUNCTION refund_credits(p_log_id bigint, p_description text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_debit     credit_usage_log;
+    v_debit     public.credit_usage_log;
+    v_opened    bigint;
     v_prior     bigint;
     v_remaining integer;
     v_log_id    bigint;
@@ -26,7 +29,7 @@ BEGIN
         RAISE EXCEPTION 'nothing to refund: p_log_id is NULL' USING ERRCODE = 'CR008';
     END IF;
 
-    SELECT l.* INTO v_debit FROM credit_usage_log l WHERE l.id = p_log_id;
+    SELECT l.* INTO v_debit FROM public.credit_usage_log l WHERE l.id = p_log_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'nothing to refund: no log entry %', p_log_id USING ERRCODE = 'CR008';
     END IF;
@@ -37,13 +40,14 @@ BEGIN
                                   p_log_id, v_debit.type, v_debit.source);
     END IF;
 
-    PERFORM 1 FROM user_credits uc WHERE uc.user_id = v_debit.user_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
+    SELECT uc.opened_after_log_id INTO v_opened
+    FROM public.user_credits uc WHERE uc.user_id = v_debit.user_id FOR NO KEY UPDATE;
+    IF NOT FOUND OR v_opened >= p_log_id THEN
         RAISE EXCEPTION 'unknown user %: the account of log entry % no longer exists',
             v_debit.user_id, p_log_id USING ERRCODE = 'CR005';
     END IF;
 
-    SELECT l.id INTO v_prior FROM credit_usage_log l WHERE l.refund_of = p_log_id;
+    SELECT l.id INTO v_prior FROM public.credit_usage_log l WHERE l.refund_of = p_log_id;
     IF FOUND THEN
         RAISE EXCEPTION 'log entry % was already refunded', p_log_id
             USING ERRCODE = 'CR008', DETAIL = format('refund entry %s', v_prior);
@@ -51,7 +55,7 @@ BEGIN
 
     -- v_debit.amount is negative: subtracting it adds the refund, refused (not
     -- wrapped) if the total would pass the integer range.
-    UPDATE user_credits
+    UPDATE public.user_credits
     SET total_credits = total_credits - v_debit.amount, last_updated = now()
     WHERE user_id = v_debit.user_id AND total_credits <= 2147483647 + v_debit.amount
     RETURNING remaining_credits INTO v_remaining;
@@ -60,7 +64,7 @@ BEGIN
             USING ERRCODE = 'CR006';
     END IF;
 
-    INSERT INTO credit_usage_log
+    INSERT INTO public.credit_usage_log
         (user_id, actor_user_id, amount, type, source, description, refund_of)
     VALUES (v_debit.user_id, v_debit.actor_user_id, -v_debit.amount, 'credit', 'refund',
             coalesce(p_description, format('refund of entry %s', p_log_id)), p_log_id)

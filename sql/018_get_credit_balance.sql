@@ -4,20 +4,20 @@
 -- accept: debits are never split, so it is the larger of the two balances,
 -- not their sum. A NULL id is an unknown user (CR005).
 --
--- Permission (revision 0003): as debit_credits, a caller outside credits_admin
+-- Permission: as debit_credits, a caller outside credits_admin
 -- may read only their own balance, credits_current_user_id(), else 42501.
 CREATE FUNCTION get_credit_balance(p_user_id uuid) RETURNS jsonb
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_result jsonb;
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
-                       'credits_admin', 'MEMBER')
-       AND (p_user_id = credits_current_user_id()) IS NOT TRUE THEN
+                       'credits_admin'::name, 'MEMBER'::text)
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
         RAISE EXCEPTION 'permission denied: may not read the balance of user %',
             coalesce(p_user_id::text, 'NULL')
             USING ERRCODE = '42501',
@@ -36,10 +36,10 @@ BEGIN
         'spendable', coalesce(greatest(own.remaining_credits, pool.remaining_credits), 0)
     )
     INTO v_result
-    FROM users u
-    LEFT JOIN user_credits own ON own.user_id = u.id
-    LEFT JOIN team_credit_sharing t ON t.team_member_id = u.id
-    LEFT JOIN user_credits pool ON pool.user_id = t.team_admin_id
+    FROM public.users u
+    LEFT JOIN public.user_credits own ON own.user_id = u.id
+    LEFT JOIN public.team_credit_sharing t ON t.team_member_id = u.id
+    LEFT JOIN public.user_credits pool ON pool.user_id = t.team_admin_id
     WHERE u.id = p_user_id;
 
     IF v_result IS NULL THEN

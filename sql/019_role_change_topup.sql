@@ -1,6 +1,10 @@
--- A user whose role changes to one with a larger allocation receives the
--- difference, once, logged as source 'role_change'. A smaller allocation never
--- takes credits back: they were granted, and may be spent already.
+-- Entitlement: an account is entitled to the largest role allocation it has
+-- been given, allocated_credits (004). When a user's role changes, the account
+-- is raised to the new role's allocation if that is larger, by the
+-- difference, logged as source 'role_change'; it is never lowered. So a
+-- demotion never takes credits back (they were granted, and may be spent
+-- already), and a promotion back to a role held before adds nothing: role
+-- churn cannot mint credits.
 --
 -- Row level, with a WHEN clause on the role: the host application updates its
 -- users table for many reasons (last login, email...), and those UPDATEs must
@@ -9,8 +13,15 @@
 -- list with transition tables); this one does not even run unless a role
 -- really changed.
 --
--- Users without a balance row are left alone: the backfill allocates them by
--- their role as it is then, which already includes the new role.
+-- A user without a balance row (the backfill has not reached them, or their
+-- signup allocation failed) has their account opened here, at the new role's
+-- allocation, logged as source 'backfill' exactly as the backfill would. This
+-- is what keeps a role change from being lost to a backfill or grant racing
+-- it: neither can see the other's uncommitted work, but both insert the
+-- balance row, so the second inserter waits for the first and then finds the
+-- row (the backfill and the grant do nothing more; this trigger tops the
+-- account up). At REPEATABLE READ and SERIALIZABLE the waiting side gets
+-- 40001 instead, and retries.
 --
 -- Changing a role must not fail because of credits. The one foreseeable
 -- conflict, a top-up that would push total_credits past 2^31-1, is capped at
@@ -23,52 +34,76 @@
 CREATE FUNCTION credits_topup_on_role_change() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_increase bigint;
-    v_total    integer;
-    v_topup    integer;
+    v_credits   integer;
+    v_allocated integer;
+    v_total     integer;
+    v_topup     integer;
+    v_opened    uuid;
 BEGIN
-    SELECT coalesce(rc_new.credits, fallback.credits, 0)
-             - coalesce(rc_old.credits, fallback.credits, 0)
-    INTO v_increase
+    SELECT coalesce(rc.credits, fallback.credits, 0) INTO v_credits
     FROM (SELECT) AS one
-    LEFT JOIN role_credits rc_old ON rc_old.role = OLD.role
-    LEFT JOIN role_credits rc_new ON rc_new.role = NEW.role
-    LEFT JOIN role_credits fallback ON fallback.role = 'member';
+    LEFT JOIN public.role_credits rc ON rc.role = NEW.role
+    LEFT JOIN public.role_credits fallback ON fallback.role = 'member';
 
-    IF v_increase <= 0 THEN
+    -- allocated_credits only ever grows: if what is visible covers the new
+    -- role already, the locked row does too, and nothing needs a lock.
+    SELECT uc.allocated_credits INTO v_allocated
+    FROM public.user_credits uc WHERE uc.user_id = NEW.id;
+    IF FOUND AND v_allocated >= v_credits THEN
         RETURN NULL;
     END IF;
 
-    SELECT uc.total_credits INTO v_total
-    FROM user_credits uc WHERE uc.user_id = NEW.id
-    FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
+    FOR attempt IN 1..2 LOOP
+        SELECT uc.allocated_credits, uc.total_credits INTO v_allocated, v_total
+        FROM public.user_credits uc WHERE uc.user_id = NEW.id
+        FOR NO KEY UPDATE;
+        EXIT WHEN FOUND;
+
+        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+        VALUES (NEW.id, v_credits, v_credits)
+        ON CONFLICT (user_id) DO NOTHING
+        RETURNING user_id INTO v_opened;
+        IF v_opened IS NOT NULL THEN
+            IF v_credits > 0 THEN
+                INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+                VALUES (NEW.id, v_credits, 'credit', 'backfill',
+                        format('backfill allocation for role %s (account opened by a role change)',
+                               coalesce(quote_literal(NEW.role), 'NULL')));
+            END IF;
+            RETURN NULL;
+        END IF;
+        -- Opened meanwhile by a backfill or grant that has now committed: the
+        -- next round locks that row and tops it up.
+    END LOOP;
+    IF v_total IS NULL THEN
         RETURN NULL;
     END IF;
 
-    v_topup := least(v_increase, 2147483647 - v_total);
-    IF v_topup < v_increase THEN
+    v_topup := least(greatest(v_credits - v_allocated, 0), 2147483647 - v_total);
+    IF v_topup < v_credits - v_allocated THEN
         RAISE WARNING 'credits-db: role change top-up for user % capped at % of % (total_credits limit 2147483647)',
-            NEW.id, v_topup, v_increase;
+            NEW.id, v_topup, v_credits - v_allocated;
     END IF;
     IF v_topup <= 0 THEN
         RETURN NULL;
     END IF;
 
-    UPDATE user_credits
-    SET total_credits = total_credits + v_topup, last_updated = now()
+    UPDATE public.user_credits
+    SET total_credits = total_credits + v_topup,
+        allocated_credits = allocated_credits + v_topup,
+        last_updated = now()
     WHERE user_id = NEW.id;
 
-    INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
     VALUES (NEW.id, v_topup, 'credit', 'role_change',
-            CASE WHEN v_topup = v_increase
+            CASE WHEN v_topup = v_credits - v_allocated
                  THEN format('role changed to %s: allocation raised by %s',
-                             coalesce(quote_literal(NEW.role), 'NULL'), v_increase)
+                             coalesce(quote_literal(NEW.role), 'NULL'), v_topup)
                  ELSE format('role changed to %s: allocation raised by %s, capped at %s (total_credits limit)',
-                             coalesce(quote_literal(NEW.role), 'NULL'), v_increase, v_topup)
+                             coalesce(quote_literal(NEW.role), 'NULL'), v_credits - v_allocated, v_topup)
             END);
     RETURN NULL;
 END
@@ -85,4 +120,4 @@ CREATE TRIGGER users_topup_credits_on_role_change
 REVOKE EXECUTE ON FUNCTION credits_topup_on_role_change() FROM PUBLIC;
 
 COMMENT ON FUNCTION credits_topup_on_role_change() IS
-    'Trigger: top up total_credits when users.role changes to a role with a larger allocation (never lowers it).';
+    'Trigger: raise the account to the new role''s allocation when that exceeds the largest it was given (allocated_credits); open it if missing. Never lowers it.';

@@ -2,40 +2,51 @@
 -- the ledger; one row per violation, none when all hold. It reads without
 -- locking, from one snapshot, so it can run beside live traffic.
 --
--- The ledger identities (a refund is a credit like any other):
+-- The ledger identities, over the account's own entries (id above its
+-- opened_after_log_id, 004; a refund is a credit like any other):
 --   remaining_credits = sum(amount)
 --   total_credits     = sum of credits
 --   used_credits      = -(sum of debits)
+--   allocated_credits = sum of role allocations (signup, backfill, role_change)
 -- Only accounts that still have a balance row are compared: a deleted user's
--- log rows stay as the audit trail, with nothing to compare them to.
+-- log rows stay as the audit trail, with nothing to compare them to (nor do
+-- they count for a user re-created with the same id). Each idempotency key
+-- must name an entry with that key by its owner.
 CREATE FUNCTION verify_credit_integrity() RETURNS TABLE (user_id uuid, problem text)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
     WITH sums AS (
         SELECT uc.user_id, uc.total_credits, uc.used_credits, uc.remaining_credits,
+               uc.allocated_credits,
                coalesce(s.total, 0) AS log_total,
                coalesce(s.granted, 0) AS log_granted,
-               coalesce(s.spent, 0) AS log_spent
-        FROM user_credits uc
+               coalesce(s.spent, 0) AS log_spent,
+               coalesce(s.allocated, 0) AS log_allocated
+        FROM public.user_credits uc
         LEFT JOIN (
             SELECT l.user_id,
                    sum(l.amount) AS total,
                    sum(l.amount) FILTER (WHERE l.type = 'credit') AS granted,
-                   -sum(l.amount) FILTER (WHERE l.type = 'debit') AS spent
-            FROM credit_usage_log l
+                   -sum(l.amount) FILTER (WHERE l.type = 'debit') AS spent,
+                   sum(l.amount) FILTER (WHERE l.type = 'credit'
+                                         AND l.source IN ('signup', 'backfill', 'role_change'))
+                       AS allocated
+            FROM public.credit_usage_log l
+            JOIN public.user_credits own
+              ON own.user_id = l.user_id AND l.id > own.opened_after_log_id
             GROUP BY l.user_id
         ) s ON s.user_id = uc.user_id
     ),
     pools AS (
         SELECT t.team_admin_id, count(*) AS members, u.role,
                coalesce(rc.team_member_limit, fallback.team_member_limit, 0) AS member_limit
-        FROM team_credit_sharing t
-        JOIN users u ON u.id = t.team_admin_id
-        LEFT JOIN role_credits rc ON rc.role = u.role
-        LEFT JOIN role_credits fallback ON fallback.role = 'member'
+        FROM public.team_credit_sharing t
+        JOIN public.users u ON u.id = t.team_admin_id
+        LEFT JOIN public.role_credits rc ON rc.role = u.role
+        LEFT JOIN public.role_credits fallback ON fallback.role = 'member'
         GROUP BY t.team_admin_id, u.role, rc.team_member_limit, fallback.team_member_limit
     )
     SELECT s.user_id, format('remaining_credits %s <> sum of log amounts %s',
@@ -50,6 +61,10 @@ AS $$
                              s.used_credits, s.log_spent)
     FROM sums s WHERE s.used_credits <> s.log_spent
     UNION ALL
+    SELECT s.user_id, format('allocated_credits %s <> sum of role allocations %s',
+                             s.allocated_credits, s.log_allocated)
+    FROM sums s WHERE s.allocated_credits <> s.log_allocated
+    UNION ALL
     SELECT s.user_id, format('negative balance: total %s, used %s, remaining %s',
                              s.total_credits, s.used_credits, s.remaining_credits)
     FROM sums s
@@ -58,14 +73,25 @@ AS $$
     SELECT r.user_id, format('refund entry %s does not reverse entry %s (%s)', r.id, r.refund_of,
                              CASE WHEN d.type <> 'debit' THEN 'not a debit'
                                   WHEN d.user_id <> r.user_id THEN 'another account'
+                                  WHEN d.id <= uc.opened_after_log_id THEN 'an earlier account'
                                   WHEN r.type <> 'credit' THEN 'refund is not a credit'
                                   ELSE format('amount %s, debit %s', r.amount, d.amount)
                              END)
-    FROM credit_usage_log r
-    JOIN credit_usage_log d ON d.id = r.refund_of
-    WHERE (d.type <> 'debit' OR d.user_id <> r.user_id OR r.type <> 'credit'
-           OR r.amount <> -d.amount)
-      AND EXISTS (SELECT 1 FROM user_credits uc WHERE uc.user_id = r.user_id)
+    FROM public.credit_usage_log r
+    JOIN public.credit_usage_log d ON d.id = r.refund_of
+    JOIN public.user_credits uc ON uc.user_id = r.user_id AND r.id > uc.opened_after_log_id
+    WHERE d.type <> 'debit' OR d.user_id <> r.user_id OR r.type <> 'credit'
+          OR r.amount <> -d.amount OR d.id <= uc.opened_after_log_id
+    UNION ALL
+    SELECT k.owner_user_id, format('idempotency key %s (%s) names entry %s, %s', quote_literal(k.idempotency_key),
+                                   k.operation, k.log_id,
+                                   CASE WHEN l.id IS NULL THEN 'which does not exist'
+                                        ELSE 'which has another key or owner' END)
+    FROM public.credit_idempotency_keys k
+    LEFT JOIN public.credit_usage_log l ON l.id = k.log_id
+    WHERE l.id IS NULL OR l.idempotency_key IS DISTINCT FROM k.idempotency_key
+       OR coalesce(l.actor_user_id, l.user_id) <> k.owner_user_id
+       OR (l.type = 'debit') <> (k.operation = 'debit')
     UNION ALL
     SELECT p.team_admin_id, format('team pool has %s members; role %s allows %s',
                                    p.members, coalesce(quote_literal(p.role), 'NULL'),
@@ -74,7 +100,7 @@ AS $$
     UNION ALL
     SELECT t.team_member_id, format('member of the team of %s, whose role %s allows no team',
                                     t.team_admin_id, coalesce(quote_literal(p.role), 'NULL'))
-    FROM team_credit_sharing t
+    FROM public.team_credit_sharing t
     JOIN pools p ON p.team_admin_id = t.team_admin_id
     WHERE p.member_limit = 0
 $$;
@@ -82,4 +108,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION verify_credit_integrity() FROM PUBLIC;
 
 COMMENT ON FUNCTION verify_credit_integrity() IS
-    'One row per broken invariant (balance vs ledger, negative values, bad refunds, pools over their cap or without a team role); no rows when all hold.';
+    'One row per broken invariant (balance vs ledger, allocations, negative values, bad refunds, keys, pools over their cap or without a team role); no rows when all hold.';

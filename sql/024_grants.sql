@@ -4,12 +4,15 @@
 -- granted to nobody: triggers fire without an EXECUTE check, and the helper
 -- is only called from inside the SECURITY DEFINER functions, as the owner.
 --
--- Every SECURITY DEFINER function pins search_path = pg_catalog, public,
--- pg_temp. pg_temp is named, and last, on purpose: a schema search path that
--- leaves it out still searches the session's temporary schema first for
--- tables, so any caller allowed to create temporary tables could shadow
--- user_credits or credit_usage_log inside a function running as the owner.
-GRANT USAGE ON SCHEMA public TO credits_user, credits_admin;
+-- Every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp and
+-- qualifies every object of ours with public. public is left out on purpose:
+-- a role that may CREATE there could otherwise add an overload that matches a
+-- call better than the intended function (public.pg_has_role(name, text,
+-- text) beats pg_catalog's for two literals) and have it run as the owner.
+-- pg_temp is named, and last: a search path that leaves it out still searches
+-- the session's temporary schema first for tables and types, and it is never
+-- searched for functions or operators.
+GRANT USAGE ON SCHEMA public, credits_internal TO credits_user, credits_admin;
 
 -- Supabase's default privileges give anon, authenticated and service_role
 -- ALL on every new table, sequence and function in public, which would let
@@ -27,7 +30,8 @@ BEGIN
     LOOP
         EXECUTE format('REVOKE ALL ON TABLE public.credits_db_install, public.role_credits,'
                        ' public.user_credits, public.credit_usage_log,'
-                       ' public.team_credit_sharing, public.credits_backfill_candidates FROM %I',
+                       ' public.team_credit_sharing, public.credits_backfill_candidates,'
+                       ' public.credit_idempotency_keys FROM %I',
                        v_role);
         EXECUTE format('REVOKE ALL ON SEQUENCE public.credit_usage_log_id_seq,'
                        ' public.team_credit_sharing_id_seq FROM %I', v_role);
@@ -38,7 +42,6 @@ BEGIN
                        ' public.backfill_user_credits(boolean, integer),'
                        ' public.backfill_user_credits_batch(uuid, integer),'
                        ' public.credit_allocation_report(),'
-                       ' public.credits_replayed_result(public.credit_usage_log),'
                        ' public.add_team_member(uuid, uuid),'
                        ' public.remove_team_member(uuid, uuid),'
                        ' public.debit_credits(uuid, integer, text, text, text),'
@@ -54,11 +57,14 @@ $credits_revoke_api_roles$;
 
 -- Reading: credits_user its own rows (row level security, 023), credits_admin
 -- everything. Writing: nobody but the owner.
-GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing TO credits_user;
+GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing, credit_idempotency_keys
+    TO credits_user;
 GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
-                team_credit_sharing, credits_backfill_candidates TO credits_admin;
+                team_credit_sharing, credits_backfill_candidates, credit_idempotency_keys
+    TO credits_admin;
 
 GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                          credits_internal.current_user_id(),
                           get_credit_balance(uuid),
                           debit_credits(uuid, integer, text, text, text)
     TO credits_user, credits_admin;
@@ -82,19 +88,21 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated' AND NOT rolinherit)
        AND pg_catalog.pg_has_role('authenticated', 'credits_user', 'MEMBER') THEN
-        GRANT USAGE ON SCHEMA public TO authenticated;
+        GRANT USAGE ON SCHEMA public, credits_internal TO authenticated;
         GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing TO authenticated;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                                  credits_internal.current_user_id(),
                                   get_credit_balance(uuid),
                                   debit_credits(uuid, integer, text, text, text)
             TO authenticated;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role' AND NOT rolinherit)
        AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
-        GRANT USAGE ON SCHEMA public TO service_role;
+        GRANT USAGE ON SCHEMA public, credits_internal TO service_role;
         GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
                         team_credit_sharing, credits_backfill_candidates TO service_role;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
+                                  credits_internal.current_user_id(),
                                   get_credit_balance(uuid),
                                   debit_credits(uuid, integer, text, text, text),
                                   backfill_user_credits(boolean, integer),

@@ -42,7 +42,7 @@ def test_allocates_by_role_and_reports(conn: Conn) -> None:
             "(null)": {"users": 1, "credits": 350},
             "Boss": {"users": 1, "credits": 350},
         },
-        "dry_run": False,
+        "users_skipped": 0, "dry_run": False,
     }
     assert balance(conn, users[1]) == (5000, 0, 5000)
     assert log_rows(conn, users[1]) == [

@@ -32,7 +32,7 @@ def test_walk_visits_each_window_once_in_key_order(conn: Conn) -> None:
         result = batch(conn, after, 2)
         if result["last_user_id"] is None:
             assert result == {"users_scanned": 0, "users_backfilled": 0, "credits_allocated": 0,
-                              "fallback_role_users": 0, "by_role": {}, "dry_run": False,
+                              "fallback_role_users": 0, "by_role": {}, "users_skipped": 0, "dry_run": False,
                               "last_user_id": None}
             break
         window = ordered[len(seen):len(seen) + 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -13,7 +14,7 @@ import pytest
 
 from bench import report, workloads
 from bench.__main__ import main
-from bench.core import sql_bytes
+from bench.core import sql_bytes, sql_text
 from tests.conftest import Database, Server
 from tests.helpers import Conn, add_users, balance
 from tests.test_security_support import acting, refused
@@ -91,6 +92,36 @@ def _log_shape(conn: Conn, user_id: str) -> list[tuple[Any, ...]]:
         " FROM credit_usage_log WHERE user_id = %s AND type = 'debit'", (user_id,)).fetchall()
 
 
+def _keys(conn: Conn, user_id: str) -> list[tuple[Any, ...]]:
+    """The user's idempotency keys, each with what its entry says (revision 0007)."""
+    return conn.execute(
+        "SELECT k.operation, k.idempotency_key, l.amount, l.type,"
+        " l.idempotency_key = k.idempotency_key, l.user_id = k.owner_user_id"
+        " FROM credit_idempotency_keys k LEFT JOIN credit_usage_log l ON l.id = k.log_id"
+        " WHERE k.owner_user_id = %s ORDER BY k.idempotency_key", (user_id,)).fetchall()
+
+
+def _key_log_id(conn: Conn, user_id: str, key: str) -> Any:
+    row = conn.execute("SELECT log_id FROM credit_idempotency_keys WHERE owner_user_id = %s"
+                       " AND operation = 'debit' AND idempotency_key = %s",
+                       (user_id, key)).fetchone()
+    return None if row is None else row[0]
+
+
+def _integrity_problems(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT * FROM verify_credit_integrity()").fetchall()
+
+
+def _pgbench_sql(name: str, **values: int) -> bytes:
+    """The statement of the pgbench script bench/<name>.sql with its variables set."""
+    text = "\n".join(line for line in sql_text(name).splitlines()
+                     if not line.startswith(("\\", "--")))
+    for variable, value in values.items():
+        text = re.sub(rf"(?<!:):{variable}\b", str(value), text)
+    assert re.search(r"(?<!:):[a-z_]", text) is None, f"unset variable in {name}: {text}"
+    return text.encode()
+
+
 @pytest.mark.parametrize("floor", ["bench_debit_contract_floor", "bench_debit_ladder_result",
                                    "bench_debit_ladder_definer"])
 def test_contract_floors_do_what_a_debit_does(conn: Conn, floor: str) -> None:
@@ -107,6 +138,7 @@ def test_contract_floors_do_what_a_debit_does(conn: Conn, floor: str) -> None:
     # Refused like the package's hot path: nothing debited, no result.
     assert conn.execute(f"SELECT {floor}(%s, 400)", (floor_user,)).fetchone() == (None,)
     assert balance(conn, floor_user) == (350, 7, 343)
+    assert _integrity_problems(conn) == []
 
 
 def test_keyed_contract_floor_finds_an_earlier_entry(conn: Conn) -> None:
@@ -119,12 +151,42 @@ def test_keyed_contract_floor_finds_an_earlier_entry(conn: Conn) -> None:
     assert expected is not None and got is not None
     assert _without_account(got[0]) == _without_account(expected[0])
     assert _log_shape(conn, floor_user) == _log_shape(conn, package_user)
+    # The key is stored where the package stores it, owned by the caller and
+    # naming the entry the result names (revision 0007).
+    assert _keys(conn, floor_user) == _keys(conn, package_user) == [
+        ("debit", "k-1", -5, "debit", True, True)]
+    assert _key_log_id(conn, floor_user, "k-1") == got[0]["log_id"]
     # The same key again: the lookup finds the entry and nothing is spent twice
     # (the floor does not build the replayed result: the bench never replays).
     again = conn.execute("SELECT bench_debit_key_contract_floor(%s, 5, 'k-1')",
                          (floor_user,)).fetchone()
     assert again == (None,)
     assert balance(conn, floor_user) == (350, 5, 345)
+    assert len(_keys(conn, floor_user)) == 1
+    assert _integrity_problems(conn) == []
+
+
+DEBIT_SCRIPTS = ("pgbench_debit", "pgbench_debit_bare", "pgbench_debit_floor",
+                 "pgbench_debit_contract_floor", "pgbench_debit_key", "pgbench_debit_key_bare",
+                 "pgbench_debit_key_contract_floor")
+
+
+@pytest.mark.parametrize("script", DEBIT_SCRIPTS)
+def test_debit_scripts_write_what_a_debit_writes(conn: Conn, script: str) -> None:
+    """Every side of workload 3 (package, bare, floors; keyed or not) leaves the rows
+    debit_credits() leaves: the balance, the log row and, keyed, the caller's key row."""
+    _install_bench_functions(conn)
+    package_user, script_user = add_users(conn, "member", "member")
+    conn.execute("CREATE TABLE bench_ids AS SELECT 1 AS n, %s::uuid AS id", (script_user,))
+    keyed = "_key" in script
+    key = "3-7" if keyed else None
+    conn.execute("SELECT debit_credits(%s, 1, 'usage', NULL, %s)", (package_user, key))
+    conn.execute(_pgbench_sql(script, accounts=1, n=1, k=7, client_id=3))
+    assert balance(conn, script_user) == balance(conn, package_user) == (350, 1, 349)
+    assert _log_shape(conn, script_user) == _log_shape(conn, package_user)
+    assert _keys(conn, script_user) == _keys(conn, package_user) == (
+        [("debit", key, -1, "debit", True, True)] if keyed else [])
+    assert _integrity_problems(conn) == []
 
 
 @pytest.mark.parametrize("floor", ["bench_debit_contract_floor(%s, 1)",
@@ -167,10 +229,8 @@ def test_signup_contract_floor_writes_what_the_trigger_writes(
                 conn.execute(sql_bytes("signup_contract_floor_trigger"))
             conn.execute("INSERT INTO users (email, role) SELECT 'u' || i || '@x.invalid', r"
                          " FROM unnest(%s::text[]) WITH ORDINALITY AS t(r, i)", (roles,))
-            rows.append(conn.execute(
-                "SELECT u.email, c.total_credits, l.amount, l.type, l.source, l.description"
-                " FROM users u JOIN user_credits c ON c.user_id = u.id"
-                " JOIN credit_usage_log l ON l.user_id = u.id ORDER BY u.email").fetchall())
+            rows.append(_accounts(conn, "%@x.invalid"))
+            assert _integrity_problems(conn) == []
             # The INSERT triggers left enabled (bit 4 of tgtype: INSERT).
             triggers = conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'users'::regclass"
                                     " AND tgenabled <> 'D' AND NOT tgisinternal AND tgtype & 4 = 4").fetchall()
@@ -178,6 +238,66 @@ def test_signup_contract_floor_writes_what_the_trigger_writes(
         assert triggers == [("bench_signup_contract_floor" if floor else "users_allocate_credits",)]
     assert len(rows[0]) == len(roles)
     assert rows[1] == rows[0]
+
+
+def _accounts(conn: Conn, emails: str) -> list[tuple[Any, ...]]:
+    """Balance and log rows of the users whose email is LIKE ``emails``, by email."""
+    return conn.execute(
+        "SELECT u.email, u.role, c.total_credits, c.used_credits, c.allocated_credits,"
+        " l.amount, l.type, l.source, l.description"
+        " FROM users u JOIN user_credits c ON c.user_id = u.id"
+        " LEFT JOIN credit_usage_log l ON l.user_id = u.id AND l.id > c.opened_after_log_id"
+        " WHERE u.email LIKE %s ORDER BY u.email, l.id", (emails,)).fetchall()
+
+
+SIGNUP_ROLES = 8
+"""The scripts' role array: every configured role, NULL and the unknown 'intern'."""
+
+
+def test_signup_baselines_write_what_the_trigger_writes(conn: Conn) -> None:
+    """The bulk baseline and the one-statement signup floor leave, per user, the rows
+    the package's trigger leaves (allocated_credits included). Each side runs in a
+    transaction rolled back afterwards, so the next one starts from the same state."""
+    def side(statement: bytes, params: dict[str, int] | None, trigger: bool
+             ) -> list[tuple[Any, ...]]:
+        with conn.transaction(force_rollback=True):
+            if not trigger:
+                conn.execute("ALTER TABLE users DISABLE TRIGGER users_allocate_credits")
+            conn.execute(statement, params)
+            assert _integrity_problems(conn) == []
+            return _accounts(conn, "%@bench.invalid")
+
+    package = side(sql_bytes("signup_batch"), {"n": 2 * SIGNUP_ROLES}, True)
+    assert len(package) == 2 * SIGNUP_ROLES
+    assert side(sql_bytes("signup_batch_baseline"), {"n": 2 * SIGNUP_ROLES}, False) == package
+    for r in range(1, SIGNUP_ROLES + 1):
+        # The single-row scripts draw a random email: compare without it.
+        single = side(_pgbench_sql("pgbench_signup", r=r), None, True)
+        floor = side(_pgbench_sql("pgbench_signup_bare_ledger", r=r), None, False)
+        assert len(single) == 1
+        assert [row[1:] for row in floor] == [row[1:] for row in single]
+
+
+def test_backfill_baseline_writes_what_the_backfill_writes(conn: Conn) -> None:
+    """The bare backfill (without the package's FOR KEY SHARE lock, by choice: see its
+    header) leaves the balance and log rows backfill_user_credits() leaves."""
+    roles = ["member", "admin", "team_admin", "RecruitPro", "super_admin", None, "intern"]
+
+    def waiting(prefix: str) -> None:
+        with conn.transaction():
+            conn.execute("ALTER TABLE users DISABLE TRIGGER users_allocate_credits")
+            conn.execute("INSERT INTO users (email, role) SELECT %s || i || '@b.invalid', r"
+                         " FROM unnest(%s::text[]) WITH ORDINALITY AS t(r, i)", (prefix, roles))
+            conn.execute("ALTER TABLE users ENABLE TRIGGER users_allocate_credits")
+
+    waiting("package-")
+    conn.execute("SELECT backfill_user_credits()")
+    waiting("bare-")
+    conn.execute(sql_bytes("backfill_baseline"), {})
+    package, bare = _accounts(conn, "package-%"), _accounts(conn, "bare-%")
+    assert len(package) == len(roles)
+    assert [row[1:] for row in bare] == [row[1:] for row in package]
+    assert _integrity_problems(conn) == []
 
 
 def test_python_rows_alternate_the_sides_block_by_block() -> None:

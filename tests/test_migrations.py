@@ -186,7 +186,11 @@ def catalog(db: Database) -> list[tuple[Any, ...]]:
             UNION ALL
             SELECT 'function', p.oid::regprocedure::text,
                    pg_get_functiondef(p.oid) || coalesce(array_to_string(p.proacl, ','), '')
-            FROM pg_proc p WHERE pronamespace = 'public'::regnamespace
+            FROM pg_proc p WHERE pronamespace IN ('public'::regnamespace,
+                                                  to_regnamespace('credits_internal'))
+            UNION ALL
+            SELECT 'schema', n.nspname, coalesce(array_to_string(n.nspacl, ','), '')
+            FROM pg_namespace n WHERE n.nspname = 'credits_internal'
             UNION ALL
             SELECT 'view', c.oid::regclass::text, pg_get_viewdef(c.oid)
             FROM pg_class c WHERE relnamespace = 'public'::regnamespace AND relkind = 'v'

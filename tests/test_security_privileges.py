@@ -24,18 +24,20 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
         "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig,"
         " has_function_privilege('nobody_test', p.oid, 'EXECUTE'),"
         " has_function_privilege('public', p.oid, 'EXECUTE')"
-        " FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace"
+        " FROM pg_proc p WHERE p.pronamespace IN ('public'::regnamespace,"
+        "                                         'credits_internal'::regnamespace)"
     ).fetchall()
-    assert len(functions) == 16
+    assert len(functions) == 17
     for signature, _definer, config, nobody_can, public_can in functions:
         # SECURITY DEFINER or not, every function fixes its search_path, with
         # pg_temp named last so temporary tables cannot shadow ours.
-        assert config == ["search_path=pg_catalog, public, pg_temp"], signature
+        assert config == ["search_path=pg_catalog, pg_temp"], signature
         assert nobody_can is False, signature
         assert public_can is False, signature
     definers = {s for s, definer, *_ in functions if definer}
     assert definers == {s for s, *_ in functions} - {
-        "credits_refuse_log_change()", "credits_current_user_id()"}
+        "credits_refuse_log_change()", "credits_current_user_id()",
+        "credits_internal.current_user_id()"}
 
 
 def test_execute_is_granted_exactly_as_documented(conn: Conn) -> None:

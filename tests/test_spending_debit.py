@@ -167,7 +167,8 @@ def test_key_reuse_with_other_parameters_is_cr007(conn: Conn) -> None:
     q = "SELECT debit_credits(%s, %s, %s, p_idempotency_key => 'k')"
     fails_cleanly(conn, "CR007", q, (user, 101, "usage"))
     fails_cleanly(conn, "CR007", q, (user, 100, "other"))
-    fails_cleanly(conn, "CR007", "SELECT grant_credits(%s, 100, p_idempotency_key => 'k')", (user,))
+    # A grant's key lives in the grants' namespace: the debit's 'k' does not take it.
+    assert grant(conn, user, 100, idempotency_key="k")["replayed"] is False
 
 
 def test_keys_are_scoped_per_account(conn: Conn) -> None:
@@ -177,27 +178,26 @@ def test_keys_are_scoped_per_account(conn: Conn) -> None:
     assert a["log_id"] != b["log_id"] and not b["replayed"]
 
 
-def test_another_members_key_on_the_pool_is_cr007(conn: Conn) -> None:
+def test_members_of_one_pool_each_own_their_keys(conn: Conn) -> None:
     admin, first, second = add_users(conn, "team_admin", "member", "member")
     add_member(conn, admin, first)
     add_member(conn, admin, second)
-    debit(conn, first, 1000, idempotency_key="shared")
-    fails_cleanly(conn, "CR007", "SELECT debit_credits(%s, 1000, p_idempotency_key => 'shared')",
-                  (second,))
-    # The same key still works where it is free: the second member's own account.
-    assert debit(conn, second, 10, idempotency_key="shared")["from_team_pool"] is False
+    a = debit(conn, first, 1000, idempotency_key="shared")
+    b = debit(conn, second, 1000, idempotency_key="shared")
+    assert a["from_team_pool"] and b["from_team_pool"] and not b["replayed"]
+    assert a["log_id"] != b["log_id"]
+    assert balance(conn, admin) == (5000, 2000, 3000)
 
 
-def test_admin_reusing_a_key_a_member_spent_on_the_pool_is_cr007(conn: Conn) -> None:
-    # The member's pool debit holds key 'k' on the admin's account; the admin's
-    # own keyed debit passes the balance check, then finds the key taken: the
-    # debit is rolled back with the error.
+def test_a_key_a_member_spent_on_the_pool_is_still_the_admins_to_use(conn: Conn) -> None:
+    # The member's pool debit lands on the admin's account, but its key is the
+    # member's: the admin's own 'k' is a first call, not a conflict.
     admin, member = add_users(conn, "team_admin", "member")
     add_member(conn, admin, member)
     debit(conn, member, 400, idempotency_key="k")
-    err = fails_cleanly(conn, "CR007", "SELECT debit_credits(%s, 10, p_idempotency_key => 'k')",
-                        (admin,))
-    assert "already used on this account by another call" in str(err)
+    mine = debit(conn, admin, 10, idempotency_key="k")
+    assert mine["replayed"] is False and mine["from_team_pool"] is False
+    assert balance(conn, admin) == (5000, 410, 4590)
 
 
 def test_refused_keyed_debit_leaves_the_key_free(conn: Conn) -> None:
@@ -247,8 +247,8 @@ def test_keyed_grant_replays(conn: Conn) -> None:
                   (user,))
     fails_cleanly(conn, "CR007",
                   "SELECT grant_credits(%s, 500, 'other', p_idempotency_key => 'promo')", (user,))
-    fails_cleanly(conn, "CR007", "SELECT debit_credits(%s, 500, p_idempotency_key => 'promo')",
-                  (user,))
+    # The user's own debit keys are another namespace: 'promo' is free there.
+    assert debit(conn, user, 500, idempotency_key="promo")["replayed"] is False
 
 
 def test_grant_overflow_is_cr006_and_never_wraps(conn: Conn) -> None:

@@ -19,7 +19,7 @@ FUNCTIONS = [
     "refund_credits(bigint,text)",
     "get_credit_balance(uuid)",
     "verify_credit_integrity()",
-    "credits_replayed_result(credit_usage_log)",
+    "credits_internal.replayed_result(credit_usage_log)",
     "credits_topup_on_role_change()",
 ]
 
@@ -34,7 +34,7 @@ def test_functions_are_definer_with_fixed_search_path_revoked_and_commented(conn
             (signature,),
         ).fetchone() or (None, None, None, None)
         assert secdef is True, signature
-        assert config == ["search_path=pg_catalog, public, pg_temp"], signature
+        assert config == ["search_path=pg_catalog, pg_temp"], signature
         assert public_can is False, signature
         assert comment, signature
 

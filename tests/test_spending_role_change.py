@@ -56,10 +56,12 @@ def test_bulk_role_change(conn: Conn) -> None:
     assert integrity(conn) == []
 
 
-def test_users_without_balance_row_are_left_to_the_backfill(conn: Conn) -> None:
+def test_a_user_without_a_balance_row_gets_the_new_roles_allocation(conn: Conn) -> None:
+    # The account is opened by the role change itself, at the new role, exactly as
+    # the backfill would open it (see test_ledger_correctness for why).
     [user] = add_users_without_credits(conn, "member")
     set_role(conn, "admin", user)
-    assert balance(conn, user) is None
+    assert balance(conn, user) == (1000, 0, 1000)
     conn.execute("SELECT backfill_user_credits()")
     assert balance(conn, user) == (1000, 0, 1000)
 

@@ -108,7 +108,7 @@ def test_table_constraints_are_named(conn: Conn) -> None:
     [admin] = add_users(conn, "team_admin")
     error = fails_cleanly(
         conn, "23514",
-        "INSERT INTO team_credit_sharing (team_admin_id, team_member_id) VALUES (%s, %s)",
+        "INSERT INTO team_credit_sharing (team_admin_id, team_member_id, seat) VALUES (%s, %s, 1)",
         (admin, admin),
     )
     assert error.diag.constraint_name == "team_credit_sharing_not_self"
