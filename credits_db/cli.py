@@ -347,7 +347,7 @@ def _demo(server_url: str, *, json_output: bool) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from credits_db.api import serve
+        from credits_db.http import serve
     except ImportError as exc:
         raise UsageError(f"the HTTP API needs its extra: pip install 'credits-db[api]' ({exc})"
                          ) from exc

@@ -1,0 +1,150 @@
+"""The admin pages: sign-in, users without credits and credits by role, and the
+Backfill Credits button with its confirmation step (server-rendered HTML, no JavaScript).
+
+The bearer token is kept in the :data:`~credits_db.http.auth.TOKEN_COOKIE` cookie;
+the backfill form carries a CSRF token derived from it.
+"""
+
+import hashlib
+import hmac
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+import psycopg
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+
+from credits_db import aio, errors
+from credits_db.http import templates
+from credits_db.http.auth import TOKEN_COOKIE, AuthDependency, Caller, request_token
+from credits_db.http.errors import _error_headers, error_content
+from credits_db.models import AllocationReport, BackfillSummary
+
+
+class _HtmlRoute(APIRoute):
+    """Errors of the admin pages as HTML pages (401 shows the sign-in form)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (errors.CreditsError, psycopg.Error, RequestValidationError,
+                    HTTPException) as exc:
+                status, content = error_content(exc)
+                if status == 401:
+                    page = templates.login_page(_path(request, "credits_admin_login"),
+                                                message=content["error"]["message"])
+                else:
+                    page = templates.error_page(status, content["error"]["type"],
+                                                content["error"]["message"],
+                                                _path(request, "credits_admin_login"))
+                return HTMLResponse(page, status, headers=_error_headers(exc, status))
+
+        return handle
+
+
+def _path(request: Request, name: str) -> str:
+    return request.url_for(name).path
+
+
+def _csrf_token(request: Request) -> str:
+    token = request_token(request) or ""
+    return hashlib.sha256(b"credits-db csrf\0" + token.encode()).hexdigest()
+
+
+async def _form(request: Request) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("application/x-www-form-urlencoded"):
+        raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
+    fields = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items()}
+
+
+ConnectionFactory = Callable[[], Any]
+
+
+def admin_router(connection: ConnectionFactory, auth: AuthDependency) -> APIRouter:
+    """The admin pages (``/admin/*``, not in the OpenAPI schema); admins only but the login."""
+    router = APIRouter(route_class=_HtmlRoute, include_in_schema=False)
+
+    def require_admin(caller: Annotated[Caller, Depends(auth)]) -> Caller:
+        if not caller.is_admin:
+            raise HTTPException(403, "this page is for administrators only")
+        return caller
+
+    AdminDep = Annotated[Caller, Depends(require_admin)]  # noqa: N806
+
+    def set_token_cookie(request: Request, response: Response, token: str) -> None:
+        response.set_cookie(
+            TOKEN_COOKIE, token, httponly=True, samesite="strict",
+            secure=request.url.scheme == "https",
+            path=_path(request, "credits_admin_login").rsplit("/", 1)[0] or "/",
+        )
+
+    @router.get("/admin/login", name="credits_admin_login", response_class=HTMLResponse)
+    async def login_form(request: Request, token: str | None = None) -> Response:
+        """The sign-in form; ``?token=`` signs in directly (convenient, but puts the
+        token in the browser history and server logs)."""
+        if token:
+            response = RedirectResponse(_path(request, "credits_admin_page"), 303)
+            set_token_cookie(request, response, token)
+            return response
+        return HTMLResponse(templates.login_page(_path(request, "credits_admin_login")))
+
+    @router.post("/admin/login", response_class=HTMLResponse)
+    async def login(request: Request) -> Response:
+        token = (await _form(request)).get("token", "").strip()
+        if not token:
+            return HTMLResponse(templates.login_page(_path(request, "credits_admin_login"),
+                                                     message="Enter a token."), 422)
+        response = RedirectResponse(_path(request, "credits_admin_page"), 303)
+        set_token_cookie(request, response, token)
+        return response
+
+    @router.post("/admin/logout", name="credits_admin_logout")
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse(_path(request, "credits_admin_login"), 303)
+        response.delete_cookie(
+            TOKEN_COOKIE, path=_path(request, "credits_admin_login").rsplit("/", 1)[0] or "/")
+        return response
+
+    def links(request: Request) -> templates.Links:
+        return templates.Links(page=_path(request, "credits_admin_page"),
+                               backfill=_path(request, "credits_admin_backfill"),
+                               logout=_path(request, "credits_admin_logout"))
+
+    async def report() -> AllocationReport:
+        async with connection() as conn:
+            result: AllocationReport = await aio.allocation_report(conn)
+            return result
+
+    @router.get("/admin/credits", name="credits_admin_page", response_class=HTMLResponse)
+    async def admin_page(request: Request, _admin: AdminDep) -> HTMLResponse:
+        """Users without credits, credits by role, and the Backfill Credits button."""
+        return HTMLResponse(templates.admin_page(links(request), await report()))
+
+    @router.get("/admin/credits/backfill", name="credits_admin_backfill",
+                response_class=HTMLResponse)
+    async def confirm_backfill(request: Request, _admin: AdminDep) -> HTMLResponse:
+        """The confirmation step: what the backfill would do (a dry run), Confirm or Cancel."""
+        async with connection() as conn:
+            preview: BackfillSummary = await aio.backfill(conn, dry_run=True)
+        return HTMLResponse(templates.confirm_page(links(request), preview, _csrf_token(request)))
+
+    @router.post("/admin/credits/backfill", response_class=HTMLResponse)
+    async def run_backfill(request: Request, _admin: AdminDep) -> HTMLResponse:
+        """Run the backfill (needs the form's CSRF token) and show its summary."""
+        form = await _form(request)
+        if not hmac.compare_digest(form.get("csrf", ""), _csrf_token(request)):
+            raise HTTPException(403, "the form has expired or did not come from this page; "
+                                     "open the admin page and try again")
+        async with connection() as conn:
+            summary: BackfillSummary = await aio.backfill(conn)
+        return HTMLResponse(templates.admin_page(links(request), await report(), summary))
+
+    return router
