@@ -34,6 +34,7 @@ from credits_db.http.auth import (
     make_demo_token,
     parse_demo_token,
     request_token,
+    require_admin,
 )
 from credits_db.http.errors import HTTP_STATUS, ErrorMappingRoute, error_content
 from credits_db.http.routes import create_router
@@ -55,5 +56,6 @@ __all__ = [
     "make_demo_token",
     "parse_demo_token",
     "request_token",
+    "require_admin",
     "serve",
 ]

@@ -19,7 +19,13 @@ from fastapi.routing import APIRoute
 
 from credits_db import aio, errors
 from credits_db.http import templates
-from credits_db.http.auth import TOKEN_COOKIE, AuthDependency, Caller, request_token
+from credits_db.http.auth import (
+    TOKEN_COOKIE,
+    AuthDependency,
+    Caller,
+    request_token,
+    require_admin,
+)
 from credits_db.http.errors import _error_headers, error_content
 from credits_db.models import AllocationReport, BackfillSummary
 
@@ -71,13 +77,7 @@ ConnectionFactory = Callable[[], Any]
 def admin_router(connection: ConnectionFactory, auth: AuthDependency) -> APIRouter:
     """The admin pages (``/admin/*``, not in the OpenAPI schema); admins only but the login."""
     router = APIRouter(route_class=_HtmlRoute, include_in_schema=False)
-
-    def require_admin(caller: Annotated[Caller, Depends(auth)]) -> Caller:
-        if not caller.is_admin:
-            raise HTTPException(403, "this page is for administrators only")
-        return caller
-
-    AdminDep = Annotated[Caller, Depends(require_admin)]  # noqa: N806
+    AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     def set_token_cookie(request: Request, response: Response, token: str) -> None:
         response.set_cookie(

@@ -110,3 +110,17 @@ def demo_token_auth(secret: str) -> Callable[..., Caller]:
         return caller
 
     return authenticate
+
+
+def require_admin(auth: AuthDependency) -> Callable[..., Caller]:
+    """A dependency: the :class:`Caller` ``auth`` returns, if an administrator; else 403.
+
+    The 403 maps to ``42501 PermissionDenied`` (:func:`~credits_db.http.error_content`).
+    """
+
+    def admin(caller: Annotated[Caller, Depends(auth)]) -> Caller:
+        if not caller.is_admin:
+            raise HTTPException(403, "administrators only")
+        return caller
+
+    return admin

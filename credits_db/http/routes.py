@@ -11,14 +11,14 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import psycopg
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, Query
 from psycopg.rows import tuple_row
 
 from credits_db import aio
 from credits_db._execute import arun
 from credits_db.http._queries import Pool, recent_usage, team_member_limit
 from credits_db.http.admin import admin_router
-from credits_db.http.auth import AuthDependency, Caller
+from credits_db.http.auth import AuthDependency, Caller, require_admin
 from credits_db.http.errors import ErrorMappingRoute, error_responses
 from credits_db.http.schemas import (
     AddTeamMemberRequest,
@@ -59,13 +59,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     """
     router = APIRouter(route_class=ErrorMappingRoute)
     CallerDep = Annotated[Caller, Depends(auth)]  # noqa: N806
-
-    def require_admin(caller: CallerDep) -> Caller:
-        if not caller.is_admin:
-            raise HTTPException(403, "administrators only")
-        return caller
-
-    AdminDep = Annotated[Caller, Depends(require_admin)]  # noqa: N806
+    AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     @asynccontextmanager
     async def connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
