@@ -7,17 +7,14 @@ the backfill form carries a CSRF token derived from it.
 
 import hashlib
 import hmac
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.routing import APIRoute
 
-from credits_db import aio, errors
+from credits_db import aio
 from credits_db.http import templates
 from credits_db.http.auth import (
     TOKEN_COOKIE,
@@ -26,32 +23,23 @@ from credits_db.http.auth import (
     request_token,
     require_admin,
 )
-from credits_db.http.errors import _error_headers, error_content
+from credits_db.http.errors import ErrorMappingRoute
 from credits_db.models import AllocationReport, BackfillSummary
 
 
-class _HtmlRoute(APIRoute):
+class _HtmlRoute(ErrorMappingRoute):
     """Errors of the admin pages as HTML pages (401 shows the sign-in form)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except (errors.CreditsError, psycopg.Error, RequestValidationError,
-                    HTTPException) as exc:
-                status, content = error_content(exc)
-                if status == 401:
-                    page = templates.login_page(_path(request, "credits_admin_login"),
-                                                message=content["error"]["message"])
-                else:
-                    page = templates.error_page(status, content["error"]["type"],
-                                                content["error"]["message"],
-                                                _path(request, "credits_admin_login"))
-                return HTMLResponse(page, status, headers=_error_headers(exc, status))
-
-        return handle
+    def render_error(self, request: Request, status: int, content: dict[str, Any],
+                     headers: dict[str, str]) -> Response:
+        """The error as a page: the sign-in form for a 401, else an error page."""
+        error = content["error"]
+        login = _path(request, "credits_admin_login")
+        if status == 401:
+            page = templates.login_page(login, message=error["message"])
+        else:
+            page = templates.error_page(status, error["type"], error["message"], login)
+        return HTMLResponse(page, status, headers=headers)
 
 
 def _path(request: Request, name: str) -> str:

@@ -106,10 +106,12 @@ def _error_headers(exc: Exception, status: int) -> dict[str, str]:
 
 
 class ErrorMappingRoute(APIRoute):
-    """An ``APIRoute`` that turns exceptions into the JSON error body (:func:`error_content`).
+    """An ``APIRoute`` that turns exceptions into error responses (:func:`error_content`).
 
     A router-level alternative to app exception handlers, so the mapping travels
     with the router. Use it for your own routes: ``APIRouter(route_class=ErrorMappingRoute)``.
+    The response is the JSON error body; a subclass overriding :meth:`render_error`
+    renders the same error otherwise (the admin pages: an HTML page).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -122,9 +124,14 @@ class ErrorMappingRoute(APIRoute):
             except (errors.CreditsError, psycopg.Error, RequestValidationError,
                     HTTPException) as exc:
                 status, content = error_content(exc)
-                return JSONResponse(content, status, headers=_error_headers(exc, status))
+                return self.render_error(request, status, content, _error_headers(exc, status))
 
         return handle
+
+    def render_error(self, request: Request, status: int, content: dict[str, Any],
+                     headers: dict[str, str]) -> Response:
+        """The response for an error: ``content`` (an :class:`ErrorResponse` body) as JSON."""
+        return JSONResponse(content, status, headers=headers)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
