@@ -7,7 +7,6 @@ the backfill form carries a CSRF token derived from it.
 
 import hashlib
 import hmac
-from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -16,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from credits_db import aio
 from credits_db.http import templates
+from credits_db.http._queries import Pool
 from credits_db.http.auth import (
     TOKEN_COOKIE,
     AuthDependency,
@@ -24,7 +24,7 @@ from credits_db.http.auth import (
     require_admin,
 )
 from credits_db.http.errors import ErrorMappingRoute
-from credits_db.models import AllocationReport, BackfillSummary
+from credits_db.models import AllocationReport
 
 
 class _HtmlRoute(ErrorMappingRoute):
@@ -59,10 +59,7 @@ async def _form(request: Request) -> dict[str, str]:
     return {key: values[0] for key, values in fields.items()}
 
 
-ConnectionFactory = Callable[[], Any]
-
-
-def admin_router(connection: ConnectionFactory, auth: AuthDependency) -> APIRouter:
+def admin_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     """The admin pages (``/admin/*``, not in the OpenAPI schema); admins only but the login."""
     router = APIRouter(route_class=_HtmlRoute, include_in_schema=False)
     AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
@@ -107,9 +104,8 @@ def admin_router(connection: ConnectionFactory, auth: AuthDependency) -> APIRout
                                logout=_path(request, "credits_admin_logout"))
 
     async def report() -> AllocationReport:
-        async with connection() as conn:
-            result: AllocationReport = await aio.allocation_report(conn)
-            return result
+        async with pool.connection() as conn:
+            return await aio.allocation_report(conn)
 
     @router.get("/admin/credits", name="credits_admin_page", response_class=HTMLResponse)
     async def admin_page(request: Request, _admin: AdminDep) -> HTMLResponse:
@@ -120,8 +116,8 @@ def admin_router(connection: ConnectionFactory, auth: AuthDependency) -> APIRout
                 response_class=HTMLResponse)
     async def confirm_backfill(request: Request, _admin: AdminDep) -> HTMLResponse:
         """The confirmation step: what the backfill would do (a dry run), Confirm or Cancel."""
-        async with connection() as conn:
-            preview: BackfillSummary = await aio.backfill(conn, dry_run=True)
+        async with pool.connection() as conn:
+            preview = await aio.backfill(conn, dry_run=True)
         return HTMLResponse(templates.confirm_page(links(request), preview, _csrf_token(request)))
 
     @router.post("/admin/credits/backfill", response_class=HTMLResponse)
@@ -131,8 +127,8 @@ def admin_router(connection: ConnectionFactory, auth: AuthDependency) -> APIRout
         if not hmac.compare_digest(form.get("csrf", ""), _csrf_token(request)):
             raise HTTPException(403, "the form has expired or did not come from this page; "
                                      "open the admin page and try again")
-        async with connection() as conn:
-            summary: BackfillSummary = await aio.backfill(conn)
+        async with pool.connection() as conn:
+            summary = await aio.backfill(conn)
         return HTMLResponse(templates.admin_page(links(request), await report(), summary))
 
     return router

@@ -5,14 +5,11 @@ The API never takes a user id for balances or spending: it always acts for the
 caller, so a user can never read or spend another user's credits.
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Body, Depends, Query
-from psycopg.rows import tuple_row
 
 from credits_db import aio
 from credits_db._execute import arun
@@ -61,22 +58,11 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     CallerDep = Annotated[Caller, Depends(auth)]  # noqa: N806
     AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
-    @asynccontextmanager
-    async def connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with pool.connection() as conn:
-            # The calls read row[0]: a pool configured with another row factory still works.
-            factory = conn.row_factory
-            conn.row_factory = tuple_row
-            try:
-                yield conn
-            finally:
-                conn.row_factory = factory
-
     @router.get("/api/credits/status", response_model=CreditStatus, tags=["credits"],
                 responses=error_responses(401, 404, 503))
     async def credit_status(caller: CallerDep) -> "CreditStatus":
         """The caller's own balance, team pool and spendable amount."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             return CreditStatus.of(await aio.balance(conn, caller.user_id))
 
     @router.post("/api/credits/check", response_model=CheckResponse, tags=["credits"],
@@ -87,7 +73,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
         Uses the same ``spendable`` figure the debit checks (own account, else the
         whole amount from the team pool), so check and spend never disagree.
         """
-        async with connection() as conn:
+        async with pool.connection() as conn:
             balance = await aio.balance(conn, caller.user_id)
         return CheckResponse(has_enough_credits=balance.spendable >= body.required_credits,
                              remaining_credits=balance.spendable,
@@ -97,7 +83,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
                  responses=error_responses(401, 402, 404, 409, 422, 503))
     async def use_credits(caller: CallerDep, body: UseRequest) -> "Operation":
         """Spend credits for the caller: own account first, else whole from the team pool."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             op = await aio.debit(conn, caller.user_id, body.credits, source=body.source,
                                  description=body.description,
                                  idempotency_key=body.idempotency_key)
@@ -113,14 +99,14 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
                 responses=error_responses(401, 503))
     async def list_team_members(caller: CallerDep) -> TeamMembers:
         """The members of the caller's team pool (the caller is the team admin)."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             return await team(conn, caller)
 
     @router.post("/api/credits/team-members", response_model=TeamMembers, status_code=201,
                  tags=["credits"], responses=error_responses(401, 403, 404, 409, 422, 503))
     async def add_team_member(caller: CallerDep, body: AddTeamMemberRequest) -> TeamMembers:
         """Add a user to the caller's pool (a no-op if already there); returns the pool."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             await aio.add_team_member(conn, caller.user_id, body.team_member_id)
             return await team(conn, caller)
 
@@ -128,7 +114,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
                    tags=["credits"], responses=error_responses(401, 422, 503))
     async def remove_team_member(caller: CallerDep, team_member_id: UUID) -> RemovedResponse:
         """Remove a member from the caller's pool; ``removed`` is false if they were not in it."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             removed = await aio.remove_team_member(conn, caller.user_id, team_member_id)
         return RemovedResponse(removed=removed)
 
@@ -139,7 +125,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=HISTORY_MAX)] = 50,
     ) -> History:
         """The caller's account ledger, newest first (a team admin's includes pool debits)."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             entries = await aio.history(conn, caller.user_id, limit=limit)
         return History(entries=[LedgerRow.of(e) for e in entries])
 
@@ -147,7 +133,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
                 responses=error_responses(401, 404, 503))
     async def billing_overview(caller: CallerDep) -> BillingOverview:
         """Remaining credits, team pool and the last 10 usage rows (incl. pool usage)."""
-        async with connection() as conn:
+        async with pool.connection() as conn:
             balance = await aio.balance(conn, caller.user_id)
             recent = await arun(conn, recent_usage(caller.user_id, OVERVIEW_ROWS))
         return BillingOverview(credits=CreditsOverview(
@@ -165,9 +151,9 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     ) -> "BackfillResult":
         """Allocate credits by role to every user who has none (admins only)."""
         request = body or BackfillRequest()
-        async with connection() as conn:
+        async with pool.connection() as conn:
             summary = await aio.backfill(conn, dry_run=request.dry_run, limit=request.limit)
         return BackfillResult.of(summary)
 
-    router.include_router(admin_router(connection, auth))
+    router.include_router(admin_router(pool, auth))
     return router
