@@ -9,16 +9,12 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from importlib.resources import files
-from uuid import UUID
 
-import psycopg
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from psycopg_pool import AsyncConnectionPool
 
-from credits_db import migrate, urls
-from credits_db._queries import parse
+from credits_db import demo, urls
 from credits_db.http._queries import Pool
 from credits_db.http.auth import AuthDependency, demo_token_auth, make_demo_token
 from credits_db.http.routes import create_router
@@ -54,36 +50,16 @@ def create_app(url: str, auth: AuthDependency, *, min_size: int = 1, max_size: i
     return app
 
 
-DEMO_ROLES_WAITING: tuple[str | None, ...] = ("member", "team_admin", "RecruitPro", None)
-"""Roles of the demo users created before installing (they wait for the backfill)."""
-
-DEMO_ROLES: tuple[str, ...] = ("member", "admin", "team_admin", "RecruitPro", "super_admin")
-"""Roles of the demo users who sign up after installing (one per role, with tokens)."""
-
-
 def seed_demo(url: str, secret: str) -> dict[str, str]:
     """Install credits-db into an empty database with demo users; return tokens by name.
 
-    Users of :data:`DEMO_ROLES_WAITING` exist before the install (so the backfill
-    has work); one user per :data:`DEMO_ROLES` signs up after it, and the ``member``
-    joins the ``team_admin``'s pool. The ``super_admin`` user's token is an admin
-    token (``"admin"``); the others are user tokens named by role.
+    The users are :func:`credits_db.demo.seed`'s: one per
+    :data:`~credits_db.demo.DEMO_ROLES` waits for the backfill, one more per role
+    signed up after the install, and that ``member`` is in the ``team_admin``'s
+    pool. Each user who signed up has a user token named by role; the
+    ``super_admin``'s admin token is ``"admin"``.
     """
-    from credits_db import functions
-
-    demo = parse(files("credits_db").joinpath("demo.sql").read_text(encoding="utf-8"))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(demo["create_host_users"])
-        conn.execute(demo["add_users"], {"roles": list(DEMO_ROLES_WAITING), "prefix": "waiting"})
-        migrate.upgrade(url)
-        rows = conn.execute(
-            "INSERT INTO users (email, role)"
-            " SELECT format('%%s@example.com', lower(r)), r FROM unnest(%(roles)s::text[]) AS r"
-            " RETURNING role, id",
-            {"roles": list(DEMO_ROLES)},
-        ).fetchall()
-        ids = {str(role): UUID(str(user_id)) for role, user_id in rows}
-        functions.add_team_member(conn, ids["team_admin"], ids["member"])
+    ids = demo.seed(url)
     tokens = {role: make_demo_token(secret, user_id) for role, user_id in ids.items()}
     tokens["admin"] = make_demo_token(secret, ids["super_admin"], is_admin=True)
     return tokens
