@@ -62,23 +62,33 @@ async def _form(request: Request) -> dict[str, str]:
 def admin_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     """The admin pages (``/admin/*``, not in the OpenAPI schema); admins only but the login."""
     router = APIRouter(route_class=_HtmlRoute, include_in_schema=False)
-    AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
+    _add_sign_in_routes(router)
+    _add_page_routes(router, pool, auth)
+    return router
 
-    def set_token_cookie(request: Request, response: Response, token: str) -> None:
-        response.set_cookie(
-            TOKEN_COOKIE, token, httponly=True, samesite="strict",
-            secure=request.url.scheme == "https",
-            path=_path(request, "credits_admin_login").rsplit("/", 1)[0] or "/",
-        )
+
+def _cookie_path(request: Request) -> str:
+    """The admin pages' folder (``/admin``): the token cookie goes nowhere else."""
+    return _path(request, "credits_admin_login").rsplit("/", 1)[0] or "/"
+
+
+def _signed_in(request: Request, token: str) -> Response:
+    """A redirect to the admin page that stores ``token`` in the cookie."""
+    response = RedirectResponse(_path(request, "credits_admin_page"), 303)
+    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path=_cookie_path(request))
+    return response
+
+
+def _add_sign_in_routes(router: APIRouter) -> None:
+    """``/admin/login`` (the form, and posting it) and ``/admin/logout``."""
 
     @router.get("/admin/login", name="credits_admin_login", response_class=HTMLResponse)
     async def login_form(request: Request, token: str | None = None) -> Response:
         """The sign-in form; ``?token=`` signs in directly (convenient, but puts the
         token in the browser history and server logs)."""
         if token:
-            response = RedirectResponse(_path(request, "credits_admin_page"), 303)
-            set_token_cookie(request, response, token)
-            return response
+            return _signed_in(request, token)
         return HTMLResponse(templates.login_page(_path(request, "credits_admin_login")))
 
     @router.post("/admin/login", response_class=HTMLResponse)
@@ -87,21 +97,24 @@ def admin_router(pool: Pool, auth: AuthDependency) -> APIRouter:
         if not token:
             return HTMLResponse(templates.login_page(_path(request, "credits_admin_login"),
                                                      message="Enter a token."), 422)
-        response = RedirectResponse(_path(request, "credits_admin_page"), 303)
-        set_token_cookie(request, response, token)
-        return response
+        return _signed_in(request, token)
 
     @router.post("/admin/logout", name="credits_admin_logout")
     async def logout(request: Request) -> Response:
         response = RedirectResponse(_path(request, "credits_admin_login"), 303)
-        response.delete_cookie(
-            TOKEN_COOKIE, path=_path(request, "credits_admin_login").rsplit("/", 1)[0] or "/")
+        response.delete_cookie(TOKEN_COOKIE, path=_cookie_path(request))
         return response
 
-    def links(request: Request) -> templates.Links:
-        return templates.Links(page=_path(request, "credits_admin_page"),
-                               backfill=_path(request, "credits_admin_backfill"),
-                               logout=_path(request, "credits_admin_logout"))
+
+def _links(request: Request) -> templates.Links:
+    return templates.Links(page=_path(request, "credits_admin_page"),
+                           backfill=_path(request, "credits_admin_backfill"),
+                           logout=_path(request, "credits_admin_logout"))
+
+
+def _add_page_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
+    """``/admin/credits`` and its backfill (the confirmation step, then the run)."""
+    AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     async def report() -> AllocationReport:
         async with pool.connection() as conn:
@@ -110,7 +123,7 @@ def admin_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     @router.get("/admin/credits", name="credits_admin_page", response_class=HTMLResponse)
     async def admin_page(request: Request, _admin: AdminDep) -> HTMLResponse:
         """Users without credits, credits by role, and the Backfill Credits button."""
-        return HTMLResponse(templates.admin_page(links(request), await report()))
+        return HTMLResponse(templates.admin_page(_links(request), await report()))
 
     @router.get("/admin/credits/backfill", name="credits_admin_backfill",
                 response_class=HTMLResponse)
@@ -118,7 +131,7 @@ def admin_router(pool: Pool, auth: AuthDependency) -> APIRouter:
         """The confirmation step: what the backfill would do (a dry run), Confirm or Cancel."""
         async with pool.connection() as conn:
             preview = await aio.backfill(conn, dry_run=True)
-        return HTMLResponse(templates.confirm_page(links(request), preview, _csrf_token(request)))
+        return HTMLResponse(templates.confirm_page(_links(request), preview, _csrf_token(request)))
 
     @router.post("/admin/credits/backfill", response_class=HTMLResponse)
     async def run_backfill(request: Request, _admin: AdminDep) -> HTMLResponse:
@@ -129,6 +142,4 @@ def admin_router(pool: Pool, auth: AuthDependency) -> APIRouter:
                                      "open the admin page and try again")
         async with pool.connection() as conn:
             summary = await aio.backfill(conn)
-        return HTMLResponse(templates.admin_page(links(request), await report(), summary))
-
-    return router
+        return HTMLResponse(templates.admin_page(_links(request), await report(), summary))

@@ -55,8 +55,16 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     ``/api/admin/backfill-credits`` (JSON) and ``/admin/*`` (HTML).
     """
     router = APIRouter(route_class=ErrorMappingRoute)
+    for add_routes in (_add_credit_routes, _add_team_routes, _add_ledger_routes,
+                       _add_admin_routes):
+        add_routes(router, pool, auth)
+    router.include_router(admin_router(pool, auth))
+    return router
+
+
+def _add_credit_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
+    """``/api/credits/status``, ``/check`` and ``/use``: the caller's balance and spending."""
     CallerDep = Annotated[Caller, Depends(auth)]  # noqa: N806
-    AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     @router.get("/api/credits/status", response_model=CreditStatus, tags=["credits"],
                 responses=error_responses(401, 404, 503))
@@ -89,6 +97,11 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
                                  idempotency_key=body.idempotency_key)
         return Operation.of(op)
 
+
+def _add_team_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
+    """``/api/credits/team-members``: the caller's team pool (list, add, remove)."""
+    CallerDep = Annotated[Caller, Depends(auth)]  # noqa: N806
+
     async def team(conn: psycopg.AsyncConnection[Any], caller: Caller) -> TeamMembers:
         members = await aio.list_team_members(conn, caller.user_id)
         return TeamMembers(team_admin_id=caller.user_id,
@@ -118,6 +131,11 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
             removed = await aio.remove_team_member(conn, caller.user_id, team_member_id)
         return RemovedResponse(removed=removed)
 
+
+def _add_ledger_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
+    """``/api/credits/history`` and ``/api/billing/overview``: the caller's ledger rows."""
+    CallerDep = Annotated[Caller, Depends(auth)]  # noqa: N806
+
     @router.get("/api/credits/history", response_model=History, tags=["credits"],
                 responses=error_responses(401, 422, 503))
     async def credit_history(
@@ -143,6 +161,11 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
             recent_usage=[LedgerRow.of(e) for e in recent],
         ))
 
+
+def _add_admin_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
+    """``/api/admin/backfill-credits`` (admins only)."""
+    AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
+
     @router.post("/api/admin/backfill-credits", response_model=BackfillResult, tags=["admin"],
                  responses=error_responses(401, 403, 422, 503))
     async def backfill_credits(
@@ -154,6 +177,3 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
         async with pool.connection() as conn:
             summary = await aio.backfill(conn, dry_run=request.dry_run, limit=request.limit)
         return BackfillResult.of(summary)
-
-    router.include_router(admin_router(pool, auth))
-    return router
