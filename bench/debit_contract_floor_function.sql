@@ -92,8 +92,9 @@ BEGIN
         RETURNING id
     ), keyed AS (
         INSERT INTO public.credit_idempotency_keys
-            (owner_user_id, operation, idempotency_key, log_id)
-        SELECT p_user_id, 'debit', p_key, logged.id FROM logged
+            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+        SELECT p_user_id, 'debit', p_key, logged.id, debited.remaining_credits
+        FROM logged, debited
         ON CONFLICT DO NOTHING
         RETURNING log_id
     )

@@ -55,6 +55,7 @@ CREATE TABLE credit_idempotency_keys (
                     CHECK (operation IN ('debit', 'grant')),
     idempotency_key text NOT NULL,
     log_id          bigint NOT NULL,
+    remaining_credits integer,
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT credit_idempotency_keys_pkey PRIMARY KEY (owner_user_id, operation, idempotency_key)
 );
@@ -63,3 +64,5 @@ REVOKE ALL ON credit_idempotency_keys FROM PUBLIC;
 
 COMMENT ON TABLE credit_idempotency_keys IS
     'One row per idempotency key: the caller who owns it (the spender for a debit, the account for a grant) and the entry it names.';
+COMMENT ON COLUMN credit_idempotency_keys.remaining_credits IS
+    'The remaining_credits the keyed call answered, which a replay answers again (NULL for keys written before revision 0007: rebuilt from the log).';

@@ -60,6 +60,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_earlier   bigint;
+    v_earlier_remaining integer;
     v_remaining integer;
     v_admin     uuid;
     v_entry     public.credit_usage_log;
@@ -140,7 +141,7 @@ BEGIN
         -- One statement: look for the caller's key and, only if there is none,
         -- debit the own account, log it and take the key.
         WITH earlier AS (
-            SELECT k.log_id FROM public.credit_idempotency_keys k
+            SELECT k.log_id, k.remaining_credits FROM public.credit_idempotency_keys k
             WHERE k.owner_user_id = p_user_id AND k.operation = 'debit'
               AND k.idempotency_key = p_idempotency_key
         ), debited AS (
@@ -157,20 +158,22 @@ BEGIN
             RETURNING id
         ), keyed AS (
             INSERT INTO public.credit_idempotency_keys
-                (owner_user_id, operation, idempotency_key, log_id)
-            SELECT p_user_id, 'debit', p_idempotency_key, logged.id FROM logged
+                (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+            SELECT p_user_id, 'debit', p_idempotency_key, logged.id, debited.remaining_credits
+            FROM logged, debited
             ON CONFLICT DO NOTHING
             RETURNING log_id
         )
-        SELECT x.earlier_id, x.remaining,
+        SELECT x.earlier_id, x.earlier_remaining, x.remaining,
                -- The result is built here, not in a RETURN expression: one
                -- condition below instead of three on the way out.
                CASE WHEN x.log_id IS NOT NULL THEN jsonb_build_object(
                    'log_id', x.log_id, 'account_user_id', p_user_id, 'actor_user_id', NULL,
                    'amount', p_amount, 'remaining_credits', x.remaining,
                    'from_team_pool', false, 'replayed', false) END
-        INTO v_earlier, v_remaining, v_result
+        INTO v_earlier, v_earlier_remaining, v_remaining, v_result
         FROM (SELECT (SELECT log_id FROM earlier) AS earlier_id,
+                     (SELECT remaining_credits FROM earlier) AS earlier_remaining,
                      (SELECT remaining_credits FROM debited) AS remaining,
                      (SELECT log_id FROM keyed) AS log_id) AS x;
 
@@ -189,7 +192,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN credits_internal.replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry, v_earlier_remaining);
         END IF;
 
         IF v_remaining IS NOT NULL THEN
@@ -222,8 +225,9 @@ BEGIN
         RETURNING id
     ), keyed AS (
         INSERT INTO public.credit_idempotency_keys
-            (owner_user_id, operation, idempotency_key, log_id)
-        SELECT p_user_id, 'debit', p_idempotency_key, logged.id FROM logged
+            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+        SELECT p_user_id, 'debit', p_idempotency_key, logged.id, debited.remaining_credits
+        FROM logged, debited
         WHERE p_idempotency_key IS NOT NULL
         ON CONFLICT DO NOTHING
         RETURNING log_id

@@ -44,6 +44,7 @@ DECLARE
     v_remaining integer;
     v_total     integer;
     v_earlier   bigint;
+    v_earlier_remaining integer;
     v_key_taken boolean;
     v_entry     public.credit_usage_log;
 BEGIN
@@ -68,7 +69,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock(hashtextextended(
             'credits_db.grant:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
 
-        SELECT k.log_id INTO v_earlier
+        SELECT k.log_id, k.remaining_credits INTO v_earlier, v_earlier_remaining
         FROM public.credit_idempotency_keys k
         WHERE k.owner_user_id = p_user_id AND k.operation = 'grant'
           AND k.idempotency_key = p_idempotency_key;
@@ -82,7 +83,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN credits_internal.replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry, v_earlier_remaining);
         END IF;
     END IF;
 
@@ -129,8 +130,8 @@ BEGIN
         RETURNING id
     ), keyed AS (
         INSERT INTO public.credit_idempotency_keys
-            (owner_user_id, operation, idempotency_key, log_id)
-        SELECT p_user_id, 'grant', p_idempotency_key, logged.id FROM logged
+            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+        SELECT p_user_id, 'grant', p_idempotency_key, logged.id, v_remaining FROM logged
         WHERE p_idempotency_key IS NOT NULL
         ON CONFLICT DO NOTHING
         RETURNING log_id

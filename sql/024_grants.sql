@@ -1,6 +1,6 @@
 -- Privileges, all explicit. Every function has had EXECUTE revoked from PUBLIC
 -- where it was created; here each role gets exactly what it may call. The
--- trigger functions and credits_replayed_result (an internal helper) are
+-- trigger functions and credits_internal.replayed_result (an internal helper) are
 -- granted to nobody: triggers fire without an EXECUTE check, and the helper
 -- is only called from inside the SECURITY DEFINER functions, as the owner.
 --

@@ -95,7 +95,7 @@ def _log_shape(conn: Conn, user_id: str) -> list[tuple[Any, ...]]:
 def _keys(conn: Conn, user_id: str) -> list[tuple[Any, ...]]:
     """The user's idempotency keys, each with what its entry says (revision 0007)."""
     return conn.execute(
-        "SELECT k.operation, k.idempotency_key, l.amount, l.type,"
+        "SELECT k.operation, k.idempotency_key, l.amount, l.type, k.remaining_credits,"
         " l.idempotency_key = k.idempotency_key, l.user_id = k.owner_user_id"
         " FROM credit_idempotency_keys k LEFT JOIN credit_usage_log l ON l.id = k.log_id"
         " WHERE k.owner_user_id = %s ORDER BY k.idempotency_key", (user_id,)).fetchall()
@@ -154,7 +154,7 @@ def test_keyed_contract_floor_finds_an_earlier_entry(conn: Conn) -> None:
     # The key is stored where the package stores it, owned by the caller and
     # naming the entry the result names (revision 0007).
     assert _keys(conn, floor_user) == _keys(conn, package_user) == [
-        ("debit", "k-1", -5, "debit", True, True)]
+        ("debit", "k-1", -5, "debit", 345, True, True)]
     assert _key_log_id(conn, floor_user, "k-1") == got[0]["log_id"]
     # The same key again: the lookup finds the entry and nothing is spent twice
     # (the floor does not build the replayed result: the bench never replays).
@@ -185,7 +185,7 @@ def test_debit_scripts_write_what_a_debit_writes(conn: Conn, script: str) -> Non
     assert balance(conn, script_user) == balance(conn, package_user) == (350, 1, 349)
     assert _log_shape(conn, script_user) == _log_shape(conn, package_user)
     assert _keys(conn, script_user) == _keys(conn, package_user) == (
-        [("debit", key, -1, "debit", True, True)] if keyed else [])
+        [("debit", key, -1, "debit", 349, True, True)] if keyed else [])
     assert _integrity_problems(conn) == []
 
 

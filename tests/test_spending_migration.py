@@ -20,7 +20,7 @@ FUNCTIONS = [
     "refund_credits(bigint,text)",
     "get_credit_balance(uuid)",
     "verify_credit_integrity()",
-    "credits_internal.replayed_result(credit_usage_log)",
+    "credits_internal.replayed_result(credit_usage_log,integer)",
     "credits_topup_on_role_change()",
 ]
 

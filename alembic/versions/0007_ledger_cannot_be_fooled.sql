@@ -123,6 +123,7 @@ CREATE TABLE credit_idempotency_keys (
                     CHECK (operation IN ('debit', 'grant')),
     idempotency_key text NOT NULL,
     log_id          bigint NOT NULL,
+    remaining_credits integer,
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT credit_idempotency_keys_pkey PRIMARY KEY (owner_user_id, operation, idempotency_key)
 );
@@ -131,6 +132,8 @@ REVOKE ALL ON credit_idempotency_keys FROM PUBLIC;
 
 COMMENT ON TABLE credit_idempotency_keys IS
     'One row per idempotency key: the caller who owns it (the spender for a debit, the account for a grant) and the entry it names.';
+COMMENT ON COLUMN credit_idempotency_keys.remaining_credits IS
+    'The remaining_credits the keyed call answered, which a replay answers again (NULL for keys written before revision 0007: rebuilt from the log).';
 
 -- ---- 023_row_level_security.sql / 024_grants.sql: who sees the keys ----
 ALTER TABLE credit_idempotency_keys ENABLE ROW LEVEL SECURITY;
@@ -438,7 +441,10 @@ COMMENT ON FUNCTION credit_allocation_report() IS
     'Users with and without a balance, and credits held per role (the post-backfill verification report).';
 
 -- ---- 012_replayed_result.sql ----
-CREATE OR REPLACE FUNCTION credits_internal.replayed_result(p_entry public.credit_usage_log) RETURNS jsonb
+CREATE OR REPLACE FUNCTION credits_internal.replayed_result(
+    p_entry     public.credit_usage_log,
+    p_remaining integer
+) RETURNS jsonb
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
@@ -449,20 +455,21 @@ AS $$
         'account_user_id', p_entry.user_id,
         'actor_user_id', p_entry.actor_user_id,
         'amount', abs(p_entry.amount),
-        'remaining_credits', (SELECT sum(l.amount) FROM public.credit_usage_log l
-                              WHERE l.user_id = p_entry.user_id AND l.id <= p_entry.id
-                                AND l.id > coalesce((SELECT uc.opened_after_log_id
-                                                     FROM public.user_credits uc
-                                                     WHERE uc.user_id = p_entry.user_id), 0)),
+        'remaining_credits', coalesce(p_remaining, (
+            SELECT sum(l.amount) FROM public.credit_usage_log l
+            WHERE l.user_id = p_entry.user_id AND l.id <= p_entry.id
+              AND l.id > coalesce((SELECT uc.opened_after_log_id FROM public.user_credits uc
+                                   WHERE uc.user_id = p_entry.user_id
+                                     AND uc.opened_after_log_id < p_entry.id), 0))),
         'from_team_pool', p_entry.actor_user_id IS NOT NULL,
         'replayed', true
     );
 $$;
 
-REVOKE EXECUTE ON FUNCTION credits_internal.replayed_result(public.credit_usage_log) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION credits_internal.replayed_result(public.credit_usage_log, integer) FROM PUBLIC;
 
-COMMENT ON FUNCTION credits_internal.replayed_result(public.credit_usage_log) IS
-    'Internal: the result a keyed debit or grant returned originally, rebuilt from its log entry (replayed = true).';
+COMMENT ON FUNCTION credits_internal.replayed_result(public.credit_usage_log, integer) IS
+    'Internal: the result a keyed debit or grant returned originally, from its log entry and the remaining_credits its key stored (replayed = true).';
 
 -- ---- 013_add_team_member.sql ----
 CREATE OR REPLACE FUNCTION add_team_member(p_team_admin_id uuid, p_team_member_id uuid) RETURNS void
@@ -609,6 +616,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_earlier   bigint;
+    v_earlier_remaining integer;
     v_remaining integer;
     v_admin     uuid;
     v_entry     public.credit_usage_log;
@@ -689,7 +697,7 @@ BEGIN
         -- One statement: look for the caller's key and, only if there is none,
         -- debit the own account, log it and take the key.
         WITH earlier AS (
-            SELECT k.log_id FROM public.credit_idempotency_keys k
+            SELECT k.log_id, k.remaining_credits FROM public.credit_idempotency_keys k
             WHERE k.owner_user_id = p_user_id AND k.operation = 'debit'
               AND k.idempotency_key = p_idempotency_key
         ), debited AS (
@@ -706,20 +714,22 @@ BEGIN
             RETURNING id
         ), keyed AS (
             INSERT INTO public.credit_idempotency_keys
-                (owner_user_id, operation, idempotency_key, log_id)
-            SELECT p_user_id, 'debit', p_idempotency_key, logged.id FROM logged
+                (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+            SELECT p_user_id, 'debit', p_idempotency_key, logged.id, debited.remaining_credits
+            FROM logged, debited
             ON CONFLICT DO NOTHING
             RETURNING log_id
         )
-        SELECT x.earlier_id, x.remaining,
+        SELECT x.earlier_id, x.earlier_remaining, x.remaining,
                -- The result is built here, not in a RETURN expression: one
                -- condition below instead of three on the way out.
                CASE WHEN x.log_id IS NOT NULL THEN jsonb_build_object(
                    'log_id', x.log_id, 'account_user_id', p_user_id, 'actor_user_id', NULL,
                    'amount', p_amount, 'remaining_credits', x.remaining,
                    'from_team_pool', false, 'replayed', false) END
-        INTO v_earlier, v_remaining, v_result
+        INTO v_earlier, v_earlier_remaining, v_remaining, v_result
         FROM (SELECT (SELECT log_id FROM earlier) AS earlier_id,
+                     (SELECT remaining_credits FROM earlier) AS earlier_remaining,
                      (SELECT remaining_credits FROM debited) AS remaining,
                      (SELECT log_id FROM keyed) AS log_id) AS x;
 
@@ -738,7 +748,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN credits_internal.replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry, v_earlier_remaining);
         END IF;
 
         IF v_remaining IS NOT NULL THEN
@@ -771,8 +781,9 @@ BEGIN
         RETURNING id
     ), keyed AS (
         INSERT INTO public.credit_idempotency_keys
-            (owner_user_id, operation, idempotency_key, log_id)
-        SELECT p_user_id, 'debit', p_idempotency_key, logged.id FROM logged
+            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+        SELECT p_user_id, 'debit', p_idempotency_key, logged.id, debited.remaining_credits
+        FROM logged, debited
         WHERE p_idempotency_key IS NOT NULL
         ON CONFLICT DO NOTHING
         RETURNING log_id
@@ -841,6 +852,7 @@ DECLARE
     v_remaining integer;
     v_total     integer;
     v_earlier   bigint;
+    v_earlier_remaining integer;
     v_key_taken boolean;
     v_entry     public.credit_usage_log;
 BEGIN
@@ -865,7 +877,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock(hashtextextended(
             'credits_db.grant:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
 
-        SELECT k.log_id INTO v_earlier
+        SELECT k.log_id, k.remaining_credits INTO v_earlier, v_earlier_remaining
         FROM public.credit_idempotency_keys k
         WHERE k.owner_user_id = p_user_id AND k.operation = 'grant'
           AND k.idempotency_key = p_idempotency_key;
@@ -879,7 +891,7 @@ BEGIN
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
                                           v_entry.source, p_amount, p_source);
             END IF;
-            RETURN credits_internal.replayed_result(v_entry);
+            RETURN credits_internal.replayed_result(v_entry, v_earlier_remaining);
         END IF;
     END IF;
 
@@ -926,8 +938,8 @@ BEGIN
         RETURNING id
     ), keyed AS (
         INSERT INTO public.credit_idempotency_keys
-            (owner_user_id, operation, idempotency_key, log_id)
-        SELECT p_user_id, 'grant', p_idempotency_key, logged.id FROM logged
+            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+        SELECT p_user_id, 'grant', p_idempotency_key, logged.id, v_remaining FROM logged
         WHERE p_idempotency_key IS NOT NULL
         ON CONFLICT DO NOTHING
         RETURNING log_id

@@ -1049,7 +1049,7 @@ REVOKE EXECUTE ON FUNCTION credits_current_user_id() FROM PUBLIC;
 COMMENT ON FUNCTION credits_current_user_id() IS
     'The user the current request acts for: auth.uid() when it exists (Supabase), else the setting credits.user_id (empty = NULL, not a uuid = 22P02).';
 
-DROP FUNCTION credits_internal.replayed_result(credit_usage_log);
+DROP FUNCTION credits_internal.replayed_result(credit_usage_log, integer);
 DROP FUNCTION credits_internal.current_user_id();
 DROP SCHEMA credits_internal;
 
