@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     history = add("history", cmd_history, "USER's ledger, newest first")
     history.add_argument("user")
     history.add_argument("--limit", type=int, default=20)
-    add("demo", cmd_demo, "run a demo (embedded PostgreSQL unless --url/DATABASE_URL)")
+    add("demo", cmd_demo, "run a demo (embedded PostgreSQL, from the demo extra, unless "
+        "--url/DATABASE_URL)")
     commands.add_parser("bench", add_help=False,
                         help="run the benchmark, from a checkout: credits-db bench [--quick] "
                         "[--url URL]")
