@@ -7,27 +7,19 @@ import json
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, NoReturn
 
 import psycopg
 import sqlalchemy.exc
-from psycopg import sql
 
 import credits_db
-from credits_db import embedded, migrate, urls
-from credits_db._queries import parse
+from credits_db import demo, embedded, migrate, urls
 from credits_db.errors import CreditsError
 from credits_db.models import AllocationReport, BackfillSummary, RoleAllocation
-
-DEMO_ROLES: tuple[str | None, ...] = (
-    "member", "admin", "team_admin", "RecruitPro", "super_admin", None, "Recruiter",
-)
 
 
 class UsageError(Exception):
@@ -320,41 +312,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(server_url: str, *, json_output: bool) -> int:
     """Run the demo in a database of its own, dropped afterwards."""
-    statements = parse(files("credits_db").joinpath("demo.sql").read_text(encoding="utf-8"))
-    name = f"credits_db_demo_{uuid.uuid4().hex[:8]}"
-    with _connect(server_url) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        url = urls.with_database(server_url, name)
-        with _connect(url) as conn:
-            conn.execute(statements["create_host_users"])
-            conn.execute(statements["add_users"], {"roles": list(DEMO_ROLES), "prefix": "before"})
-            note(f"created {len(DEMO_ROLES)} users before installing credits-db")
-            migrate.upgrade(url)
-            pending = credits_db.backfill(conn, dry_run=True)
-            note(f"installed credits-db {migrate.current(url)}; "
-                 f"{pending.users_without_credits} users wait for the backfill")
-            conn.execute(statements["add_users"], {"roles": list(DEMO_ROLES), "prefix": "after"})
-            note(f"signed up {len(DEMO_ROLES)} users after installing (the trigger allocated)")
-            summary = credits_db.backfill(conn)
-            report = credits_db.allocation_report(conn)
-        if json_output:
-            _print_json({"backfill": asdict(summary), "allocation": asdict(report)})
-        else:
-            _print_backfill(summary)
-            out()
-            _print_report(report)
-    finally:
-        with _connect(server_url) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                          .format(sql.Identifier(name)))
+    summary, report = demo.run(server_url, say=note)
+    if json_output:
+        _print_json({"backfill": asdict(summary), "allocation": asdict(report)})
+    else:
+        _print_backfill(summary)
+        out()
+        _print_report(report)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     url = args.url or urls.from_environment()
     try:
-        from credits_db.api import serve
+        from credits_db.http import serve
     except ImportError as exc:
         extras = "api" if url is not None or _has_embedded() else "api,demo"
         raise UsageError(f"the HTTP API is not installed ({exc}): "

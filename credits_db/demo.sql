@@ -1,4 +1,5 @@
--- Sample data for `credits-db demo`, loaded by name like queries.sql.
+-- Sample data for `credits-db demo` and `credits-db serve` (credits_db/demo.py),
+-- loaded by name like queries.sql.
 
 -- name: create_host_users
 -- The users table a host application would already have before installing credits-db.
@@ -10,7 +11,8 @@ CREATE TABLE users (
 );
 
 -- name: add_users
--- One user per role in %(roles)s, emails prefixed with %(prefix)s.
+-- One user per role in %(roles)s, emails prefixed with %(prefix)s; returns (role, id).
 INSERT INTO users (email, role)
 SELECT format('%%s-%%s@example.com', %(prefix)s::text, n), r
-FROM unnest(%(roles)s::text[]) WITH ORDINALITY AS t(r, n);
+FROM unnest(%(roles)s::text[]) WITH ORDINALITY AS t(r, n)
+RETURNING role, id;

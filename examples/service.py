@@ -8,13 +8,13 @@ Run it (from the repository root)::
 
 Mint a token for a user (a DEMO scheme: tokens never expire; use your own auth)::
 
-    python -c 'from credits_db.api import make_demo_token as t; print(t("change-me", "<uuid>"))'
+    python -c 'from credits_db.http import make_demo_token as t; print(t("change-me", "<uuid>"))'
 
 and call ``curl -H "Authorization: Bearer <token>" localhost:8000/api/credits/status``.
 Admin tokens (``is_admin=True``) may backfill and open ``/admin/credits``.
 
 What a real service replaces: ``authenticate`` (here: the demo HMAC tokens) with
-its own session or JWT check that returns a :class:`credits_db.api.Caller`.
+its own session or JWT check that returns a :class:`credits_db.http.Caller`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from credits_db import urls
-from credits_db.api import create_router, demo_token_auth
+from credits_db.http import create_router, demo_token_auth
 
 
 def _setting(name: str) -> str:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from credits_db.api import TOKEN_COOKIE
+from credits_db.http import TOKEN_COOKIE
 from tests.conftest import Database
 from tests.helpers import Conn, add_users, add_users_without_credits, balance
 from tests.test_http_support import SECRET, run, token

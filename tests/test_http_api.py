@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 import credits_db
 from credits_db import errors
-from credits_db.api import HTTP_STATUS, ErrorMappingRoute, make_demo_token
+from credits_db.http import HTTP_STATUS, ErrorMappingRoute, make_demo_token
 from tests.conftest import Database
 from tests.helpers import Conn, add_users, add_users_without_credits, balance
 from tests.test_http_support import bearer, error_of, run

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from credits_db.api import create_app, demo_token_auth
+from credits_db.http import create_app, demo_token_auth
 from tests.conftest import Database
 from tests.helpers import Conn, add_users, add_users_without_credits, balance
 from tests.test_http_support import SECRET, token

@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
-from credits_db.api import create_router, demo_token_auth, make_demo_token
+from credits_db.http import create_router, demo_token_auth, make_demo_token
 from tests.conftest import Database
 
 SECRET = "test-secret-not-for-production"  # noqa: S105

@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from credits_db import migrate
 from credits_db._migration import escape_for_text
 from credits_db._resources import alembic_dir, sql_files
+from tests.catalog import difference, fingerprint_at
 from tests.conftest import Database, Server
 
 HOST_USERS = (
@@ -162,58 +163,6 @@ def psql() -> str:
     return str(Path(POSTGRES_BIN_PATH) / "psql")
 
 
-def catalog(db: Database) -> list[tuple[Any, ...]]:
-    """A fingerprint of every object in public: columns, constraints, indexes, triggers,
-    functions, views, policies, row level security and privileges."""
-    with db.connect() as conn:
-        return conn.execute(
-            """
-            SELECT 'column', table_name || '.' || column_name,
-                   concat_ws(' ', data_type, is_nullable, column_default, generation_expression)
-            FROM information_schema.columns WHERE table_schema = 'public'
-              AND table_name <> 'credits_db_version'
-            UNION ALL
-            SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
-            FROM pg_constraint WHERE connamespace = 'public'::regnamespace
-              AND conrelid <> coalesce(to_regclass('public.credits_db_version'), 0)
-            UNION ALL
-            SELECT 'index', indexrelid::regclass::text, pg_get_indexdef(indexrelid)
-            FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class
-                WHERE relnamespace = 'public'::regnamespace AND relname <> 'credits_db_version')
-            UNION ALL
-            SELECT 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oid)
-            FROM pg_trigger WHERE NOT tgisinternal
-            UNION ALL
-            SELECT 'function', p.oid::regprocedure::text,
-                   pg_get_functiondef(p.oid) || coalesce(array_to_string(p.proacl, ','), '')
-            FROM pg_proc p WHERE pronamespace IN ('public'::regnamespace,
-                                                  to_regnamespace('credits_internal'))
-            UNION ALL
-            SELECT 'schema', n.nspname, coalesce(array_to_string(n.nspacl, ','), '')
-            FROM pg_namespace n WHERE n.nspname = 'credits_internal'
-            UNION ALL
-            SELECT 'view', c.oid::regclass::text, pg_get_viewdef(c.oid)
-            FROM pg_class c WHERE relnamespace = 'public'::regnamespace AND relkind = 'v'
-            UNION ALL
-            SELECT 'policy', pol.polrelid::regclass::text || '.' || pol.polname,
-                   concat_ws(' ', pol.polcmd, pol.polpermissive, pol.polroles::regrole[]::text,
-                             pg_get_expr(pol.polqual, pol.polrelid),
-                             pg_get_expr(pol.polwithcheck, pol.polrelid))
-            FROM pg_policy pol
-            UNION ALL
-            SELECT 'row security', c.oid::regclass::text,
-                   concat_ws(' ', c.relrowsecurity, c.relforcerowsecurity)
-            FROM pg_class c WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
-              AND relname <> 'credits_db_version'
-            UNION ALL
-            SELECT 'acl', c.oid::regclass::text, coalesce(array_to_string(c.relacl, ','), '')
-            FROM pg_class c WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'v')
-              AND relname <> 'credits_db_version'
-            ORDER BY 1, 2
-            """
-        ).fetchall()
-
-
 def migrated_now(server: Server) -> Database:
     """A database migrated to head just now. The install depends on cluster-wide
     roles (Supabase's authenticated/service_role, which other tests create), so a
@@ -235,7 +184,8 @@ def test_offline_sql_applies_with_psql_and_equals_online(server: Server) -> None
             input=script, text=True, check=True, capture_output=True,
         )
         assert migrate.current(target.url) == migrate.head()
-        assert catalog(target) == catalog(online)
+        expected, actual = fingerprint_at(online.url), fingerprint_at(target.url)
+        assert actual == expected, difference(expected, actual)
     finally:
         server.drop(target)
         server.drop(online)
@@ -248,7 +198,8 @@ def test_sql_folder_describes_the_schema_migrations_install(server: Server) -> N
         with target.connect() as conn:
             for path in sql_files():
                 conn.execute(path.read_text(encoding="utf-8").encode())
-        assert catalog(target) == catalog(online)
+        expected, actual = fingerprint_at(online.url), fingerprint_at(target.url)
+        assert actual == expected, difference(expected, actual)
     finally:
         server.drop(target)
         server.drop(online)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from credits_db import migrate
+from tests.catalog import difference, fingerprint
 from tests.conftest import Server
 from tests.helpers import Conn
 
@@ -39,41 +40,20 @@ def test_functions_are_definer_with_fixed_search_path_revoked_and_commented(conn
         assert comment, signature
 
 
-def _schema(conn: Conn) -> list[tuple[object, ...]]:
-    return conn.execute(
-        """
-        SELECT 'rel', c.relname, c.relkind::text FROM pg_class c
-        WHERE c.relnamespace = 'public'::regnamespace
-        UNION ALL
-        SELECT 'col', attrelid::regclass::text, attname FROM pg_attribute
-        WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)
-          AND attnum > 0 AND NOT attisdropped
-        UNION ALL
-        SELECT 'fn', p.oid::regprocedure::text, '' FROM pg_proc p
-        WHERE p.pronamespace = 'public'::regnamespace
-        UNION ALL
-        SELECT 'con', conname, conrelid::regclass::text FROM pg_constraint
-        WHERE connamespace = 'public'::regnamespace
-        UNION ALL
-        SELECT 'trg', tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal
-        ORDER BY 1, 2, 3
-        """
-    ).fetchall()
-
-
 def test_downgrade_removes_exactly_what_0002_added(server: Server) -> None:
     database = server.create()
     try:
         migrate.upgrade(database.url, "0001")
         with database.connect() as conn:
-            at_0001 = _schema(conn)
+            at_0001 = fingerprint(conn)
         migrate.upgrade(database.url, "0002")
         with database.connect() as conn:
-            assert _schema(conn) != at_0001
+            assert fingerprint(conn) != at_0001
             conn.execute("INSERT INTO users (role) VALUES ('member')")
         migrate.downgrade(database.url, "0001")
         with database.connect() as conn:
-            assert _schema(conn) == at_0001
+            after = fingerprint(conn)
+            assert after == at_0001, difference(at_0001, after)
         migrate.upgrade(database.url, "head")
         assert migrate.current(database.url) == migrate.head()
     finally:

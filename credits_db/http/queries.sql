@@ -1,4 +1,4 @@
--- Reads used by the HTTP API (credits_db/api.py) that the core API has no call for.
+-- Reads used by the HTTP API (credits_db/http/) that the core API has no call for.
 -- Sections are named "-- name: <query>" and loaded with credits_db._queries.parse.
 
 -- name: recent_usage

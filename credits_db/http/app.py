@@ -1,0 +1,127 @@
+"""A ready-made app and server: :func:`create_app` (the router on a pool of its own)
+and :func:`serve` (the ``credits-db serve`` command, with an embedded demo database).
+"""
+
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from psycopg_pool import AsyncConnectionPool
+
+from credits_db import demo, urls
+from credits_db.http._queries import Pool
+from credits_db.http.auth import AuthDependency, demo_token_auth, make_demo_token
+from credits_db.http.routes import create_router
+
+
+def create_app(url: str, auth: AuthDependency, *, min_size: int = 1, max_size: int = 10,
+               title: str = "credits-db") -> FastAPI:
+    """A FastAPI app serving :func:`create_router` on the database at ``url``.
+
+    The pool (autocommit connections) opens at startup and closes at shutdown.
+    """
+    pool: Pool = AsyncConnectionPool(
+        urls.to_libpq(url), min_size=min_size, max_size=max_size,
+        kwargs={"autocommit": True}, open=False, name="credits-db-api",
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=True, timeout=30)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title=title, lifespan=lifespan,
+                  description="credits-db HTTP API. Errors: {\"error\": {code, type, message}}.")
+    app.include_router(create_router(pool, auth))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+def seed_demo(url: str, secret: str) -> dict[str, str]:
+    """Install credits-db into an empty database with demo users; return tokens by name.
+
+    The users are :func:`credits_db.demo.seed`'s: one per
+    :data:`~credits_db.demo.DEMO_ROLES` waits for the backfill, one more per role
+    signed up after the install, and that ``member`` is in the ``team_admin``'s
+    pool. Each user who signed up has a user token named by role; the
+    ``super_admin``'s admin token is ``"admin"``.
+    """
+    ids = demo.seed(url)
+    tokens = {role: make_demo_token(secret, user_id) for role, user_id in ids.items()}
+    tokens["admin"] = make_demo_token(secret, ids["super_admin"], is_admin=True)
+    return tokens
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """Make SIGTERM raise SystemExit, so the embedded server is stopped and deleted.
+
+    uvicorn shuts down on SIGTERM and then raises the signal again; with the default
+    handler that would kill the process before the embedded server's cleanup runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve(url: str | None = None, host: str = "127.0.0.1", port: int = 8000, *,
+          secret: str | None = None) -> None:
+    """Run the HTTP API and admin page with uvicorn (the ``credits-db serve`` command).
+
+    With ``url`` (or ``DATABASE_URL``): serve that database as it is (nothing is
+    migrated or seeded); tokens are :func:`make_demo_token` tokens signed with
+    ``secret`` or ``$CREDITS_DB_API_SECRET``, which must then be set. Without: start
+    an embedded PostgreSQL, install credits-db, seed demo users (:func:`seed_demo`),
+    print their bearer tokens, and serve until interrupted (the data is then deleted).
+
+    Raises:
+        ValueError: a URL is given but no secret.
+    """
+    import uvicorn
+
+    secret = secret or os.environ.get("CREDITS_DB_API_SECRET") or None
+    url = url or urls.from_environment()
+    if url is not None:
+        if secret is None:
+            raise ValueError("set CREDITS_DB_API_SECRET (the HMAC secret of the demo tokens)")
+        uvicorn.run(create_app(url, demo_token_auth(secret)), host=host, port=port)
+        return
+
+    from credits_db.embedded import embedded_server
+
+    secret = secret or secrets.token_urlsafe(32)
+    print("starting an embedded PostgreSQL server (demo data, deleted on exit)",
+          file=sys.stderr, flush=True)
+    with _sigterm_exits(), embedded_server() as server_url:
+        tokens = seed_demo(server_url, secret)
+        base = f"http://{host}:{port}"
+        print("demo bearer tokens (Authorization: Bearer <token>):")
+        for name, token in tokens.items():
+            print(f"  {name:12} {token}")
+        print(f"admin page: {base}/admin/login  (paste the 'admin' token)")
+        print(f"API docs:   {base}/docs")
+        print(f"try: curl -H 'Authorization: Bearer {tokens['member']}' "
+              f"{base}/api/credits/status", flush=True)
+        uvicorn.run(create_app(server_url, demo_token_auth(secret)), host=host, port=port)

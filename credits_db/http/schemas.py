@@ -1,0 +1,239 @@
+"""The JSON bodies of the HTTP API: requests, responses and errors (pydantic models).
+
+Field names are camelCase in JSON (:class:`CamelModel`); the ``of`` class methods
+build a response from the credits-db result it presents.
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from credits_db.models import (
+    BackfillSummary,
+    Balance,
+    CreditOperation,
+    LedgerEntry,
+    TeamMember,
+)
+
+INT32_MAX = 2**31 - 1
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: the SQLSTATE, the credits-db exception name and a message."""
+
+    code: str = Field(description="The SQLSTATE (CR001..., 22023, 42501, 28000 ...).")
+    type: str = Field(description="The credits_db exception name (InsufficientCredits ...).")
+    message: str
+    detail: str | None = Field(default=None, description="The database's DETAIL, when it gave one.")
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="For request validation: one entry per invalid field.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class CamelModel(BaseModel):
+    """A model whose JSON field names are camelCase (Python attributes stay snake_case)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class CreditStatus(CamelModel):
+    """The caller's balance (``GET /api/credits/status``)."""
+
+    user_id: UUID
+    has_account: bool = Field(description="False until the signup trigger or backfill ran.")
+    total_credits: int = Field(description="Own account; 0 without an account.")
+    used_credits: int
+    remaining_credits: int = Field(description="Own account's remaining credits.")
+    team_admin_id: UUID | None = Field(description="The pool the caller is a member of.")
+    team_pool_remaining: int | None
+    spendable_credits: int = Field(
+        description="The largest amount one /use call accepts now (own or pool, never split).")
+
+    @classmethod
+    def of(cls, balance: Balance) -> "CreditStatus":
+        """From a :class:`credits_db.Balance`."""
+        own = balance.own
+        return cls(
+            user_id=balance.user_id, has_account=own is not None,
+            total_credits=own.total_credits if own else 0,
+            used_credits=own.used_credits if own else 0,
+            remaining_credits=own.remaining_credits if own else 0,
+            team_admin_id=balance.team_admin_id, team_pool_remaining=balance.team_pool_remaining,
+            spendable_credits=balance.spendable,
+        )
+
+
+class CheckRequest(CamelModel):
+    """``POST /api/credits/check``."""
+
+    required_credits: int = Field(ge=1, le=INT32_MAX)
+
+
+class CheckResponse(CamelModel):
+    """Whether one /use call of ``requiredCredits`` would succeed right now."""
+
+    has_enough_credits: bool
+    remaining_credits: int = Field(
+        description="The spendable amount (own or team pool), the same figure /use checks.")
+    required_credits: int
+
+
+class UseRequest(CamelModel):
+    """``POST /api/credits/use``: spend credits for the caller."""
+
+    credits: int = Field(
+        ge=-(2**31), le=INT32_MAX, json_schema_extra={"minimum": 1},
+        description="Credits to spend, 1 .. 2^31-1 (below 1: 422 InvalidAmount, CR006).")
+    source: str = Field(default="usage", max_length=200, description="What they were spent on.")
+    description: str | None = Field(default=None, max_length=2000)
+    idempotency_key: str | None = Field(
+        default=None, max_length=200,
+        description="Retry with the same key after a timeout: it is never spent twice.")
+
+
+class Operation(CamelModel):
+    """A debit (or its replay)."""
+
+    log_id: int
+    account_user_id: UUID = Field(description="The account debited (the team admin's for "
+                                              "a pool debit).")
+    actor_user_id: UUID | None
+    credits: int
+    remaining_credits: int = Field(description="The debited account's remaining credits.")
+    from_team_pool: bool
+    replayed: bool = Field(description="True: an earlier call with this key is returned; "
+                                       "nothing was spent now.")
+
+    @classmethod
+    def of(cls, op: CreditOperation) -> "Operation":
+        """From a :class:`credits_db.CreditOperation`."""
+        return cls(log_id=op.log_id, account_user_id=op.account_user_id,
+                   actor_user_id=op.actor_user_id, credits=op.amount,
+                   remaining_credits=op.remaining_credits, from_team_pool=op.from_team_pool,
+                   replayed=op.replayed)
+
+
+class TeamMemberOut(CamelModel):
+    """One member of the caller's team pool."""
+
+    team_member_id: UUID
+    created_at: datetime
+
+    @classmethod
+    def of(cls, member: TeamMember) -> "TeamMemberOut":
+        """From a :class:`credits_db.TeamMember`."""
+        return cls(team_member_id=member.team_member_id, created_at=member.created_at)
+
+
+class TeamMembers(CamelModel):
+    """The caller's team pool."""
+
+    team_admin_id: UUID
+    member_limit: int = Field(description="Members the caller's role allows (0: no team).")
+    members: list[TeamMemberOut]
+
+
+class AddTeamMemberRequest(CamelModel):
+    """``POST /api/credits/team-members``."""
+
+    team_member_id: UUID
+
+
+class RemovedResponse(CamelModel):
+    """``DELETE /api/credits/team-members/{id}``: whether they were a member."""
+
+    removed: bool
+
+
+class LedgerRow(CamelModel):
+    """One ``credit_usage_log`` row."""
+
+    id: int
+    account_user_id: UUID
+    actor_user_id: UUID | None = Field(description="Who spent, for a team member's pool debit.")
+    amount: int = Field(description="Signed: credits > 0, debits < 0.")
+    type: Literal["credit", "debit"] | str
+    source: str
+    description: str | None
+    idempotency_key: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> "LedgerRow":
+        """From a :class:`credits_db.LedgerEntry`."""
+        return cls(id=entry.id, account_user_id=entry.user_id, actor_user_id=entry.actor_user_id,
+                   amount=entry.amount, type=entry.type, source=entry.source,
+                   description=entry.description, idempotency_key=entry.idempotency_key,
+                   created_at=entry.created_at)
+
+
+class History(CamelModel):
+    """The caller's account ledger, newest first."""
+
+    entries: list[LedgerRow]
+
+
+class CreditsOverview(CamelModel):
+    """The credits part of the billing overview."""
+
+    remaining_credits: int = Field(description="Own account.")
+    team_pool_remaining: int | None
+    spendable_credits: int
+    team_admin_id: UUID | None
+    recent_usage: list[LedgerRow] = Field(
+        description="Last 10 rows: the own account's (for a team admin incl. members' pool "
+                    "debits) and the pool debits the caller made as a member.")
+
+
+class BillingOverview(CamelModel):
+    """``GET /api/billing/overview``."""
+
+    credits: CreditsOverview
+
+
+class RoleAllocationOut(CamelModel):
+    """Users allocated and credits given for one role."""
+
+    users: int
+    credits: int
+
+
+class BackfillRequest(CamelModel):
+    """Optional body of ``POST /api/admin/backfill-credits``."""
+
+    dry_run: bool = False
+    limit: int | None = Field(default=None, ge=1, le=INT32_MAX,
+                              description="At most this many users (one batch).")
+
+
+class BackfillResult(CamelModel):
+    """What the backfill did (or, as a dry run, would do)."""
+
+    users_total: int
+    users_without_credits: int
+    users_backfilled: int
+    credits_allocated: int
+    fallback_role_users: int
+    dry_run: bool
+    by_role: dict[str, RoleAllocationOut]
+
+    @classmethod
+    def of(cls, summary: BackfillSummary) -> "BackfillResult":
+        """From a :class:`credits_db.BackfillSummary`."""
+        return cls(
+            users_total=summary.users_total, users_without_credits=summary.users_without_credits,
+            users_backfilled=summary.users_backfilled,
+            credits_allocated=summary.credits_allocated,
+            fallback_role_users=summary.fallback_role_users, dry_run=summary.dry_run,
+            by_role={role: RoleAllocationOut(users=a.users, credits=a.credits)
+                     for role, a in summary.by_role.items()},
+        )
