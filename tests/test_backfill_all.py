@@ -18,7 +18,7 @@ from credits_db import _calls, aio, urls
 from credits_db.models import BackfillBatch, BackfillSummary, RoleAllocation
 from tests.conftest import Database, Server
 from tests.helpers import Conn, add_users, add_users_without_credits, ledger_mismatches
-from tests.test_faults import BLOCK_AT_COMMIT, Background, terminate, wait_for
+from tests.test_faults import killed_at_commit
 
 ROLES = ("member", "admin", None, "team_admin", "Boss", "member", "super_admin")
 CREDITS = 350 + 1000 + 350 + 5000 + 350 + 350 + 10000
@@ -187,17 +187,9 @@ def test_a_connection_killed_at_a_batchs_commit_is_outcome_unknown(db: Database,
                                                                     kind: str) -> None:
     """Not in autocommit mode, COMMIT is a round trip of its own: lost there, nobody knows."""
     add_users_without_credits(conn, "member", "admin")
-    conn.execute(BLOCK_AT_COMMIT)  # COMMIT of a log row waits for advisory lock 4242
-    conn.execute("SELECT pg_advisory_lock(4242)")
     engine = sa.create_engine(urls.to_sqlalchemy(db.url), poolclass=sa.NullPool)
     target: Any = engine.connect() if kind == "SQLAlchemy" else db.connect(autocommit=False)
-    blocked = Background(lambda: credits_db.backfill_all(target))
-    pid = wait_for(conn, "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                         " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-                         " AND state = 'active'", (), "the commit to block", blocked)[0]
-    terminate(conn, pid)
-    lost = blocked.outcome()
-    conn.execute("SELECT pg_advisory_unlock(4242)")
+    lost = killed_at_commit(conn, lambda: credits_db.backfill_all(target))
     target.close()
     engine.dispose()
     assert isinstance(lost, credits_db.ConnectionLost), repr(lost)
