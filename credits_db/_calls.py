@@ -21,6 +21,7 @@ from credits_db.models import (
     CreditOperation,
     IntegrityProblem,
     LedgerEntry,
+    RoleAllocation,
     TeamMember,
 )
 
@@ -50,6 +51,77 @@ def backfill_batch(*, after: UserId | None, limit: int) -> Call[BackfillBatch]:
     return Call(QUERIES["backfill_batch"],
                 {"after": None if after is None else str(after), "limit": limit},
                 BackfillBatch.from_json)
+
+
+class BackfillWalk:
+    """A batched backfill under way: the next call to make, and the totals so far.
+
+    :func:`credits_db.backfill_all` and :func:`credits_db.aio.backfill_all` keep
+    one of these and only run the calls it hands out, each committed on its own::
+
+        walk = BackfillWalk(batch_size, on_batch)
+        while (call := walk.next_batch()) is not None:
+            walk.add_batch(run(call))
+        return walk.finish(run(walk.final_call()))
+
+    The batches walk users in primary-key order (``backfill_user_credits_batch``)
+    until one reports no ``last_user_id``; the final ``backfill_user_credits()``
+    allocates anyone the walk left behind and gives the users' totals.
+    """
+
+    def __init__(self, batch_size: int, on_batch: Callable[[int], None] | None = None) -> None:
+        if not 1 <= batch_size <= INT4_MAX:
+            raise InvalidArgument(f"batch_size must be between 1 and {INT4_MAX}, not {batch_size}")
+        self._batch_size = batch_size
+        self._on_batch = on_batch
+        self._after: UUID | None = None
+        self._walked = False
+        self._by_role: dict[str, RoleAllocation] = {}
+        self._users = self._credits = self._fallback = self._skipped = 0
+
+    def next_batch(self) -> Call[BackfillBatch] | None:
+        """The next window's call, or None when the walk has reached the last user."""
+        return None if self._walked else backfill_batch(after=self._after, limit=self._batch_size)
+
+    def add_batch(self, batch: BackfillBatch) -> None:
+        """Count what one window's call did, and move the cursor past it."""
+        self._add(batch.by_role, batch.users_backfilled, batch.credits_allocated,
+                  batch.fallback_role_users, batch.users_skipped)
+        self._walked = batch.last_user_id is None
+        self._after = batch.last_user_id
+
+    def final_call(self) -> Call[BackfillSummary]:
+        """The closing ``backfill_user_credits()``: users behind the cursor, and the totals."""
+        return backfill(dry_run=False, limit=None)
+
+    def finish(self, rest: BackfillSummary) -> BackfillSummary:
+        """The summary of the whole walk, given what the final call did."""
+        walked = self._users  # they were waiting too, before the final call looked
+        self._add(rest.by_role, rest.users_backfilled, rest.credits_allocated,
+                  rest.fallback_role_users, rest.users_skipped)
+        return BackfillSummary(
+            users_total=rest.users_total,
+            users_without_credits=walked + rest.users_without_credits,
+            users_backfilled=self._users,
+            credits_allocated=self._credits,
+            fallback_role_users=self._fallback,
+            by_role=dict(sorted(self._by_role.items())),
+            dry_run=False,
+            users_skipped=self._skipped,
+        )
+
+    def _add(self, by_role: Mapping[str, RoleAllocation], users: int, credits: int,
+             fallback: int, skipped: int) -> None:
+        for role, allocation in by_role.items():
+            before = self._by_role.get(role, RoleAllocation(0, 0))
+            self._by_role[role] = RoleAllocation(before.users + allocation.users,
+                                                 before.credits + allocation.credits)
+        self._users += users
+        self._credits += credits
+        self._fallback += fallback
+        self._skipped += skipped
+        if self._on_batch is not None:
+            self._on_batch(users)
 
 
 def allocation_report() -> Call[AllocationReport]:

@@ -38,7 +38,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from credits_db._calls import Call
-from credits_db.errors import translate
+from credits_db.errors import InvalidArgument, translate
 
 T = TypeVar("T")
 
@@ -80,19 +80,79 @@ def run(conn: SyncConnection, call: Call[T]) -> T:
 def _run_on_engine(engine: sa.Engine, call: Call[T]) -> T:
     """``call`` in a transaction of its own; a connection lost at COMMIT leaves it unknown."""
     with engine.connect() as connection:
-        transaction = connection.begin()
-        try:
-            result = run(connection, call)  # in the transaction: cannot have committed
-        except BaseException:
-            # The server rolls back a transaction whose connection is gone.
-            with suppress(sa.exc.DBAPIError):
-                transaction.rollback()
-            raise
-        try:
-            transaction.commit()
-        except sa.exc.DBAPIError as exc:
-            _raise_translated(exc, may_have_committed=True)
-        return result
+        return _run_and_commit(connection, call)
+
+
+def _run_and_commit(conn: psycopg.Connection[Any] | sa.Connection, call: Call[T]) -> T:
+    """``call`` in the transaction it opens on ``conn`` (outside one), then COMMIT."""
+    try:
+        result = run(conn, call)  # in the transaction: cannot have committed
+    except BaseException:
+        # The server rolls back a transaction whose connection is gone.
+        with suppress(psycopg.Error, sa.exc.DBAPIError):
+            conn.rollback()
+        raise
+    with _commit_outcome_unknown():
+        conn.commit()
+    return result
+
+
+@contextmanager
+def _commit_outcome_unknown() -> Iterator[None]:
+    """A connection lost at COMMIT leaves the outcome unknown (``ConnectionLost``)."""
+    try:
+        yield
+    except (psycopg.Error, sa.exc.DBAPIError) as exc:
+        _raise_translated(exc, may_have_committed=True)
+
+
+def run_committed(conn: SyncConnection, call: Call[T]) -> T:
+    """Execute ``call`` in a transaction of its own, committed before this returns.
+
+    An Engine, or a connection in autocommit mode and outside any transaction
+    block, commits the statement by itself. A connection outside any transaction
+    gets one around the call (BEGIN ... COMMIT). A connection inside a
+    transaction is refused before anything is sent: committing there would
+    commit the caller's own pending work, and not committing would hold every
+    batch's rows and locks until the caller commits.
+
+    Raises:
+        InvalidArgument: ``conn`` is inside a transaction.
+    """
+    if isinstance(conn, sa.Engine) or _may_commit(conn):
+        return run(conn, call)
+    _refuse_open_transaction(conn)
+    return _run_and_commit(conn, call)
+
+
+async def arun_committed(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:
+    """:func:`run_committed` on an async psycopg connection."""
+    if _may_commit(conn):
+        return await arun(conn, call)
+    _refuse_open_transaction(conn)
+    try:
+        result = await arun(conn, call)
+    except BaseException:
+        with suppress(psycopg.Error):
+            await conn.rollback()
+        raise
+    with _commit_outcome_unknown():
+        await conn.commit()
+    return result
+
+
+def _refuse_open_transaction(conn: _Connection) -> None:
+    """InvalidArgument when ``conn`` is inside a transaction (the caller's, or a failed one)."""
+    if isinstance(conn, sa.Connection):
+        open_ = conn.in_transaction()
+    else:
+        open_ = conn.info.transaction_status in (TransactionStatus.INTRANS,
+                                                 TransactionStatus.INERROR)
+    if open_:
+        raise InvalidArgument(
+            "backfill_all commits each batch in a transaction of its own, so it needs a "
+            "connection outside any transaction (autocommit, or commit or roll back first) "
+            "or a SQLAlchemy Engine; to join your transaction, use backfill()")
 
 
 async def arun(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -11,7 +11,7 @@ from psycopg.pq import TransactionStatus
 
 from credits_db import _calls
 from credits_db._calls import UserId
-from credits_db._execute import arun
+from credits_db._execute import arun, arun_committed
 from credits_db.models import (
     AllocationReport,
     BackfillBatch,
@@ -39,6 +39,21 @@ async def backfill_batch(
 ) -> BackfillBatch:
     """Async :func:`credits_db.backfill_batch`."""
     return await arun(conn, _calls.backfill_batch(after=after, limit=limit))
+
+
+async def backfill_all(conn: AsyncConnection, *, batch_size: int = 50_000,
+                       on_batch: Callable[[int], None] | None = None) -> BackfillSummary:
+    """Async :func:`credits_db.backfill_all`: each batch committed on its own.
+
+    Autocommit connections commit each call by themselves, others get a
+    transaction around each call; a connection inside a transaction is refused
+    (``InvalidArgument``, nothing sent). ``on_batch`` is a plain function, called
+    on the event loop after each call: keep it quick.
+    """
+    walk = _calls.BackfillWalk(batch_size, on_batch)
+    while (call := walk.next_batch()) is not None:
+        walk.add_batch(await arun_committed(conn, call))
+    return walk.finish(await arun_committed(conn, walk.final_call()))
 
 
 async def allocation_report(conn: AsyncConnection) -> AllocationReport:

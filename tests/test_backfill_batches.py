@@ -9,7 +9,6 @@ import psycopg
 import pytest
 
 import credits_db
-from credits_db.cli import run_batched_backfill
 from tests.conftest import Database
 from tests.helpers import Conn, add_users, add_users_without_credits, balance, ledger_mismatches
 from tests.test_backfill_concurrency import run_together
@@ -73,7 +72,7 @@ def test_python_api_walks_and_rejects_out_of_range_limit(conn: Conn) -> None:
         credits_db.backfill_batch(conn, limit=2**31)
 
 
-def test_cli_walk_allocates_a_user_left_behind_the_cursor(db: Database) -> None:
+def test_backfill_all_allocates_a_user_left_behind_the_cursor(db: Database) -> None:
     with db.connect() as conn:
         add_users_without_credits(conn, *["member"] * 6)
         conn.commit()
@@ -90,7 +89,7 @@ def test_cli_walk_allocates_a_user_left_behind_the_cursor(db: Database) -> None:
                     conn.execute("INSERT INTO users (id, role) VALUES (%s, 'admin')", (behind,))
                     conn.execute("ALTER TABLE users ENABLE TRIGGER users_allocate_credits")
 
-        summary = run_batched_backfill(conn, 4, after_each_batch)
+        summary = credits_db.backfill_all(conn, batch_size=4, on_batch=after_each_batch)
         assert summary.users_backfilled == 7
         assert summary.users_without_credits == 7
         assert summary.users_total == 7
@@ -109,7 +108,7 @@ def test_two_walks_and_signups_allocate_each_user_exactly_once(db: Database) -> 
 
     def walk() -> int:
         with db.connect(autocommit=True) as conn:
-            return run_batched_backfill(conn, 700).users_backfilled
+            return credits_db.backfill_all(conn, batch_size=700).users_backfilled
 
     def signups() -> int:
         with db.connect(autocommit=True) as conn:

