@@ -135,11 +135,15 @@ def _add_page_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> Non
 
     @router.post("/admin/credits/backfill", response_class=HTMLResponse)
     async def run_backfill(request: Request, _admin: AdminDep) -> HTMLResponse:
-        """Run the backfill (needs the form's CSRF token) and show its summary."""
+        """Run the backfill (needs the form's CSRF token) and show its summary.
+
+        Batched (``backfill_all``): one committed transaction per batch of users,
+        so a large table never holds one long transaction.
+        """
         form = await _form(request)
         if not hmac.compare_digest(form.get("csrf", ""), _csrf_token(request)):
             raise HTTPException(403, "the form has expired or did not come from this page; "
                                      "open the admin page and try again")
         async with pool.connection() as conn:
-            summary = await aio.backfill(conn)
+            summary = await aio.backfill_all(conn)
         return HTMLResponse(templates.admin_page(_links(request), await report(), summary))
