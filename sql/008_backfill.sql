@@ -44,7 +44,8 @@ REVOKE ALL ON credits_backfill_candidates FROM PUBLIC;
 -- cached generic plan evaluates once per call (a one-time filter): the mode
 -- not taken costs nothing, and the window is an index range scan whether the
 -- plan is generic or custom. (Forcing custom plans with a SET clause would
--- also re-plan the foreign-key check of every inserted balance row: 2x slower.)
+-- also re-plan the foreign-key check of every inserted balance row; measured in
+-- docs/performance.md.)
 CREATE FUNCTION credits_backfill(
     p_dry_run       boolean,
     p_limit         integer,
