@@ -63,11 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     json_path, md_path = report.write(args.out, ctx.results, meta)
     log(f"wrote {json_path} and {md_path}")
-    readme = HERE.parent / "README.md"
-    if args.out.resolve() == HERE.resolve() and not args.quick and readme.exists():
-        # A full run into bench/ is the one the README quotes.
-        readme.write_text(report.readme_with_results(readme.read_text(), md_path.read_text()))
-        log(f"updated the results table in {readme}")
     print(md_path.read_text())
     return 0
 

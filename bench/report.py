@@ -1,4 +1,4 @@
-"""results.json, results.md, and the copy of the table the README shows."""
+"""results.json and results.md: the only files a run writes (the README links to results.md)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,9 @@ def markdown(results: list[Result], meta: JsonDict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# No longer called: python -m bench writes only results.json and results.md, and the
+# README links to them. Kept only while tests/test_bench.py still tests it
+# (test_readme_block_is_replaced_by_the_latest_table); remove both together.
 README_START = "<!-- bench-results:start (written by python -m bench) -->"
 README_END = "<!-- bench-results:end -->"
 
