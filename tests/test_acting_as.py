@@ -18,9 +18,9 @@ from psycopg.pq import TransactionStatus
 
 import credits_db
 from credits_db import aio, urls
-from tests import pgbouncer
-from tests.conftest import Database, Server
-from tests.helpers import Conn, add_users, balance
+from tests.support import pgbouncer
+from tests.support.databases import Database, Server
+from tests.support.helpers import Conn, add_users, balance
 
 
 class Boom(Exception):

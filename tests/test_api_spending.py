@@ -10,8 +10,8 @@ import pytest
 
 import credits_db
 from credits_db import aio
-from tests.conftest import Database
-from tests.helpers import Conn, add_users
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users
 
 
 def test_debit_grant_refund_balance_roundtrip(conn: Conn) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.helpers import Conn, add_users, log_rows
+from tests.support.helpers import Conn, add_users, log_rows
 
 
 @pytest.mark.parametrize(

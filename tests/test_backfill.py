@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import (
+from tests.support.helpers import (
     Conn,
     add_users,
     add_users_without_credits,

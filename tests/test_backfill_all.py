@@ -16,9 +16,9 @@ from psycopg.pq import TransactionStatus
 import credits_db
 from credits_db import _calls, aio, urls
 from credits_db.models import BackfillBatch, BackfillSummary, RoleAllocation
-from tests.conftest import Database, Server
-from tests.helpers import Conn, add_users, add_users_without_credits, ledger_mismatches
-from tests.test_faults import killed_at_commit
+from tests.support.databases import Database, Server
+from tests.support.faults import killed_at_commit
+from tests.support.helpers import Conn, add_users, add_users_without_credits, ledger_mismatches
 
 ROLES = ("member", "admin", None, "team_admin", "Boss", "member", "super_admin")
 CREDITS = 350 + 1000 + 350 + 5000 + 350 + 350 + 10000

@@ -9,9 +9,15 @@ import psycopg
 import pytest
 
 import credits_db
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits, balance, ledger_mismatches
-from tests.test_backfill_concurrency import run_together
+from tests.support.backfill import run_together
+from tests.support.databases import Database
+from tests.support.helpers import (
+    Conn,
+    add_users,
+    add_users_without_credits,
+    balance,
+    ledger_mismatches,
+)
 
 
 def batch(conn: Conn, after: str | None, limit: int) -> dict[str, Any]:

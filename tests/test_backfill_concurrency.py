@@ -8,31 +8,9 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import Database
-from tests.helpers import add_users_without_credits, ledger_mismatches
-
-
-def run_together(workers: list[Callable[[], Any]]) -> list[Any]:
-    """Start all workers at the same instant; re-raise the first failure."""
-    barrier = threading.Barrier(len(workers))
-    results: list[Any] = [None] * len(workers)
-    errors: list[BaseException] = []
-
-    def body(index: int, work: Callable[[], Any]) -> None:
-        try:
-            barrier.wait()
-            results[index] = work()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i, w)) for i, w in enumerate(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
+from tests.support.backfill import run_together
+from tests.support.databases import Database
+from tests.support.helpers import add_users_without_credits, ledger_mismatches
 
 
 def test_two_backfills_and_signups_allocate_each_user_exactly_once(db: Database) -> None:

@@ -15,9 +15,9 @@ import pytest
 from bench import report, workloads
 from bench.__main__ import main
 from bench.core import sql_bytes, sql_text
-from tests.conftest import Database, Server
-from tests.helpers import Conn, add_users, balance
-from tests.test_security_support import acting, refused
+from tests.support.databases import Database, Server
+from tests.support.helpers import Conn, add_users, balance
+from tests.support.security import acting, refused
 
 BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "debit_cost_ladder")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Database, Server
-from tests.helpers import add_users_without_credits
+from tests.support.databases import Database, Server
+from tests.support.helpers import add_users_without_credits
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

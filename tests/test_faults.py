@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -22,66 +21,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import credits_db
 import credits_db.aio
 from credits_db import errors, urls
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_spending_support import integrity, state
-
-POLL_TIMEOUT = 60.0
-
-
-def wait_for(conn: Conn, query: str, params: Any, what: str,
-             during: Background | None = None) -> tuple[Any, ...]:
-    """Poll the server until ``query`` returns a row (no sleeping: each poll is a round trip).
-
-    With ``during``, stop early if that background call ends first.
-    """
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while time.monotonic() < deadline:
-        row = conn.execute(query, params).fetchone()
-        if row is not None:
-            return row
-        if during is not None and not during.running:
-            raise AssertionError(f"the call ended before {what}: {during.outcome()!r}")
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_until_waiting_on_a_lock(admin: Conn, pid: int, during: Background) -> None:
-    wait_for(admin, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
-                    " AND wait_event_type = 'Lock'", (pid,), f"backend {pid} to wait on a lock",
-             during)
-
-
-def terminate(admin: Conn, pid: int) -> None:
-    """pg_terminate_backend, then wait until the backend has exited (its locks are released)."""
-    row = admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
-    assert row == (True,)
-    wait_for(admin, "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)",
-             (pid,), f"backend {pid} to exit")
-
-
-class Background:
-    """Run ``work`` in a thread; ``outcome()`` joins it and returns its result or exception."""
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        self._result: list[Any] = []
-
-        def target() -> None:
-            try:
-                self._result.append(work())
-            except BaseException as exc:  # handed to the test
-                self._result.append(exc)
-
-        self._thread = threading.Thread(target=target, daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def outcome(self) -> Any:
-        self._thread.join(POLL_TIMEOUT)
-        assert not self._thread.is_alive(), "the call did not return"
-        return self._result[0]
+from tests.support.databases import Database
+from tests.support.faults import (
+    POLL_TIMEOUT,
+    Background,
+    killed_at_commit,
+    terminate,
+    wait_for,
+    wait_until_waiting_on_a_lock,
+)
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.spending import integrity, state
 
 
 def lock_account(db: Database, user: str) -> Conn:
@@ -273,32 +223,6 @@ def test_killed_while_idle_in_autocommit(db: Database, conn: Conn) -> None:
     assert second.value.outcome_unknown is False  # closed already: nothing was sent
     assert balance(conn, user) == (350, 0, 350)
     victim.close()
-
-
-BLOCK_AT_COMMIT = """
-CREATE FUNCTION test_block_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock_shared(4242);
-    RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER test_block_at_commit AFTER INSERT ON credit_usage_log
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_block_at_commit();
-"""
-
-
-def killed_at_commit(conn: Conn, work: Callable[[], Any]) -> Any:
-    """Run ``work`` in the background with every COMMIT that logs a row held back (a deferred
-    trigger waits on a lock ``conn`` holds), kill its backend there; return its outcome."""
-    conn.execute(BLOCK_AT_COMMIT)
-    conn.execute("SELECT pg_advisory_lock(4242)")
-    blocked = Background(work)
-    pid = wait_for(conn, "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                         " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-                         " AND state = 'active'", (), "the commit to block", blocked)[0]
-    terminate(conn, pid)
-    outcome = blocked.outcome()
-    conn.execute("SELECT pg_advisory_unlock(4242)")
-    return outcome
 
 
 @pytest.mark.parametrize("kind", ["engine", "psycopg autocommit"])

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import credits_db
 from credits_db import errors
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_spending_support import integrity, state
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.spending import integrity, state
 
 INT_MAX = 2**31 - 1
 INT_MIN = -(2**31)

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import Database
-from tests.helpers import add_users
+from tests.support.databases import Database
+from tests.support.helpers import add_users
 
 UNKNOWN = str(uuid.UUID(int=12345))
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from credits_db.http import TOKEN_COOKIE
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_http_support import SECRET, run, token
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.http_api import SECRET, run, token
 
 
 def _csrf(html: str) -> str:

@@ -14,9 +14,9 @@ from psycopg.rows import dict_row
 import credits_db
 from credits_db import errors
 from credits_db.http import HTTP_STATUS, ErrorMappingRoute, make_demo_token
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_http_support import bearer, error_of, run
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.http_api import bearer, error_of, run
 
 
 def test_status_check_use_and_history(db: Database, conn: Conn) -> None:

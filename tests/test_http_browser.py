@@ -21,9 +21,9 @@ import pytest
 import uvicorn
 
 from credits_db.http import create_app, demo_token_auth
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_http_support import SECRET, token
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.http_api import SECRET, token
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

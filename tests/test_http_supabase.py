@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from credits_db import migrate
-from tests.conftest import Database
+from tests.support.databases import Database
 
 # What Supabase's auth schema provides, reduced to what credits-db uses.
 SUPABASE_AUTH = """

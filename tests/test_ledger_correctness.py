@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 import credits_db
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.sessions import Background, blocked_or_done, sqlstate
-from tests.test_spending_support import add_member, debit, fails_cleanly, grant, integrity, refund
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.sessions import Background, blocked_or_done, sqlstate
+from tests.support.spending import add_member, debit, fails_cleanly, grant, integrity, refund
 
 
 def allocated(conn: Conn, user: str) -> int | None:

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Database, Server
-from tests.interleaving_support import LEVELS, Sessions, open_sessions, run_matrix
+from tests.support.databases import Database, Server
+from tests.support.interleavings import LEVELS, Sessions, open_sessions, run_matrix
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ from hypothesis.stateful import (
 )
 
 import credits_db
-from tests.helpers import Conn
-from tests.ledger_model import KeyId, Ledger, LedgerRow, ModelError, Outcome, team_limit
+from tests.support.helpers import Conn
+from tests.support.ledger_model import KeyId, Ledger, LedgerRow, ModelError, Outcome, team_limit
 
 SETTINGS = settings(max_examples=100, stateful_step_count=45, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -18,9 +18,9 @@ from psycopg import sql
 
 from credits_db import migrate
 from credits_db._resources import alembic_dir
-from tests.catalog import Row, difference, fingerprint, without_kept_schema_usage
-from tests.conftest import Database, Server
-from tests.helpers import Conn
+from tests.support.catalog import Row, difference, fingerprint, without_kept_schema_usage
+from tests.support.databases import Database, Server
+from tests.support.helpers import Conn
 
 BASE = "base"
 

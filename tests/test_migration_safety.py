@@ -8,7 +8,7 @@ from alembic.script import ScriptDirectory
 
 from credits_db import migrate
 from credits_db._resources import alembic_dir
-from tests.conftest import Database
+from tests.support.databases import Database
 
 
 def fingerprint(db: Database) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from alembic.script import ScriptDirectory
 from credits_db import migrate
 from credits_db._migration import escape_for_text
 from credits_db._resources import alembic_dir, sql_files
-from tests.catalog import difference, fingerprint_at
-from tests.conftest import Database, Server
+from tests.support.catalog import difference, fingerprint_at
+from tests.support.databases import Database, Server
 
 HOST_USERS = (
     "CREATE TABLE users (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"

@@ -14,8 +14,8 @@ from credits_db._resources import alembic_dir, sql_dir, sql_files
 from scripts import manifest
 from scripts.new_revision import function_statements
 from scripts.sqltext import FunctionStatement, or_replace, split_statements
-from tests.catalog import by_kind, difference, fingerprint, fingerprint_at
-from tests.conftest import Server
+from tests.support.catalog import by_kind, difference, fingerprint, fingerprint_at
+from tests.support.databases import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = alembic_dir() / "versions"

@@ -25,9 +25,9 @@ import sqlalchemy as sa
 
 import credits_db
 from credits_db import aio, urls
-from tests import pgbouncer
-from tests.conftest import Database, Server
-from tests.helpers import Conn, add_users, balance
+from tests.support import pgbouncer
+from tests.support.databases import Database, Server
+from tests.support.helpers import Conn, add_users, balance
 
 CALLS = 24
 """Calls per client and per function: well past psycopg's prepare threshold (5)."""

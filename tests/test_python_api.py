@@ -16,8 +16,8 @@ from psycopg.rows import dict_row
 
 import credits_db
 from credits_db import aio, urls
-from tests.conftest import Database
-from tests.helpers import add_users, add_users_without_credits, balance
+from tests.support.databases import Database
+from tests.support.helpers import add_users, add_users_without_credits, balance
 
 
 def test_backfill_with_psycopg_joins_the_callers_transaction(db: Database) -> None:

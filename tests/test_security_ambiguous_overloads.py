@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_security_support import acting, ensure_role, one
-from tests.test_spending_support import add_member, debit, grant, integrity, refund
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.security import acting, ensure_role, one
+from tests.support.spending import add_member, debit, grant, integrity, refund
 
 ATTACKER = "credits_test_attacker"
 _COMMENT_OR_STRING = re.compile(r"--[^\n]*|'(?:[^']|'')*'", re.S)

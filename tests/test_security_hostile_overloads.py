@@ -57,8 +57,8 @@ import pytest
 from psycopg import sql
 
 from credits_db import migrate
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, add_users_without_credits
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, add_users_without_credits
 
 MARKER = "credits-db-hostile-overload-ran"
 MARKER_TABLE = "hostile_overload_ran"

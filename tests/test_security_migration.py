@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from credits_db import migrate
-from tests.catalog import difference, fingerprint, without_kept_schema_usage
-from tests.conftest import Server
-from tests.test_security_support import one
+from tests.support.catalog import difference, fingerprint, without_kept_schema_usage
+from tests.support.databases import Server
+from tests.support.security import one
 
 
 def test_downgrade_to_0002_restores_it_and_keeps_the_roles(server: Server) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Conn, add_users, balance, log_rows
-from tests.test_security_support import (
+from tests.support.helpers import Conn, add_users, balance, log_rows
+from tests.support.security import (
     ADMIN_FUNCTIONS,
     ADMIN_TABLES,
     USER_FUNCTIONS,
@@ -15,7 +15,7 @@ from tests.test_security_support import (
     one,
     refused,
 )
-from tests.test_spending_support import add_member, debit, state
+from tests.support.spending import add_member, debit, state
 
 
 def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn) -> None:

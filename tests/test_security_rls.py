@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.helpers import Conn, add_users
-from tests.test_security_support import USER_TABLES, acting, one
-from tests.test_spending_support import add_member, debit
+from tests.support.helpers import Conn, add_users
+from tests.support.security import USER_TABLES, acting, one
+from tests.support.spending import add_member, debit
 
 
 def visible(conn: Conn) -> dict[str, Any]:

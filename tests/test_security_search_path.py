@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from tests.helpers import Conn, add_users, add_users_without_credits, balance, ledger_mismatches
-from tests.test_security_support import acting, one
-from tests.test_spending_support import debit, grant
+from tests.support.helpers import (
+    Conn,
+    add_users,
+    add_users_without_credits,
+    balance,
+    ledger_mismatches,
+)
+from tests.support.security import acting, one
+from tests.support.spending import debit, grant
 
 HOSTILE = """
 CREATE SCHEMA evil;

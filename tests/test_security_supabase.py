@@ -6,9 +6,9 @@ from __future__ import annotations
 import psycopg
 
 from credits_db import migrate
-from tests.conftest import Database
-from tests.helpers import add_users, balance
-from tests.test_security_support import DEBIT, GRANT, ensure_role, one, refused
+from tests.support.databases import Database
+from tests.support.helpers import add_users, balance
+from tests.support.security import DEBIT, GRANT, ensure_role, one, refused
 
 API_ROLES = ("anon", "authenticated", "service_role")
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from tests.helpers import Conn, add_users, balance, ledger_mismatches, log_rows
+from tests.support.helpers import Conn, add_users, balance, ledger_mismatches, log_rows
 
 ROLE_CREDITS = {
     "member": 350,

@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, balance
-from tests.test_spending_support import add_member, debit, grant, integrity, refund, run_together
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, balance
+from tests.support.spending import add_member, debit, grant, integrity, refund, run_together
 
 
 def connections(db: Database, count: int) -> list[psycopg.Connection[tuple[Any, ...]]]:

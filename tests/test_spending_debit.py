@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from tests.helpers import Conn, add_users, add_users_without_credits, balance
-from tests.test_spending_support import (
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.spending import (
     add_member,
     credit_balance,
     debit,

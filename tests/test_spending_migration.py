@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from credits_db import migrate
-from tests.catalog import difference, fingerprint
-from tests.conftest import Server
-from tests.helpers import Conn
+from tests.support.catalog import difference, fingerprint
+from tests.support.databases import Server
+from tests.support.helpers import Conn
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = ROOT / "alembic" / "versions"

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Conn, add_users, balance
-from tests.test_spending_support import add_member, debit, grant, integrity, refund, remove_member
+from tests.support.helpers import Conn, add_users, balance
+from tests.support.spending import add_member, debit, grant, integrity, refund, remove_member
 
 ALLOCATION = {"member": 350, "admin": 1000, "team_admin": 5000, "RecruitPro": 1000,
               "super_admin": 10000}

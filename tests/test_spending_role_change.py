@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import Conn, add_users, add_users_without_credits, balance, log_rows
-from tests.test_spending_support import add_member, debit, grant, integrity, refund
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance, log_rows
+from tests.support.spending import add_member, debit, grant, integrity, refund
 
 INT_MAX = 2**31 - 1
 

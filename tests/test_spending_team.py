@@ -6,9 +6,9 @@ import uuid
 
 import psycopg
 
-from tests.conftest import Database
-from tests.helpers import Conn, add_users
-from tests.test_spending_support import (
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users
+from tests.support.spending import (
     add_member,
     fails_cleanly,
     integrity,

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 import credits_db
 from credits_db import aio, urls
-from tests.conftest import Database
-from tests.helpers import Conn, add_users, balance
+from tests.support.databases import Database
+from tests.support.helpers import Conn, add_users, balance
 
 CALLS = 20
 

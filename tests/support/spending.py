@@ -1,7 +1,4 @@
-"""Shared helpers for the spending tests (no tests here).
-
-Kept in a test_spending_* module so the spending work adds no shared test files.
-"""
+"""Shared helpers for the spending tests (no tests here): calls, state snapshots, integrity."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from tests.helpers import Conn
+from tests.support.helpers import Conn
 
 T = TypeVar("T")
 

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import IsolationLevel
 from psycopg.rows import dict_row
 
-from tests.helpers import Conn
+from tests.support.helpers import Conn
 
 # The schema of revision 0007 (account lives, allocated_credits, the keys
 # table). Set to False only to run the matrix against an older schema: the

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 from credits_db.http import create_router, demo_token_auth, make_demo_token
-from tests.conftest import Database
+from tests.support.databases import Database
 
 SECRET = "test-secret-not-for-production"  # noqa: S105
 

@@ -20,7 +20,7 @@ import re
 
 import psycopg
 
-from tests.helpers import Conn
+from tests.support.helpers import Conn
 
 Row = tuple[str, str, str]
 

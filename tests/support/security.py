@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import Conn
+from tests.support.helpers import Conn
 
 DEBIT = "debit_credits(uuid,integer,text,text,text)"
 GRANT = "grant_credits(uuid,integer,text,text,text)"
