@@ -1,4 +1,4 @@
-"""The interleaving matrix of tests/test_ledger_interleavings.py (no tests here).
+"""The interleaving matrix of tests/sql/test_ledger_interleavings.py (no tests here).
 
 Every ordered pair of writers runs in two sessions of one database: session 1
 runs its writer and keeps its transaction open, session 2 runs its writer in a

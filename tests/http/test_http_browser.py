@@ -25,7 +25,7 @@ from tests.support.databases import Database
 from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
 from tests.support.http_api import SECRET, token
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 

@@ -4,7 +4,7 @@ A hypothesis RuleBasedStateMachine runs signups (with and without the trigger),
 deletions and re-created ids, role changes, debits and grants (keyed from a tiny pool
 of keys, so replays and CR007 happen), refunds, team changes, the backfill, its dry
 run and the batched walk, balances and the allocation report, against real
-PostgreSQL and the model in tests/ledger_model.py. Every call's result or SQLSTATE
+PostgreSQL and the model in tests/support/ledger_model.py. Every call's result or SQLSTATE
 must equal the model's; after every step the balance rows, the ledger, the team
 rows, the idempotency keys and the users must equal the model's, and
 verify_credit_integrity() must report exactly the team problems the model expects.

@@ -2,7 +2,7 @@
 
 Each test here failed on f3bd348 (the main this work started from) and names
 the item it proves. Sessions are ordered by asking the server whether one
-waits on another (tests/sessions.py), never by sleeping.
+waits on another (tests/support/sessions.py), never by sleeping.
 """
 
 from __future__ import annotations

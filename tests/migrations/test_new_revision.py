@@ -17,7 +17,7 @@ from scripts.sqltext import FunctionStatement, or_replace, split_statements
 from tests.support.catalog import by_kind, difference, fingerprint, fingerprint_at
 from tests.support.databases import Server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = alembic_dir() / "versions"
 
 # The files of sql/ revision 0007 changed (its section headers name them).

@@ -6,7 +6,7 @@ add and remove, user delete and a user re-created with the same id. For each
 ordered pair, session 2 starts while session 1 holds its locks (observed in
 pg_blocking_pids, never slept into), in both commit orders that can happen, at
 READ COMMITTED, REPEATABLE READ and SERIALIZABLE. After each interleaving the
-world's ledger is checked by the test's own SQL (tests/interleaving_support.py)
+world's ledger is checked by the test's own SQL (tests/support/interleavings.py)
 and only documented SQLSTATEs may have been raised.
 
 One database serves the whole matrix; each interleaving builds its own world

@@ -9,7 +9,7 @@ from tests.support.catalog import difference, fingerprint
 from tests.support.databases import Server
 from tests.support.helpers import Conn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ROOT / "alembic" / "versions"
 
 FUNCTIONS = [
