@@ -268,13 +268,17 @@ def test_admin_backfill(db: Database, conn: Conn) -> None:
     assert credits_db.verify(conn) == []
 
 
+# A fixed id: it is part of the test id, which must be the same in every pytest-xdist
+# worker ("Different tests were collected between gw0 and gw1" otherwise).
+SOMEONE = uuid.UUID("5f0c6c3e-8a59-4c7e-9d0b-2f1e6a7b9c10")
+
 ENDPOINTS = [
     ("get", "/api/credits/status", None),
     ("post", "/api/credits/check", {"requiredCredits": 1}),
     ("post", "/api/credits/use", {"credits": 1}),
     ("get", "/api/credits/team-members", None),
     ("post", "/api/credits/team-members", {"teamMemberId": str(uuid.uuid4())}),
-    ("delete", f"/api/credits/team-members/{uuid.uuid4()}", None),
+    ("delete", f"/api/credits/team-members/{SOMEONE}", None),
     ("get", "/api/credits/history", None),
     ("get", "/api/billing/overview", None),
     ("post", "/api/admin/backfill-credits", None),

@@ -38,6 +38,7 @@ def _finite_positive(value: Any) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_quick_bench_writes_every_workload(server: Server, tmp_path: Path) -> None:
     assert main(["--url", server.admin_url, "--quick", "--out", str(tmp_path)]) == 0
 
