@@ -26,7 +26,7 @@
 -- debit_credits() next to these floors shows what its own code costs beyond
 -- the contract; these floors next to the bare statement show what the contract
 -- costs (docs/performance.md). Bench-only: never installed by credits-db;
--- tests/test_bench.py checks they return and write what debit_credits() does.
+-- tests/bench/test_bench.py checks they return and write what debit_credits() does.
 CREATE FUNCTION bench_debit_contract_floor(p_user_id uuid, p_amount integer) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER

@@ -19,7 +19,7 @@
 -- reports the account).
 --
 -- Installed on a copy whose package trigger is disabled. Bench-only: never
--- installed by credits-db; tests/test_bench.py checks it writes the same rows.
+-- installed by credits-db; tests/bench/test_bench.py checks it writes the same rows.
 CREATE FUNCTION bench_signup_contract_floor() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER

@@ -1,0 +1,884 @@
+"""The interleaving matrix of tests/sql/test_ledger_interleavings.py (no tests here).
+
+Every ordered pair of writers runs in two sessions of one database: session 1
+runs its writer and keeps its transaction open, session 2 runs its writer in a
+background thread, and the main thread asks the server (``pg_blocking_pids``)
+whether session 2 waits for session 1, polling until it does or until session 2
+has finished: the order of the sessions is observed, never slept into. Then
+both commit orders that can happen: session 1 first (always), and session 2
+first (only when session 2 was not blocked, since a blocked session cannot
+commit). Each interleaving runs in its own world of fresh users (World),
+committed before it starts and deleted after its checks, all in the test's own
+SQL (not the package's functions):
+
+* invariants: every balance equals the sums of its account's own entries,
+  nothing is negative, every account holds its current role's allocation, a
+  key names one entry per owner, pools stay within their cap, a refund
+  reverses one debit of the same account life once; and
+  ``verify_credit_integrity()`` reports nothing for the world;
+* effects: each committed writer left its write (a role change to super_admin
+  at least 10000 allocated), a rolled-back one nothing;
+* every SQLSTATE raised is a documented one (retryable ones at any level).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import psycopg
+from psycopg import IsolationLevel
+from psycopg.rows import dict_row
+
+from tests.support.helpers import Conn
+
+# The schema of revision 0007 (account lives, allocated_credits, the keys
+# table). Set to False only to run the matrix against an older schema: the
+# watermark becomes 0, allocated_credits and the keys table are not checked.
+NEW_SCHEMA = True
+
+LEVELS: dict[str, IsolationLevel] = {
+    "read_committed": IsolationLevel.READ_COMMITTED,
+    "repeatable_read": IsolationLevel.REPEATABLE_READ,
+    "serializable": IsolationLevel.SERIALIZABLE,
+}
+
+# SQLSTATEs the README documents for credits-db's functions, and the retryable
+# ones (nothing written, the caller retries), allowed at every level.
+DOCUMENTED = frozenset(
+    {f"CR{n:03d}" for n in range(1, 11)} | {"22023", "22P02", "22004", "42501"}
+)
+RETRYABLE = frozenset({"40001", "40P01", "55P03", "57014"})
+ALLOWED = DOCUMENTED | RETRYABLE
+
+BULK_USERS = 100
+BULK_ROLES = ("member", "admin", "team_admin", "RecruitPro", "super_admin", None, "no such role")
+ALLOCATION_SOURCES = "('signup', 'backfill', 'role_change')"
+MEMBER_CREDITS = 350
+SUPER_ADMIN_CREDITS = 10000
+# Session 2 not blocked nor finished after this long is a hang, reported as such.
+HANG_SECONDS = 30.0
+POLL_SECONDS = 0.0005
+
+
+def _world_prefix() -> bytes:
+    """8 random bytes shared by every id of one world (a v4 uuid's first half)."""
+    return uuid.uuid4().bytes[:8]
+
+
+@dataclass(frozen=True)
+class World:
+    """One interleaving's users, all with new random ids.
+
+    A team_admin (5000) with members M (own account spent to 0, so M's debits go
+    to the pool), F1 and F2 (fillers: the pool has 3 of its 4 seats taken); U a
+    member with 350 and one debit D of 50; W a member with no balance row; X and
+    X2 members in no team; R and R2 ids that had an account (a debit keyed
+    'order-1') and were deleted. S and the 100 bulk ids (and the second
+    targets S2 and bulk 2) are ids of users only a signup writer inserts.
+
+    Every id starts with the world's random prefix, so the world is one range
+    of ids (``lo`` to ``hi``): the checks scope to it by an index range scan.
+    """
+
+    prefix: bytes = field(default_factory=_world_prefix)
+    d: int = 0
+
+    def id(self, n: int) -> uuid.UUID:
+        """The world's n-th id: its prefix, then n (the second half, variant bits set)."""
+        return uuid.UUID(bytes=self.prefix + (0x8000_0000_0000_0000 | n).to_bytes(8, "big"))
+
+    @property
+    def lo(self) -> uuid.UUID:
+        """The lowest id the world's prefix allows."""
+        return uuid.UUID(bytes=self.prefix + bytes(8))
+
+    @property
+    def hi(self) -> uuid.UUID:
+        """The highest id the world's prefix allows."""
+        return uuid.UUID(bytes=self.prefix + b"\xff" * 8)
+
+    @property
+    def a(self) -> uuid.UUID:
+        """The team admin (5000)."""
+        return self.id(1)
+
+    @property
+    def m(self) -> uuid.UUID:
+        """Member of A's team, own account at 0."""
+        return self.id(2)
+
+    @property
+    def f1(self) -> uuid.UUID:
+        """Filler member of A's team."""
+        return self.id(3)
+
+    @property
+    def f2(self) -> uuid.UUID:
+        """Filler member of A's team."""
+        return self.id(4)
+
+    @property
+    def u(self) -> uuid.UUID:
+        """A member with 300 left after debit D."""
+        return self.id(5)
+
+    @property
+    def w(self) -> uuid.UUID:
+        """A member without a balance row."""
+        return self.id(6)
+
+    @property
+    def x(self) -> uuid.UUID:
+        """A member in no team."""
+        return self.id(7)
+
+    @property
+    def x2(self) -> uuid.UUID:
+        """A member in no team (second target of team add)."""
+        return self.id(8)
+
+    @property
+    def r(self) -> uuid.UUID:
+        """A deleted user with history (to re-create)."""
+        return self.id(9)
+
+    @property
+    def r2(self) -> uuid.UUID:
+        """Second target of re-create."""
+        return self.id(10)
+
+    @property
+    def s(self) -> uuid.UUID:
+        """The single signup's new user."""
+        return self.id(11)
+
+    @property
+    def s2(self) -> uuid.UUID:
+        """Second target of single signup."""
+        return self.id(12)
+
+    def bulk(self, target: int) -> list[uuid.UUID]:
+        """The 100 ids of a bulk signup (target 1 or 2)."""
+        return [self.id(1000 * target + n) for n in range(BULK_USERS)]
+
+    def scope(self) -> dict[str, uuid.UUID]:
+        """The query parameters naming the world's range of ids."""
+        return {"lo": self.lo, "hi": self.hi}
+
+
+def build_world(conn: Conn) -> World:
+    """Create and commit a fresh world on the autocommit connection ``conn``."""
+    world = World()
+    signed_up = [world.a, world.m, world.f1, world.f2, world.u, world.x, world.x2, world.r, world.r2]
+    roles = ["team_admin", *["member"] * 8]
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO users (id, role) SELECT * FROM unnest(%s::uuid[], %s::text[])",
+            (signed_up, roles),
+        )
+        conn.execute(
+            "SELECT add_team_member(%s, m) FROM unnest(%s::uuid[]) AS m",
+            (world.a, [world.m, world.f1, world.f2]),
+        )
+        conn.execute("SELECT debit_credits(%s, 350)", (world.m,))
+        row = conn.execute("SELECT (debit_credits(%s, 50) ->> 'log_id')::bigint", (world.u,))
+        d = _one(row.fetchone())
+        conn.execute(
+            "SELECT debit_credits(r, 10, p_idempotency_key => 'order-1')"
+            " FROM unnest(%s::uuid[]) AS r",
+            ([world.r, world.r2],),
+        )
+        # W as the host had it before credits-db: no trigger, so no balance row.
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')", (world.w,))
+        conn.execute("SET LOCAL session_replication_role = origin")
+        conn.execute("DELETE FROM users WHERE id = ANY(%s)", ([world.r, world.r2],))
+    return replace(world, d=d)
+
+
+def drop_world(conn: Conn, world: World) -> None:
+    """Delete the world's users (their log rows stay: the log is append-only)."""
+    conn.execute("DELETE FROM users WHERE id BETWEEN %(lo)s AND %(hi)s", world.scope())
+
+
+def _one(row: tuple[Any, ...] | None) -> Any:
+    assert row is not None
+    return row[0]
+
+
+# --- writers ---------------------------------------------------------------
+
+WriterFn = Callable[[Conn, World, int], None]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One kind of write. ``run(conn, world, target)``: target 2 is the second
+    target of writers that make no sense twice on the same rows (two signups of
+    one id would be the host's unique violation, not a credits-db race)."""
+
+    name: str
+    run: WriterFn
+
+
+def _signup(conn: Conn, world: World, target: int) -> None:
+    conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')",
+                 (world.s if target == 1 else world.s2,))
+
+
+def _bulk_signup(conn: Conn, world: World, target: int) -> None:
+    conn.execute(
+        "INSERT INTO users (id, role) SELECT t.id, (%s::text[])[1 + t.n %% %s]"
+        " FROM unnest(%s::uuid[]) WITH ORDINALITY AS t(id, n)",
+        (list(BULK_ROLES), len(BULK_ROLES), world.bulk(target)),
+    )
+
+
+def _backfill(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT backfill_user_credits()")
+
+
+def _batched_walk(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT backfill_user_credits_batch(NULL, 100000)")
+    conn.execute("SELECT backfill_user_credits()")
+
+
+def _own_debit(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT debit_credits(%s, 200)", (world.u,))
+
+
+def _pool_debit(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT debit_credits(%s, 3000)", (world.m,))
+
+
+def _keyed_debit(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT debit_credits(%s, 100, p_idempotency_key => 'K1')", (world.m,))
+
+
+def _keyed_grant(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT grant_credits(%s, 25, p_idempotency_key => 'G1')", (world.u,))
+
+
+def _grant(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT grant_credits(%s, 25)", (world.w,))
+
+
+def _refund(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT refund_credits(%s)", (world.d,))
+
+
+def _role_change(conn: Conn, world: World, target: int) -> None:
+    conn.execute("UPDATE users SET role = 'super_admin' WHERE id = %s", (world.w,))
+
+
+def _team_add(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT add_team_member(%s, %s)", (world.a, world.x if target == 1 else world.x2))
+
+
+def _team_remove(conn: Conn, world: World, target: int) -> None:
+    conn.execute("SELECT remove_team_member(%s, %s)", (world.a, world.m))
+
+
+def deleted_by_user_delete(world: World) -> list[uuid.UUID]:
+    """Whom the user delete deletes: W (backfill, grant, role change), U (own
+    debit, keyed grant, refund), X (team add) and M (pool and keyed debits, team
+    remove), in one statement."""
+    return [world.w, world.u, world.x, world.m]
+
+
+def _user_delete(conn: Conn, world: World, target: int) -> None:
+    conn.execute("DELETE FROM users WHERE id = ANY(%s)", (deleted_by_user_delete(world),))
+
+
+def _recreate(conn: Conn, world: World, target: int) -> None:
+    conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')",
+                 (world.r if target == 1 else world.r2,))
+
+
+WRITERS: tuple[Writer, ...] = (
+    Writer("signup", _signup),
+    Writer("bulk_signup", _bulk_signup),
+    Writer("backfill", _backfill),
+    Writer("batched_walk", _batched_walk),
+    Writer("own_debit", _own_debit),
+    Writer("pool_debit", _pool_debit),
+    Writer("keyed_debit", _keyed_debit),
+    Writer("keyed_grant", _keyed_grant),
+    Writer("grant", _grant),
+    Writer("refund", _refund),
+    Writer("role_change", _role_change),
+    Writer("team_add", _team_add),
+    Writer("team_remove", _team_remove),
+    Writer("user_delete", _user_delete),
+    Writer("recreate", _recreate),
+)
+TWO_TARGETS = frozenset({"signup", "bulk_signup", "team_add", "recreate"})
+
+
+# --- running one interleaving ----------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What one session did: the error it raised (SQLSTATE, message), if any."""
+
+    writer: str
+    target: int
+    sqlstate: str | None = None
+    message: str = ""
+
+    @property
+    def committed(self) -> bool:
+        """True when the writer ran and its transaction committed."""
+        return self.sqlstate is None
+
+
+def _record(conn: Conn, outcome: Outcome, exc: psycopg.Error) -> None:
+    outcome.sqlstate = exc.sqlstate or f"(none: {type(exc).__name__})"
+    outcome.message = str(exc).splitlines()[0] if str(exc) else ""
+    conn.rollback()
+
+
+def _write(conn: Conn, writer: Writer, world: World, outcome: Outcome) -> None:
+    try:
+        writer.run(conn, world, outcome.target)
+    except psycopg.Error as exc:
+        _record(conn, outcome, exc)
+
+
+def _commit(conn: Conn, outcome: Outcome) -> None:
+    if outcome.sqlstate is not None:
+        return
+    try:
+        conn.commit()
+    except psycopg.Error as exc:
+        _record(conn, outcome, exc)
+
+
+class Background:
+    """Runs one call in a thread; ``done`` is set when it has returned or raised."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._work = work
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # re-raised by the main thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def wait_blocked_or_done(monitor: Conn, blocker: int, waiter: int, work: Background) -> bool:
+    """Poll the server until ``waiter`` waits for a lock ``blocker`` holds (True)
+    or ``work`` has finished (False). Raises TimeoutError after HANG_SECONDS."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while not work.done.is_set():
+        row = monitor.execute("SELECT %s = ANY(pg_blocking_pids(%s))", (blocker, waiter))
+        if _one(row.fetchone()):
+            return True
+        if time.monotonic() > deadline:
+            raise TimeoutError("session 2 neither blocked by session 1 nor finished")
+        work.done.wait(POLL_SECONDS)
+    return False
+
+
+def _finish(work: Background, conn: Conn) -> None:
+    """Join session 2's thread; a hang is cancelled and reported."""
+    work.thread.join(HANG_SECONDS)
+    if work.thread.is_alive():
+        conn.cancel_safe()
+        work.thread.join()
+        raise TimeoutError("session 2 did not finish after session 1 committed")
+    if work.error is not None:
+        raise work.error
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An ordered pair of writers at one isolation level."""
+
+    first: Writer
+    second: Writer
+    level: str
+
+    def targets(self) -> tuple[int, int]:
+        """Session 2 takes the second target when both run one two-target writer."""
+        same = self.first is self.second and self.first.name in TWO_TARGETS
+        return 1, 2 if same else 1
+
+
+@dataclass
+class Run:
+    """One interleaving's result."""
+
+    pair: Pair
+    order: str
+    blocked: bool
+    outcomes: tuple[Outcome, Outcome]
+    world: World
+
+    def label(self) -> str:
+        """The pair, level and commit order, for failure messages."""
+        return (f"[{self.pair.level}] {self.pair.first.name} (session 1) -> "
+                f"{self.pair.second.name} (session 2), {self.order}")
+
+
+@dataclass
+class Sessions:
+    """The two writing sessions and the monitor (autocommit) of one database."""
+
+    one: Conn
+    two: Conn
+    monitor: Conn
+
+    def set_level(self, level: IsolationLevel) -> None:
+        """Both writing sessions run their next transactions at ``level``."""
+        for conn in (self.one, self.two):
+            conn.rollback()
+            conn.isolation_level = level
+
+
+def run_interleaving(sessions: Sessions, pair: Pair, second_first: bool) -> Run:
+    """Run ``pair`` once in a new world. Commit order: session 1 first, or, if
+    ``second_first`` and session 2 was not blocked, session 2 first."""
+    world = build_world(sessions.monitor)
+    t1, t2 = pair.targets()
+    one, two = Outcome(pair.first.name, t1), Outcome(pair.second.name, t2)
+    _write(sessions.one, pair.first, world, one)
+    work = Background(lambda: _write(sessions.two, pair.second, world, two))
+    try:
+        blocked = wait_blocked_or_done(
+            sessions.monitor, sessions.one.info.backend_pid, sessions.two.info.backend_pid, work
+        )
+        if second_first and not blocked:
+            _finish(work, sessions.two)
+            _commit(sessions.two, two)
+            _commit(sessions.one, one)
+            order = "commit 2 then 1"
+        else:
+            _commit(sessions.one, one)
+            _finish(work, sessions.two)
+            _commit(sessions.two, two)
+            order = "commit 1 then 2" + (" (2 blocked by 1)" if blocked else "")
+    finally:
+        sessions.one.rollback()  # releases session 2 if anything above failed
+        work.done.wait()
+        sessions.two.rollback()
+    return Run(pair, order, blocked, (one, two), world)
+
+
+# --- invariants, in the test's own SQL -------------------------------------
+#
+# Every query is scoped to the world's range of ids (%(lo)s .. %(hi)s). An
+# account's own entries are its user id's log rows above its watermark.
+
+WATERMARK = "uc.opened_after_log_id" if NEW_SCHEMA else "0"
+IN_WORLD = "BETWEEN %(lo)s AND %(hi)s"
+
+LEDGER_SQL = f"""
+SELECT uc.user_id, uc.total_credits, uc.used_credits, uc.remaining_credits,
+       {"uc.allocated_credits" if NEW_SCHEMA else "NULL::integer"} AS allocated,
+       s.total, s.credits, s.debits, s.allocations
+FROM user_credits uc
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(l.amount), 0) AS total,
+           coalesce(sum(l.amount) FILTER (WHERE l.amount > 0), 0) AS credits,
+           coalesce(-sum(l.amount) FILTER (WHERE l.amount < 0), 0) AS debits,
+           coalesce(sum(l.amount) FILTER (WHERE l.type = 'credit'
+                                          AND l.source IN {ALLOCATION_SOURCES}), 0) AS allocations
+    FROM credit_usage_log l
+    WHERE l.user_id = uc.user_id AND l.id > {WATERMARK}
+) s
+WHERE uc.user_id {IN_WORLD}
+  AND (uc.remaining_credits <> s.total OR uc.total_credits <> s.credits
+       OR uc.used_credits <> s.debits
+       OR uc.total_credits < 0 OR uc.used_credits < 0 OR uc.remaining_credits < 0
+       {"OR uc.allocated_credits <> s.allocations" if NEW_SCHEMA else ""})
+"""
+
+# Entitlement (item 6): an account holds at least its current role's
+# allocation (a NULL or unknown role: the member row's).
+ENTITLEMENT_SQL = f"""
+SELECT uc.user_id, u.role, {"uc.allocated_credits" if NEW_SCHEMA else "NULL::integer"},
+       a.allocations, coalesce(rc.credits, fallback.credits, 0) AS entitled
+FROM user_credits uc
+JOIN users u ON u.id = uc.user_id
+LEFT JOIN role_credits rc ON rc.role = u.role
+LEFT JOIN role_credits fallback ON fallback.role = 'member'
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(l.amount), 0) AS allocations
+    FROM credit_usage_log l
+    WHERE l.user_id = uc.user_id AND l.id > {WATERMARK}
+      AND l.type = 'credit' AND l.source IN {ALLOCATION_SOURCES}
+) a
+WHERE uc.user_id {IN_WORLD}
+  AND (a.allocations < coalesce(rc.credits, fallback.credits, 0)
+       {"OR uc.allocated_credits < coalesce(rc.credits, fallback.credits, 0)" if NEW_SCHEMA else ""})
+"""
+
+# Among the live accounts' own entries, a key names one entry per owner (the
+# spender for a debit, the account for a credit) and kind of entry.
+KEY_ONCE_SQL = f"""
+SELECT coalesce(l.actor_user_id, l.user_id) AS owner, l.type, l.idempotency_key,
+       array_agg(l.id ORDER BY l.id)
+FROM user_credits uc
+JOIN credit_usage_log l ON l.user_id = uc.user_id AND l.id > {WATERMARK}
+WHERE uc.user_id {IN_WORLD} AND l.idempotency_key IS NOT NULL
+GROUP BY 1, 2, 3
+HAVING count(*) > 1
+"""
+
+# Each key row of a world owner names an entry with that key by that owner, of
+# that kind; the owner exists; a key never survives from an earlier life of the
+# owner's own account.
+KEY_ROWS_SQL = f"""
+SELECT k.owner_user_id, k.operation, k.idempotency_key, k.log_id
+FROM credit_idempotency_keys k
+LEFT JOIN credit_usage_log l ON l.id = k.log_id
+LEFT JOIN user_credits own ON own.user_id = k.owner_user_id
+WHERE k.owner_user_id {IN_WORLD}
+  AND (l.id IS NULL
+       OR l.idempotency_key IS DISTINCT FROM k.idempotency_key
+       OR coalesce(l.actor_user_id, l.user_id) <> k.owner_user_id
+       OR (l.type = 'debit') <> (k.operation = 'debit')
+       OR NOT EXISTS (SELECT FROM users u WHERE u.id = k.owner_user_id)
+       OR (l.user_id = k.owner_user_id AND l.id <= own.opened_after_log_id))
+"""
+
+# Every keyed entry of a live account whose owner is alive holds its key: an
+# entry without it would be written again by a retry.
+KEYED_ENTRY_WITHOUT_KEY_SQL = f"""
+SELECT l.id, coalesce(l.actor_user_id, l.user_id), l.type, l.idempotency_key
+FROM user_credits uc
+JOIN credit_usage_log l ON l.user_id = uc.user_id AND l.id > uc.opened_after_log_id
+WHERE uc.user_id {IN_WORLD} AND l.idempotency_key IS NOT NULL
+  AND EXISTS (SELECT FROM users u WHERE u.id = coalesce(l.actor_user_id, l.user_id))
+  AND NOT EXISTS (
+      SELECT FROM credit_idempotency_keys k
+      WHERE k.owner_user_id = coalesce(l.actor_user_id, l.user_id)
+        AND k.operation = CASE WHEN l.type = 'debit' THEN 'debit' ELSE 'grant' END
+        AND k.idempotency_key = l.idempotency_key AND k.log_id = l.id)
+"""
+
+POOL_CAP_SQL = f"""
+SELECT t.team_admin_id, count(*), coalesce(rc.team_member_limit, fallback.team_member_limit, 0)
+FROM team_credit_sharing t
+JOIN users u ON u.id = t.team_admin_id
+LEFT JOIN role_credits rc ON rc.role = u.role
+LEFT JOIN role_credits fallback ON fallback.role = 'member'
+WHERE t.team_admin_id {IN_WORLD}
+GROUP BY t.team_admin_id, 3
+HAVING count(*) > coalesce(rc.team_member_limit, fallback.team_member_limit, 0)
+"""
+
+# Every refund among a live account's own entries reverses an earlier debit of
+# that same account life, for its amount, and no debit is refunded twice.
+REFUND_SQL = f"""
+SELECT r.id, r.user_id, r.refund_of, d.user_id, d.type, d.amount, r.amount,
+       (SELECT count(*) FROM credit_usage_log x WHERE x.refund_of = r.refund_of)
+FROM user_credits uc
+JOIN credit_usage_log r ON r.user_id = uc.user_id AND r.id > {WATERMARK}
+LEFT JOIN credit_usage_log d ON d.id = r.refund_of
+WHERE uc.user_id {IN_WORLD} AND (r.refund_of IS NOT NULL OR r.source = 'refund')
+  AND (d.id IS NULL OR d.type <> 'debit' OR d.user_id <> r.user_id OR d.id <= {WATERMARK}
+       OR d.id >= r.id OR r.amount <> -d.amount OR r.type <> 'credit' OR r.source <> 'refund'
+       OR (SELECT count(*) FROM credit_usage_log x WHERE x.refund_of = r.refund_of) > 1)
+"""
+
+VERIFY_SQL = f"SELECT user_id, problem FROM verify_credit_integrity() WHERE user_id {IN_WORLD}"
+
+CHECKS: tuple[tuple[str, str], ...] = (
+    ("balance <> its own entries, or negative", LEDGER_SQL),
+    ("below the entitlement of the current role", ENTITLEMENT_SQL),
+    ("a key used more than once", KEY_ONCE_SQL),
+    ("team pool over its cap", POOL_CAP_SQL),
+    ("bad or repeated refund", REFUND_SQL),
+    ("verify_credit_integrity()", VERIFY_SQL),
+) + ((
+    ("key row naming no entry of its owner, or outliving them", KEY_ROWS_SQL),
+    ("keyed entry without its key", KEYED_ENTRY_WITHOUT_KEY_SQL),
+) if NEW_SCHEMA else ())
+
+
+def invariant_problems(conn: Conn, world: World) -> list[str]:
+    """Every broken invariant of ``world``, one line each."""
+    problems: list[str] = []
+    for name, query in CHECKS:
+        problems += [f"{name}: {row}" for row in conn.execute(query, world.scope()).fetchall()]
+    return problems
+
+
+def sqlstate_problems(run: Run) -> list[str]:
+    """Every SQLSTATE raised that the docs do not name."""
+    return [
+        f"session {n} ({o.writer}) raised undocumented SQLSTATE {o.sqlstate}: {o.message}"
+        for n, o in enumerate(run.outcomes, start=1)
+        if o.sqlstate is not None and o.sqlstate not in ALLOWED
+    ]
+
+
+# --- effects: what each committed writer left, and nothing from a rolled-back one
+
+Facts = dict[str, Any]
+
+FACTS_SQL = f"""
+WITH own AS MATERIALIZED (
+    SELECT l.* FROM user_credits uc
+    JOIN credit_usage_log l ON l.user_id = uc.user_id AND l.id > {WATERMARK}
+    WHERE uc.user_id {IN_WORLD}
+)
+SELECT
+    array(SELECT u.id FROM users u WHERE u.id {IN_WORLD}) AS alive,
+    array(SELECT uc.user_id FROM user_credits uc WHERE uc.user_id {IN_WORLD}) AS accounts,
+    array(SELECT t.team_member_id FROM team_credit_sharing t
+          WHERE t.team_admin_id = %(a)s) AS team,
+    (SELECT u.role FROM users u WHERE u.id = %(w)s) AS role_w,
+    (SELECT coalesce(sum(amount), 0) FROM own WHERE user_id = %(w)s AND type = 'credit'
+        AND source IN {ALLOCATION_SOURCES}) AS allocated_w,
+    (SELECT count(*) FROM own WHERE user_id = %(w)s AND source = 'admin_grant'
+        AND idempotency_key IS NULL) AS grants_w,
+    (SELECT count(*) FROM own WHERE user_id = %(u)s AND type = 'credit'
+        AND idempotency_key = 'G1') AS keyed_grants_u,
+    (SELECT count(*) FROM own WHERE coalesce(actor_user_id, user_id) = %(m)s
+        AND type = 'debit' AND idempotency_key = 'K1') AS keyed_debits_m,
+    (SELECT count(*) FROM own WHERE user_id = %(u)s AND amount = -200) AS own_debits_u,
+    (SELECT count(*) FROM own WHERE user_id = %(a)s AND actor_user_id = %(m)s
+        AND amount = -3000) AS pool_debits_m,
+    (SELECT count(*) FROM credit_usage_log l WHERE l.refund_of = %(d)s) AS refunds_d,
+    (SELECT count(*) FROM own WHERE user_id = %(r)s) AS entries_r,
+    (SELECT count(*) FROM own WHERE user_id = %(r2)s) AS entries_r2,
+    (SELECT uc.remaining_credits FROM user_credits uc WHERE uc.user_id = %(r)s) AS remaining_r,
+    (SELECT uc.remaining_credits FROM user_credits uc WHERE uc.user_id = %(r2)s) AS remaining_r2
+"""
+
+
+def facts(conn: Conn, world: World) -> Facts:
+    """What the world holds now, for the effect checks."""
+    params: dict[str, Any] = {
+        **world.scope(), "a": world.a, "m": world.m, "u": world.u, "w": world.w,
+        "r": world.r, "r2": world.r2, "d": world.d,
+    }
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(FACTS_SQL, params).fetchone()
+    assert row is not None
+    return {**row, "alive": set(row["alive"]), "accounts": set(row["accounts"]),
+            "team": set(row["team"])}
+
+
+Effect = Callable[[World, Facts, int, int], list[str]]
+
+
+def _expect(ok: bool, what: str) -> list[str]:
+    return [] if ok else [what]
+
+
+def _signed_up(ids: list[uuid.UUID], f: Facts, n: int, what: str) -> list[str]:
+    alive = sum(i in f["alive"] for i in ids)
+    accounts = sum(i in f["accounts"] for i in ids)
+    return _expect(alive == accounts == len(ids) * n,
+                   f"{what} committed {n}x: {alive} of {len(ids)} users, {accounts} accounts")
+
+
+def _effect_signup(world: World, f: Facts, target: int, n: int) -> list[str]:
+    return _signed_up([world.s if target == 1 else world.s2], f, n, "signup")
+
+
+def _effect_bulk(world: World, f: Facts, target: int, n: int) -> list[str]:
+    return _signed_up(world.bulk(target), f, n, "bulk signup")
+
+
+def _effect_backfill(world: World, f: Facts, target: int, n: int) -> list[str]:
+    opened = world.w not in f["alive"] or world.w in f["accounts"]
+    return _expect(n == 0 or opened, "backfill committed but W has no balance row")
+
+
+def _counted(name: str, expected: int) -> Callable[[World, Facts, int, int], list[str]]:
+    """An effect counting entries: ``expected`` of them per commit (0: at most one)."""
+
+    def check(world: World, f: Facts, target: int, n: int) -> list[str]:
+        want = n * expected if expected else min(n, 1)
+        return _expect(f[name] == want, f"{name} = {f[name]} after {n} commit(s), not {want}")
+
+    return check
+
+
+def _if_alive(who: Callable[[World], uuid.UUID], effect: Effect) -> Effect:
+    """Check ``effect`` only while its target user still exists."""
+
+    def check(world: World, f: Facts, target: int, n: int) -> list[str]:
+        return effect(world, f, target, n) if who(world) in f["alive"] else []
+
+    return check
+
+
+def _effect_role_change(world: World, f: Facts, target: int, n: int) -> list[str]:
+    want = "super_admin" if n else "member"
+    return _expect(f["role_w"] == want, f"W's role is {f['role_w']!r}, not {want!r}")
+
+
+def _effect_team_add(world: World, f: Facts, target: int, n: int) -> list[str]:
+    joined = world.x if target == 1 else world.x2
+    if joined not in f["alive"]:
+        return []
+    return _expect((joined in f["team"]) == (n > 0), f"team add committed {n}x: team {f['team']}")
+
+
+def _effect_team_remove(world: World, f: Facts, target: int, n: int) -> list[str]:
+    return _expect((world.m in f["team"]) == (n == 0), f"team remove committed {n}x: team {f['team']}")
+
+
+def _effect_user_delete(world: World, f: Facts, target: int, n: int) -> list[str]:
+    alive = [i in f["alive"] for i in deleted_by_user_delete(world)]
+    return _expect(alive == [n == 0] * len(alive), f"user delete committed {n}x: alive {alive}")
+
+
+def _effect_recreate(world: World, f: Facts, target: int, n: int) -> list[str]:
+    who, suffix = (world.r, "r") if target == 1 else (world.r2, "r2")
+    state = (who in f["alive"], who in f["accounts"], f[f"entries_{suffix}"], f[f"remaining_{suffix}"])
+    want = (True, True, 1, MEMBER_CREDITS) if n else (False, False, 0, None)
+    return _expect(state == want, f"re-created {n}x: (user, account, own entries, remaining)"
+                                  f" = {state}, not {want}")
+
+
+EFFECTS: dict[str, Effect] = {
+    "signup": _effect_signup,
+    "bulk_signup": _effect_bulk,
+    "backfill": _effect_backfill,
+    "batched_walk": _effect_backfill,
+    "own_debit": _if_alive(lambda w: w.u, _counted("own_debits_u", 1)),
+    "pool_debit": _counted("pool_debits_m", 1),
+    "keyed_debit": _counted("keyed_debits_m", 0),
+    "keyed_grant": _if_alive(lambda w: w.u, _counted("keyed_grants_u", 0)),
+    "grant": _if_alive(lambda w: w.w, _counted("grants_w", 1)),
+    "refund": _counted("refunds_d", 1),
+    "role_change": _if_alive(lambda w: w.w, _effect_role_change),
+    "team_add": _effect_team_add,
+    "team_remove": _if_alive(lambda w: w.m, _effect_team_remove),
+    "user_delete": _effect_user_delete,
+    "recreate": _effect_recreate,
+}
+
+
+def role_change_problems(world: World, f: Facts, run: Run) -> list[str]:
+    """After a committed role change of W to super_admin, W (unless deleted)
+    has a balance row (0007 opens it in the role change) holding at least the
+    super_admin allocation; with NEW_SCHEMA False only an existing row is held to it."""
+    if not any(o.writer == "role_change" and o.committed for o in run.outcomes):
+        return []
+    if world.w not in f["alive"] or (not NEW_SCHEMA and world.w not in f["accounts"]):
+        return []
+    return [] if world.w in f["accounts"] and f["allocated_w"] >= SUPER_ADMIN_CREDITS else [
+        f"role change to super_admin committed: W has account {world.w in f['accounts']},"
+        f" allocations {f['allocated_w']} (needs {SUPER_ADMIN_CREDITS})"]
+
+
+def effect_problems(conn: Conn, run: Run) -> list[str]:
+    """Each writer of the run left exactly what its commits (or rollbacks) say."""
+    f = facts(conn, run.world)
+    done = Counter((o.writer, o.target) for o in run.outcomes if o.committed)
+    problems: list[str] = []
+    for writer, target in sorted({(o.writer, o.target) for o in run.outcomes}):
+        problems += EFFECTS[writer](run.world, f, target, done[(writer, target)])
+    return problems + role_change_problems(run.world, f, run)
+
+
+# --- the matrix ------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What a matrix run did, for the report and the failure message."""
+
+    interleavings: int = 0
+    blocked: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    sqlstates: Counter[str] = field(default_factory=Counter)
+
+    def summary(self, level: str) -> str:
+        """One line: interleavings, blocked, failing, seconds, SQLSTATEs raised."""
+        states = ", ".join(f"{k}: {v}" for k, v in sorted(self.sqlstates.items())) or "none"
+        return (f"{level}: {self.interleavings} interleavings, {self.blocked} with session 2"
+                f" blocked by session 1, {len(self.failures)} failing, {self.seconds:.1f} s;"
+                f" SQLSTATEs raised: {states}")
+
+
+def check_run(sessions: Sessions, run: Run) -> list[str]:
+    """Every problem of one finished run (then its world is deleted)."""
+    try:
+        return (sqlstate_problems(run) + invariant_problems(sessions.monitor, run.world)
+                + effect_problems(sessions.monitor, run))
+    finally:
+        drop_world(sessions.monitor, run.world)
+
+
+def _one_case(sessions: Sessions, pair: Pair, second_first: bool, tally: Tally) -> Run | None:
+    try:
+        run = run_interleaving(sessions, pair, second_first)
+    except TimeoutError as exc:
+        tally.failures.append(f"[{pair.level}] {pair.first.name} -> {pair.second.name}: {exc}")
+        return None
+    tally.interleavings += 1
+    tally.blocked += run.blocked
+    tally.sqlstates.update(o.sqlstate for o in run.outcomes if o.sqlstate)
+    tally.failures += [f"{run.label()}: {p}" for p in check_run(sessions, run)]
+    return run
+
+
+def pairs(level: str) -> Iterator[Pair]:
+    """Every ordered pair of writers (a writer with itself included)."""
+    for first in WRITERS:
+        for second in WRITERS:
+            yield Pair(first, second, level)
+
+
+# The tables every world churns: each world's users are deleted after it, and
+# nothing else may clean up after them (autovacuum may be off on a test server).
+CHURNED = "users, user_credits, team_credit_sharing, credit_idempotency_keys, credit_usage_log"
+VACUUM_EVERY = 50
+
+
+def housekeeping(monitor: Conn) -> None:
+    """VACUUM and ANALYZE what the worlds churn, as autovacuum would: without
+    it the dead users slow every backfill's scan and stale statistics give the
+    checks full scans of the whole log."""
+    monitor.execute(f"VACUUM (ANALYZE) {CHURNED}")
+
+
+def run_matrix(sessions: Sessions, level: str) -> Tally:
+    """Every ordered pair at ``level``, in both commit orders where both can happen."""
+    tally = Tally()
+    started = time.perf_counter()
+    sessions.set_level(LEVELS[level])
+    for n, pair in enumerate(pairs(level)):
+        if n % VACUUM_EVERY == 0:
+            housekeeping(sessions.monitor)
+        run = _one_case(sessions, pair, second_first=False, tally=tally)
+        if run is not None and not run.blocked:
+            _one_case(sessions, pair, second_first=True, tally=tally)
+    tally.seconds = time.perf_counter() - started
+    return tally
+
+
+@contextmanager
+def open_sessions(url: str) -> Iterator[Sessions]:
+    """Two writing sessions (autocommit off) and an autocommit monitor."""
+    with (
+        psycopg.connect(url, autocommit=False) as one,
+        psycopg.connect(url, autocommit=False) as two,
+        psycopg.connect(url, autocommit=True) as monitor,
+    ):
+        yield Sessions(one, two, monitor)
