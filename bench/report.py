@@ -75,23 +75,3 @@ def markdown(results: list[Result], meta: JsonDict) -> str:
     if facts:
         lines += ["", "## Facts", "", "```json", json.dumps(facts, indent=2, default=str), "```"]
     return "\n".join(lines) + "\n"
-
-
-# No longer called: python -m bench writes only results.json and results.md, and the
-# README links to them. Kept only while tests/test_bench.py still tests it
-# (test_readme_block_is_replaced_by_the_latest_table); remove both together.
-README_START = "<!-- bench-results:start (written by python -m bench) -->"
-README_END = "<!-- bench-results:end -->"
-
-
-def readme_with_results(readme: str, results_md: str) -> str:
-    """``readme`` with the block between the bench markers replaced by the results table
-    of ``results_md`` and its run line. Raises ValueError if the markers are missing."""
-    start, end = readme.find(README_START), readme.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError("README has no bench-results markers")
-    lines = results_md.splitlines()
-    run = next(line for line in lines if line.startswith("Run "))
-    table = [line for line in lines if line.startswith("|")]
-    block = "\n".join([README_START, "", run, "", *table, "", README_END])
-    return readme[:start] + block + readme[end + len(README_END):]

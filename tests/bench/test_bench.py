@@ -12,7 +12,7 @@ from uuid import uuid4
 
 import pytest
 
-from bench import report, workloads
+from bench import workloads
 from bench.__main__ import main
 from bench.core import sql_bytes, sql_text
 from tests.support.databases import Database, Server
@@ -64,18 +64,6 @@ def test_quick_bench_writes_every_workload(server: Server, tmp_path: Path) -> No
     assert results["pool_c32"]["extra"] == {"overdrawn_accounts": 0, "integrity_problems": 0}
     assert data["facts"]["debit_integrity_problems"] == 0
     assert (tmp_path / "plans" / "debit_credits.txt").read_text().count("plan:") >= 1
-
-
-def test_readme_block_is_replaced_by_the_latest_table() -> None:
-    readme = f"intro\n{report.README_START}\nold table\n{report.README_END}\nafter\n"
-    results = "# title\n\nRun 2026 on 2 cores.\nfsync=on\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nnotes\n"
-    updated = report.readme_with_results(readme, results)
-    assert "old table" not in updated
-    assert "Run 2026 on 2 cores.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n" in updated
-    assert updated.startswith("intro\n") and updated.endswith("after\n")
-    assert report.readme_with_results(updated, results) == updated
-    with pytest.raises(ValueError, match="markers"):
-        report.readme_with_results("no markers", results)
 
 
 def _install_bench_functions(conn: Conn) -> None:

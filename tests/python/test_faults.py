@@ -24,13 +24,13 @@ from credits_db import errors, urls
 from tests.support.databases import Database
 from tests.support.faults import (
     POLL_TIMEOUT,
-    Background,
     killed_at_commit,
     terminate,
     wait_for,
     wait_until_waiting_on_a_lock,
 )
 from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.sessions import Background
 from tests.support.spending import integrity, state
 
 

@@ -4,12 +4,12 @@ waits that poll pg_stat_activity (nothing sleeps), a backend killed at COMMIT.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tests.support.helpers import Conn
+from tests.support.sessions import Background
 
 POLL_TIMEOUT = 60.0
 
@@ -42,31 +42,6 @@ def terminate(admin: Conn, pid: int) -> None:
     assert row == (True,)
     wait_for(admin, "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)",
              (pid,), f"backend {pid} to exit")
-
-
-class Background:
-    """Run ``work`` in a thread; ``outcome()`` joins it and returns its result or exception."""
-
-    def __init__(self, work: Callable[[], Any]) -> None:
-        self._result: list[Any] = []
-
-        def target() -> None:
-            try:
-                self._result.append(work())
-            except BaseException as exc:  # handed to the test
-                self._result.append(exc)
-
-        self._thread = threading.Thread(target=target, daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def outcome(self) -> Any:
-        self._thread.join(POLL_TIMEOUT)
-        assert not self._thread.is_alive(), "the call did not return"
-        return self._result[0]
 
 
 BLOCK_AT_COMMIT = """
