@@ -114,3 +114,17 @@ def test_the_identity_is_evaluated_once_per_query(conn: Conn) -> None:
             "EXPLAIN SELECT * FROM user_credits WHERE user_id = %s", (me,)).fetchall())
     assert "InitPlan" in plan
     assert one(conn, "SELECT count(*) FROM pg_policy") == 4
+
+
+def test_a_credits_user_sees_only_the_idempotency_keys_it_owns(conn: Conn) -> None:
+    admin, member = add_users(conn, "team_admin", "member")
+    add_member(conn, admin, member)
+    debit(conn, member, 350)
+    debit(conn, member, 400, idempotency_key="mine")  # lands on the admin's account
+    debit(conn, admin, 10, idempotency_key="admins")
+    with acting(conn, "credits_user", member):
+        seen = conn.execute("SELECT owner_user_id::text, idempotency_key"
+                            " FROM credit_idempotency_keys").fetchall()
+    assert seen == [(member, "mine")]
+    with acting(conn, "credits_admin"):
+        assert one(conn, "SELECT count(*) FROM credit_idempotency_keys") == 2
