@@ -40,6 +40,7 @@ from scripts.sqltext import (
     parameter_names,
     privilege_key,
     read_function_statement,
+    renamed,
     result_type,
     split_statements,
     with_search_path,
@@ -120,6 +121,8 @@ class Definition:
     comment: FunctionStatement | None = None
     privileges: list[str] = field(default_factory=list)
     privilege_keys: set[tuple[object, ...]] = field(default_factory=set)
+    # The revision that last moved or renamed it: its create and comment are
+    # rewritten to the new name, its privilege statements are not.
     renamed_in: str | None = None
 
 
@@ -170,7 +173,11 @@ class History:
         if statement.moves:
             del self.live[definition.signature]
             moved = _renamed(definition, statement, revision)
-            self.live[moved] = replace(definition, signature=moved, renamed_in=revision)
+            comment = definition.comment
+            self.live[moved] = replace(
+                definition, signature=moved, create=renamed(definition.create, moved),
+                comment=None if comment is None else renamed(comment, moved),
+                renamed_in=revision)
         else:
             definition.alters.append((revision, statement))
 
@@ -361,8 +368,7 @@ def _change(function: SqlFunction, landed: dict[Signature, Definition]) -> Chang
     previous = landed.get(function.signature)
     if previous is None:
         return Change(function, None, body_changed=True)
-    body_changed = previous.renamed_in is not None or (
-        effective_text(previous) != or_replace(function.create))
+    body_changed = effective_text(previous) != or_replace(function.create)
     if not body_changed and comment_value(previous.comment) == comment_value(function.comment):
         return None
     return Change(function, previous, body_changed)
@@ -543,9 +549,10 @@ def _restore(definition: Definition, change: Change | None) -> list[str]:
     how = f"as revision {definition.revision} defined it" + (
         f", then ALTER FUNCTION in {', '.join(altered)}" if altered else "")
     lines = [f"-- ---- {definition.signature}: {how} ----"]
-    if definition.renamed_in is not None:
-        lines += _review([f"renamed or moved by ALTER FUNCTION in {definition.renamed_in}: the "
-                          "CREATE below has its name before that; write it by hand"])
+    if definition.renamed_in is not None and change is None:
+        lines += _review([f"renamed or moved by ALTER FUNCTION in {definition.renamed_in}: "
+                          "the GRANT and REVOKE statements below name it as before: "
+                          "write them by hand"])
     if change is None:
         lines += _review(["dropped by this revision: privileges granted inside DO blocks "
                           "(Supabase's roles, PostgreSQL 15) are not replayed below"])

@@ -385,6 +385,19 @@ def read_function_statement(statement: Statement) -> FunctionStatement | None:
     return None
 
 
+def renamed(statement: FunctionStatement, signature: Signature) -> FunctionStatement:
+    """``statement`` naming ``signature``'s schema and name in place of its first function's
+    (what it would say had it been written after an ALTER FUNCTION ... RENAME / SET SCHEMA)."""
+    at = statement.signatures[0]
+    text = statement.statement.text
+    name = str(signature).split("(", 1)[0]
+    moved = read_function_statement(
+        split_statements(text[:at.start] + name + text[text.index("(", at.start):])[0])
+    if moved is None:
+        raise SqlTextError(f"cannot rename the function of {text.splitlines()[0]!r}")
+    return moved
+
+
 def _create(statement: Statement, index: int, *, or_replace: bool) -> FunctionStatement:
     signature = read_signature(statement.tokens, index)
     return FunctionStatement("create", statement, (signature,), or_replace=or_replace)

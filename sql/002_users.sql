@@ -16,7 +16,7 @@ BEGIN
             role       text,
             created_at timestamptz NOT NULL DEFAULT now()
         );
-        INSERT INTO credits_db_install (created_users_table) VALUES (true);
+        INSERT INTO credits_internal.install_record (created_users_table) VALUES (true);
         RETURN;
     END IF;
 
@@ -60,6 +60,6 @@ BEGIN
                   HINT = 'credits-db needs users(id uuid PRIMARY KEY, role text).';
     END IF;
 
-    INSERT INTO credits_db_install (created_users_table) VALUES (false);
+    INSERT INTO credits_internal.install_record (created_users_table) VALUES (false);
 END
 $install_users$;

@@ -1,7 +1,7 @@
 -- A ledger is corrected by a new entry, never by editing an old one. The guard
 -- fires per statement, so it costs nothing on INSERT and refuses UPDATE, DELETE
 -- and TRUNCATE from every role, including the table owner.
-CREATE FUNCTION credits_refuse_log_change() RETURNS trigger
+CREATE FUNCTION credits_internal.refuse_log_change() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -14,6 +14,6 @@ $$;
 
 CREATE TRIGGER credit_usage_log_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON credit_usage_log
-    FOR EACH STATEMENT EXECUTE FUNCTION credits_refuse_log_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal.refuse_log_change();
 
-REVOKE EXECUTE ON FUNCTION credits_refuse_log_change() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION credits_internal.refuse_log_change() FROM PUBLIC;

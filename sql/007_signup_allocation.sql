@@ -10,7 +10,7 @@
 -- A signup must never fail because of credits: if allocating fails for any
 -- reason the users are still created, a WARNING is logged, and the next
 -- backfill_user_credits() picks them up (they have no user_credits row).
-CREATE FUNCTION credits_allocate_on_signup() RETURNS trigger
+CREATE FUNCTION credits_internal.allocate_on_signup() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -57,6 +57,6 @@ $$;
 CREATE TRIGGER users_allocate_credits
     AFTER INSERT ON users
     REFERENCING NEW TABLE AS new_users
-    FOR EACH STATEMENT EXECUTE FUNCTION credits_allocate_on_signup();
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal.allocate_on_signup();
 
-REVOKE EXECUTE ON FUNCTION credits_allocate_on_signup() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION credits_internal.allocate_on_signup() FROM PUBLIC;

@@ -46,7 +46,7 @@ REVOKE ALL ON credits_backfill_candidates FROM PUBLIC;
 -- plan is generic or custom. (Forcing custom plans with a SET clause would
 -- also re-plan the foreign-key check of every inserted balance row; measured in
 -- docs/performance.md.)
-CREATE FUNCTION credits_backfill(
+CREATE FUNCTION credits_internal.backfill(
     p_dry_run       boolean,
     p_limit         integer,
     p_keyset        boolean,
@@ -170,14 +170,14 @@ BEGIN
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION credits_internal.backfill(boolean, integer, boolean, uuid) FROM PUBLIC;
 
-COMMENT ON FUNCTION credits_backfill(boolean, integer, boolean, uuid) IS
+COMMENT ON FUNCTION credits_internal.backfill(boolean, integer, boolean, uuid) IS
     'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
 
 -- Allocates every user without a balance row (or p_limit of them), by role,
 -- in one set-based statement; p_dry_run reports without writing. The body is
--- SQL-standard, bound to credits_backfill when created: an overload of that
+-- SQL-standard, bound to credits_internal.backfill when created: an overload of that
 -- name created later can never come between them.
 CREATE FUNCTION backfill_user_credits(
     p_dry_run boolean DEFAULT false,
@@ -186,7 +186,7 @@ CREATE FUNCTION backfill_user_credits(
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-RETURN public.credits_backfill(p_dry_run, p_limit, false, NULL::uuid);
+RETURN credits_internal.backfill(p_dry_run, p_limit, false, NULL::uuid);
 
 REVOKE EXECUTE ON FUNCTION backfill_user_credits(boolean, integer) FROM PUBLIC;
 
@@ -207,7 +207,7 @@ CREATE FUNCTION backfill_user_credits_batch(
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-RETURN public.credits_backfill(false, p_limit, true, p_after_user_id);
+RETURN credits_internal.backfill(false, p_limit, true, p_after_user_id);
 
 REVOKE EXECUTE ON FUNCTION backfill_user_credits_batch(uuid, integer) FROM PUBLIC;
 

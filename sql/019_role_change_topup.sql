@@ -31,7 +31,7 @@
 --
 -- The balance row is locked after the users row (which the UPDATE holds), the
 -- same order every writer of both uses, so this adds no deadlock.
-CREATE FUNCTION credits_topup_on_role_change() RETURNS trigger
+CREATE FUNCTION credits_internal.topup_on_role_change() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -115,9 +115,9 @@ CREATE TRIGGER users_topup_credits_on_role_change
     AFTER UPDATE OF role ON users
     FOR EACH ROW
     WHEN (OLD.role IS DISTINCT FROM NEW.role)
-    EXECUTE FUNCTION credits_topup_on_role_change();
+    EXECUTE FUNCTION credits_internal.topup_on_role_change();
 
-REVOKE EXECUTE ON FUNCTION credits_topup_on_role_change() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION credits_internal.topup_on_role_change() FROM PUBLIC;
 
-COMMENT ON FUNCTION credits_topup_on_role_change() IS
+COMMENT ON FUNCTION credits_internal.topup_on_role_change() IS
     'Trigger: raise the account to the new role''s allocation when that exceeds the largest it was given (allocated_credits); open it if missing. Never lowers it.';

@@ -28,7 +28,7 @@ BEGIN
         SELECT rolname FROM pg_catalog.pg_roles
         WHERE rolname IN ('anon', 'authenticated', 'service_role')
     LOOP
-        EXECUTE format('REVOKE ALL ON TABLE public.credits_db_install, public.role_credits,'
+        EXECUTE format('REVOKE ALL ON TABLE credits_internal.install_record, public.role_credits,'
                        ' public.user_credits, public.credit_usage_log,'
                        ' public.team_credit_sharing, public.credits_backfill_candidates,'
                        ' public.credit_idempotency_keys FROM %I',
@@ -36,9 +36,9 @@ BEGIN
         EXECUTE format('REVOKE ALL ON SEQUENCE public.credit_usage_log_id_seq,'
                        ' public.team_credit_sharing_id_seq FROM %I', v_role);
         EXECUTE format('REVOKE ALL ON FUNCTION'
-                       ' public.credits_refuse_log_change(),'
-                       ' public.credits_allocate_on_signup(),'
-                       ' public.credits_backfill(boolean, integer, boolean, uuid),'
+                       ' credits_internal.refuse_log_change(),'
+                       ' credits_internal.allocate_on_signup(),'
+                       ' credits_internal.backfill(boolean, integer, boolean, uuid),'
                        ' public.backfill_user_credits(boolean, integer),'
                        ' public.backfill_user_credits_batch(uuid, integer),'
                        ' public.credit_allocation_report(),'
@@ -48,7 +48,7 @@ BEGIN
                        ' public.grant_credits(uuid, integer, text, text, text),'
                        ' public.refund_credits(bigint, text),'
                        ' public.get_credit_balance(uuid),'
-                       ' public.credits_topup_on_role_change(),'
+                       ' credits_internal.topup_on_role_change(),'
                        ' public.verify_credit_integrity(),'
                        ' public.credits_current_user_id() FROM %I', v_role);
     END LOOP;
@@ -59,7 +59,7 @@ $credits_revoke_api_roles$;
 -- everything. Writing: nobody but the owner.
 GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing, credit_idempotency_keys
     TO credits_user;
-GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
+GRANT SELECT ON credits_internal.install_record, role_credits, user_credits, credit_usage_log,
                 team_credit_sharing, credits_backfill_candidates, credit_idempotency_keys
     TO credits_admin;
 
@@ -99,7 +99,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role' AND NOT rolinherit)
        AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
         GRANT USAGE ON SCHEMA public, credits_internal TO service_role;
-        GRANT SELECT ON credits_db_install, role_credits, user_credits, credit_usage_log,
+        GRANT SELECT ON credits_internal.install_record, role_credits, user_credits, credit_usage_log,
                         team_credit_sharing, credits_backfill_candidates TO service_role;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
                                   credits_internal.current_user_id(),

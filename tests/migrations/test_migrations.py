@@ -212,7 +212,7 @@ def test_migration_sql_runs_byte_for_byte(db: Database) -> None:
     assert "%s" in source.read_text() or "%L" in source.read_text()
     with db.connect() as conn:
         body = conn.execute(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'credits_allocate_on_signup'"
+            "SELECT prosrc FROM pg_proc WHERE proname = 'allocate_on_signup'"
         ).fetchone()
     assert body is not None and body[0].strip() in source.read_text()
 

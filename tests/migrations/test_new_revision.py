@@ -30,8 +30,9 @@ CHANGED_IN_0007 = [
     "019_role_change_topup.sql", "020_verify_credit_integrity.sql", "022_current_user_id.sql",
     "023_row_level_security.sql", "024_grants.sql",
 ]
-# The commit that landed revision 0006, for sql/ as it was then.
+# The commits that landed revisions 0006 and 0007, for sql/ as it was then.
 COMMIT_0006 = "0dcf6de"
+COMMIT_0007 = "ea0bfe0"
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,10 +87,11 @@ def git_sql_at(commit: str, target: Path) -> Path:
 
 @pytest.fixture
 def regenerated_0007(tmp_path: Path) -> Path:
-    """Revision 0007 written by the script from today's sql/ onto 0001-0006."""
+    """Revision 0007 written by the script from sql/ as it landed, onto 0001-0006."""
+    sql_then = git_sql_at(COMMIT_0007, tmp_path)
     versions = landed_before("0007", tmp_path / "versions")
     result = run_script("--versions", str(versions), "new", "0007", "ledger_cannot_be_fooled",
-                        *CHANGED_IN_0007, "--sql", str(sql_dir()))
+                        *CHANGED_IN_0007, "--sql", str(sql_then))
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stdout, result.stdout
     return versions
@@ -314,3 +316,20 @@ def test_a_changed_file_left_off_the_list_is_reported(tmp_path: Path) -> None:
     upgrade = " ".join((versions / "0002_f.sql").read_text().split())
     assert "-- REVIEW: sql/002_g.sql defines g() differently" in upgrade
     assert set(by_signature(versions / "0002_f.sql", "create")) == {"f()"}
+
+
+def test_functions_moved_by_0008_are_unchanged_in_sql(tmp_path: Path) -> None:
+    # 0008 moved and renamed them by ALTER FUNCTION; sql/ defines them under the
+    # new names. A revision from their files must find nothing to write.
+    versions = landed_before("9999", tmp_path / "versions")
+    files = ["006_append_only_log.sql", "007_signup_allocation.sql", "008_backfill.sql",
+             "019_role_change_topup.sql"]
+    result = run_script("--versions", str(versions), "new", "0900", "probe", *files,
+                        "--sql", str(sql_dir()))
+    assert result.returncode == 0, result.stderr
+    for moved in ("credits_internal.refuse_log_change()", "credits_internal.allocate_on_signup()",
+                  "credits_internal.backfill(boolean, integer, boolean, uuid)",
+                  "credits_internal.topup_on_role_change()",
+                  "backfill_user_credits(boolean, integer)"):
+        assert f"unchanged, left out: {moved}" in result.stdout, result.stdout
+    assert "warning" not in result.stdout, result.stdout

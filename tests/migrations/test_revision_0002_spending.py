@@ -21,7 +21,7 @@ FUNCTIONS = [
     "get_credit_balance(uuid)",
     "verify_credit_integrity()",
     "credits_internal.replayed_result(credit_usage_log,integer)",
-    "credits_topup_on_role_change()",
+    "credits_internal.topup_on_role_change()",
 ]
 
 

@@ -6,10 +6,12 @@ import pytest
 
 from scripts.sqltext import (
     FunctionStatement,
+    Signature,
     SqlTextError,
     altered_search_path,
     or_replace,
     read_function_statement,
+    renamed,
     split_statements,
     with_search_path,
 )
@@ -94,3 +96,14 @@ def test_create_becomes_create_or_replace_and_takes_an_altered_search_path() -> 
     assert altered_search_path(function("ALTER FUNCTION f() OWNER TO x;")) is None
     renamed = function("ALTER FUNCTION f() RENAME TO g;")
     assert renamed.moves
+
+
+def test_a_moved_function_is_named_as_a_file_written_after_the_move_names_it() -> None:
+    create = function("CREATE FUNCTION credits_f(p integer) RETURNS int\nLANGUAGE sql\nRETURN p;")
+    moved = renamed(create, Signature("credits_internal", "f", ("integer",)))
+    assert moved.statement.text == (
+        "CREATE FUNCTION credits_internal.f(p integer) RETURNS int\nLANGUAGE sql\nRETURN p;")
+    assert moved.signatures[0].signature == Signature("credits_internal", "f", ("integer",))
+    comment = function("COMMENT ON FUNCTION public.credits_f(integer) IS 'x';")
+    assert renamed(comment, Signature("public", "g", ("integer",))).statement.text == (
+        "COMMENT ON FUNCTION g(integer) IS 'x';")

@@ -39,7 +39,8 @@ def internal_callees(conn: Conn) -> list[tuple[str, str, str]]:
     code = {oid: _COMMENT_OR_STRING.sub(" ", body) for oid, *_, body in functions}
     callees = []
     for oid, name, arguments, result, is_trigger, _ in functions:
-        called = re.compile(rf"(?<![\w.]){re.escape(name)}\s*\(|public\.{re.escape(name)}\s*\(")
+        called = re.compile(
+            rf"(?:(?<![\w.])|(?:public|credits_internal)\.){re.escape(name)}\s*\(")
         if not is_trigger and any(called.search(body) for other, body in code.items()
                                   if other != oid):
             callees.append((name, arguments, result))

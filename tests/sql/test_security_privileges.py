@@ -36,7 +36,7 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
         assert public_can is False, signature
     definers = {s for s, definer, *_ in functions if definer}
     assert definers == {s for s, *_ in functions} - {
-        "credits_refuse_log_change()", "credits_current_user_id()",
+        "credits_internal.refuse_log_change()", "credits_current_user_id()",
         "credits_internal.current_user_id()"}
 
 
@@ -89,7 +89,7 @@ WRITES = [
     "DELETE FROM team_credit_sharing",
     "TRUNCATE team_credit_sharing",
     "UPDATE role_credits SET credits = 1000000",
-    "INSERT INTO credits_db_install (created_users_table) VALUES (true)",
+    "INSERT INTO credits_internal.install_record (created_users_table) VALUES (true)",
 ]
 
 

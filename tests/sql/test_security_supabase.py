@@ -63,13 +63,13 @@ def test_supabase_install(empty_db: Database) -> None:
         # Supabase's default privileges handed ALL to the API roles; all taken back.
         for role in API_ROLES:
             for table in ("user_credits", "credit_usage_log", "team_credit_sharing",
-                          "role_credits", "credits_db_install"):
+                          "role_credits", "credits_internal.install_record"):
                 for write in ("INSERT", "UPDATE", "DELETE", "TRUNCATE"):
                     assert not one(conn, "SELECT has_table_privilege(%s, %s, %s)",
                                    (role, table, write)), (role, table, write)
         assert not one(conn, "SELECT has_function_privilege('anon', %s, 'EXECUTE')", (DEBIT,))
         for function in ("backfill_user_credits_batch(uuid,integer)",
-                         "credits_backfill(boolean,integer,boolean,uuid)"):
+                         "credits_internal.backfill(boolean,integer,boolean,uuid)"):
             assert not one(conn, "SELECT has_function_privilege('authenticated', %s, 'EXECUTE')",
                            (function,)), function
         assert one(conn, "SELECT has_function_privilege('service_role', %s, 'EXECUTE')",

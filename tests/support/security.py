@@ -32,7 +32,7 @@ ADMIN_FUNCTIONS = USER_FUNCTIONS | {
     "credit_allocation_report()",
 }
 USER_TABLES = ("user_credits", "credit_usage_log", "team_credit_sharing")
-ADMIN_TABLES = (*USER_TABLES, "role_credits", "credits_db_install", "credits_backfill_candidates")
+ADMIN_TABLES = (*USER_TABLES, "role_credits", "credits_internal.install_record", "credits_backfill_candidates")
 
 
 def ensure_role(conn: Conn, name: str, *, inherit: bool = True) -> None:
