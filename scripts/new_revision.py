@@ -121,8 +121,8 @@ class Definition:
     comment: FunctionStatement | None = None
     privileges: list[str] = field(default_factory=list)
     privilege_keys: set[tuple[object, ...]] = field(default_factory=set)
-    # The revision that last moved or renamed it: its create and comment are
-    # rewritten to the new name, its privilege statements are not.
+    # The revision that last moved or renamed it: its create, comment and
+    # privilege keys are rewritten to the new name, its privilege statements are not.
     renamed_in: str | None = None
 
 
@@ -177,6 +177,8 @@ class History:
             self.live[moved] = replace(
                 definition, signature=moved, create=renamed(definition.create, moved),
                 comment=None if comment is None else renamed(comment, moved),
+                privilege_keys={(before, moved, after)
+                                for before, _, after in definition.privilege_keys},
                 renamed_in=revision)
         else:
             definition.alters.append((revision, statement))

@@ -8,13 +8,33 @@
 -- object someone else creates in public cannot be picked instead of ours.
 --
 -- A signup must never fail because of credits: if allocating fails for any
--- reason the users are still created, a WARNING is logged, and the next
--- backfill_user_credits() picks them up (they have no user_credits row).
+-- reason the users are still created without a balance row, the failure is
+-- recorded in credit_allocation_failures (and logged as a WARNING), and the
+-- next backfill_user_credits() allocates them and clears the record.
+--
+-- The record is what an operator and the user's overview see: a server log
+-- line is lost on a managed database and says nothing to the user. One row per
+-- user (the latest failure); the user's deletion takes it along.
+CREATE TABLE credit_allocation_failures (
+    user_id   uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    failed_at timestamptz NOT NULL DEFAULT now(),
+    sqlstate  text NOT NULL,
+    message   text NOT NULL,
+    detail    text
+);
+
+COMMENT ON TABLE credit_allocation_failures IS
+    'Users whose signup allocation failed and who have no balance row yet; the backfill that allocates them deletes their row.';
+
 CREATE FUNCTION credits_internal.allocate_on_signup() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_sqlstate text;
+    v_message  text;
+    v_detail   text;
 BEGIN
     BEGIN
         WITH planned AS MATERIALIZED (
@@ -45,8 +65,21 @@ BEGIN
         -- the balance row alone keeps remaining_credits = sum(amount) = 0.
         WHERE p.credits > 0;
     EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                v_detail = PG_EXCEPTION_DETAIL;
         RAISE WARNING 'credits-db: signup allocation failed (%: %); the users were created without credits and the next backfill_user_credits() will allocate them',
-            SQLSTATE, SQLERRM;
+            v_sqlstate, v_message;
+        BEGIN
+            INSERT INTO public.credit_allocation_failures AS f (user_id, sqlstate, message, detail)
+            SELECT n.id, v_sqlstate, v_message, nullif(v_detail, '') FROM new_users n
+            ON CONFLICT (user_id) DO UPDATE
+                SET failed_at = now(), sqlstate = EXCLUDED.sqlstate,
+                    message = EXCLUDED.message, detail = EXCLUDED.detail;
+        EXCEPTION WHEN OTHERS THEN
+            -- Whatever broke the allocation may break this too: the signup still stands.
+            RAISE WARNING 'credits-db: the signup allocation failure could not be recorded (%: %)',
+                SQLSTATE, SQLERRM;
+        END;
     END;
     RETURN NULL;
 END

@@ -115,6 +115,10 @@ BEGIN
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id
     ),
+    cleared AS (
+        DELETE FROM public.credit_allocation_failures f
+        USING allocated a WHERE f.user_id = a.user_id
+    ),
     -- One join tells which chosen users this call allocated; the log rows and
     -- every number of the report come from it, so nothing is scanned twice.
     done AS MATERIALIZED (

@@ -1,5 +1,6 @@
 -- The verification report an operator reads after a backfill: how many users
--- hold a balance, how many still wait, and the credits held per role.
+-- hold a balance, how many still wait (and how many of those because their
+-- signup allocation failed), and the credits held per role.
 CREATE FUNCTION credit_allocation_report() RETURNS jsonb
 LANGUAGE sql
 STABLE
@@ -26,6 +27,7 @@ AS $$
         'users_total', (SELECT count(*) FROM per_user),
         'users_with_credits', (SELECT count(*) FROM per_user WHERE has_credits),
         'users_without_credits', (SELECT count(*) FROM per_user WHERE NOT has_credits),
+        'allocation_failures', (SELECT count(*) FROM public.credit_allocation_failures),
         'by_role', (SELECT coalesce(jsonb_object_agg(role_key, jsonb_build_object(
                         'users', users,
                         'users_with_credits', users_with_credits,
@@ -38,4 +40,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION credit_allocation_report() FROM PUBLIC;
 
 COMMENT ON FUNCTION credit_allocation_report() IS
-    'Users with and without a balance, and credits held per role (the post-backfill verification report).';
+    'Users with and without a balance (allocation_failures: failed signup allocations waiting for the backfill), and credits held per role (the post-backfill verification report).';

@@ -100,6 +100,10 @@ BEGIN
         WHERE c.user_id = p_user_id
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id, total_credits
+    ),
+    cleared AS (
+        DELETE FROM public.credit_allocation_failures f
+        USING opened o WHERE f.user_id = o.user_id
     )
     INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
     SELECT o.user_id, o.total_credits, 'credit', 'backfill',

@@ -67,6 +67,7 @@ BEGIN
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id INTO v_opened;
         IF v_opened IS NOT NULL THEN
+            DELETE FROM public.credit_allocation_failures f WHERE f.user_id = NEW.id;
             IF v_credits > 0 THEN
                 INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
                 VALUES (NEW.id, v_credits, 'credit', 'backfill',

@@ -1,4 +1,4 @@
--- Row level security on the four tables credits_user may read. "Me" below is
+-- Row level security on the five tables credits_user may read. "Me" below is
 -- credits_current_user_id(), evaluated once per query (the sub-SELECTs make
 -- it, and the admin test, InitPlans rather than calls per row).
 --   user_credits:        my balance row, and my team pool's (the row of the
@@ -8,7 +8,8 @@
 --                        entries I caused on another account (my pool debits
 --                        and their refunds, actor_user_id = me);
 --   team_credit_sharing: my memberships, as admin or as member;
---   credit_idempotency_keys: the keys I own.
+--   credit_idempotency_keys: the keys I own;
+--   credit_allocation_failures: my failed signup allocation.
 -- A member of credits_admin sees every row. "Member" is pg_has_role(...,
 -- 'MEMBER'), as in debit_credits: it holds for a NOINHERIT member such as
 -- Supabase's service_role too, which a policy "TO credits_admin" would miss.
@@ -56,3 +57,10 @@ CREATE POLICY credits_visible_rows ON credit_idempotency_keys
     FOR SELECT
     USING ((SELECT pg_catalog.pg_has_role('credits_admin', 'MEMBER'))
            OR owner_user_id = (SELECT public.credits_current_user_id()));
+
+ALTER TABLE credit_allocation_failures ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY credits_visible_rows ON credit_allocation_failures
+    FOR SELECT
+    USING ((SELECT pg_catalog.pg_has_role('credits_admin', 'MEMBER'))
+           OR user_id = (SELECT public.credits_current_user_id()));

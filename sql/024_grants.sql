@@ -31,7 +31,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON TABLE credits_internal.install_record, public.role_credits,'
                        ' public.user_credits, public.credit_usage_log,'
                        ' public.team_credit_sharing, public.credits_backfill_candidates,'
-                       ' public.credit_idempotency_keys FROM %I',
+                       ' public.credit_idempotency_keys, public.credit_allocation_failures FROM %I',
                        v_role);
         EXECUTE format('REVOKE ALL ON SEQUENCE public.credit_usage_log_id_seq,'
                        ' public.team_credit_sharing_id_seq FROM %I', v_role);
@@ -57,10 +57,12 @@ $credits_revoke_api_roles$;
 
 -- Reading: credits_user its own rows (row level security, 023), credits_admin
 -- everything. Writing: nobody but the owner.
-GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing, credit_idempotency_keys
+GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing, credit_idempotency_keys,
+                credit_allocation_failures
     TO credits_user;
 GRANT SELECT ON credits_internal.install_record, role_credits, user_credits, credit_usage_log,
-                team_credit_sharing, credits_backfill_candidates, credit_idempotency_keys
+                team_credit_sharing, credits_backfill_candidates, credit_idempotency_keys,
+                credit_allocation_failures
     TO credits_admin;
 
 GRANT EXECUTE ON FUNCTION credits_current_user_id(),
@@ -100,7 +102,8 @@ BEGIN
        AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
         GRANT USAGE ON SCHEMA public, credits_internal TO service_role;
         GRANT SELECT ON credits_internal.install_record, role_credits, user_credits, credit_usage_log,
-                        team_credit_sharing, credits_backfill_candidates TO service_role;
+                        team_credit_sharing, credits_backfill_candidates, credit_allocation_failures
+            TO service_role;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
                                   credits_internal.current_user_id(),
                                   get_credit_balance(uuid),

@@ -88,6 +88,12 @@ DATA: dict[str, list[str]] = {
         f"SELECT grant_credits({_user('m2@x')}, 10, 'promo', NULL, 'grant-2')",
         f"SELECT remove_team_member({_user('t2@x')}, {_user('m3@x')})",
     ],
+    "0009": [
+        # A signup whose allocation fails, recorded and waiting for the backfill.
+        "ALTER TABLE credit_usage_log ADD CONSTRAINT data_refuse_signup CHECK (source <> 'signup') NOT VALID",
+        "INSERT INTO users (email, role) VALUES ('f9@x', 'member')",
+        "ALTER TABLE credit_usage_log DROP CONSTRAINT data_refuse_signup",
+    ],
 }
 
 
@@ -99,21 +105,19 @@ def _write_data(database: Database, revision: str) -> None:
 
 def _contents(conn: Conn) -> dict[str, tuple[int, str]]:
     """Row count and a hash of every row, per table of credits-db and the host."""
-    tables = [
-        row[0] for row in conn.execute(
-            "SELECT c.oid::regclass::text FROM pg_class c"
-            " WHERE c.relnamespace IN ('public'::regnamespace, to_regnamespace('credits_internal'))"
-            " AND c.relkind = 'r' AND c.relname <> 'credits_db_version' ORDER BY 1"
-        ).fetchall()
-    ]
+    tables = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname IN ('public', 'credits_internal')"
+        " AND c.relkind = 'r' AND c.relname <> 'credits_db_version' ORDER BY 1, 2"
+    ).fetchall()
     contents: dict[str, tuple[int, str]] = {}
-    for table in tables:
+    for schema, table in tables:
         row = conn.execute(
             sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
-                    " FROM {} t").format(sql.Identifier(table))
+                    " FROM {} t").format(sql.Identifier(schema, table))
         ).fetchone()
         assert row is not None
-        contents[table] = (row[0], row[1])
+        contents[f"{schema}.{table}"] = (row[0], row[1])
     return contents
 
 

@@ -12,7 +12,8 @@ from tests.support.helpers import Conn
 
 INTERFACE_RELATIONS = {
     "users", "role_credits", "user_credits", "credit_usage_log", "team_credit_sharing",
-    "credit_idempotency_keys", "credits_backfill_candidates", "credits_db_version",
+    "credit_idempotency_keys", "credit_allocation_failures", "credits_backfill_candidates",
+    "credits_db_version",
 }
 INTERFACE_FUNCTIONS = {
     "backfill_user_credits", "backfill_user_credits_batch", "credit_allocation_report",

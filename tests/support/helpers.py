@@ -62,3 +62,21 @@ def ledger_mismatches(conn: Conn) -> list[tuple[Any, ...]]:
             OR uc.used_credits <> coalesce(-sum(l.amount) FILTER (WHERE l.type = 'debit'), 0)
         """
     ).fetchall()
+
+
+def add_users_whose_allocation_fails(conn: Conn, *roles: str | None) -> list[str]:
+    """Sign users up while every signup log row is refused: the allocation fails as
+    a whole, the users are created without a balance row and the failure is recorded."""
+    with conn.transaction():
+        conn.execute("ALTER TABLE credit_usage_log"
+                     " ADD CONSTRAINT test_refuse_signup CHECK (source <> 'signup') NOT VALID")
+        ids = add_users(conn, *roles)
+        conn.execute("ALTER TABLE credit_usage_log DROP CONSTRAINT test_refuse_signup")
+    return ids
+
+
+def allocation_failures(conn: Conn) -> dict[str, tuple[str, str]]:
+    """user id -> (sqlstate, message) of every recorded signup allocation failure."""
+    rows = conn.execute(
+        "SELECT user_id::text, sqlstate, message FROM credit_allocation_failures").fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}

@@ -1,0 +1,428 @@
+-- credits-db 0009 down: back to 0008. Functions as the landed
+-- revisions left them (written by scripts/new_revision.py), then the table goes,
+-- with its policy and privileges: the recorded failures are credits-db's own
+-- data, and the users they name still have no balance row, which is what the
+-- next backfill looks for.
+
+
+-- ---- credits_internal.allocate_on_signup(): as revision 0007 defined it ----
+CREATE OR REPLACE FUNCTION credits_internal.allocate_on_signup() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    BEGIN
+        WITH planned AS MATERIALIZED (
+            SELECT n.id AS user_id,
+                   n.role,
+                   coalesce(rc.credits, fallback.credits, 0) AS credits,
+                   rc.role IS NULL AS is_fallback
+            FROM new_users n
+            LEFT JOIN public.role_credits rc ON rc.role = n.role
+            LEFT JOIN public.role_credits fallback ON fallback.role = 'member'
+        ),
+        allocated AS (
+            INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+            SELECT user_id, credits, credits FROM planned
+            ON CONFLICT (user_id) DO NOTHING
+            RETURNING user_id
+        )
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+        SELECT p.user_id, p.credits, 'credit', 'signup',
+               CASE
+                   WHEN NOT p.is_fallback THEN 'signup allocation for role ' || p.role
+                   WHEN p.role IS NULL THEN 'signup allocation: no role, member allocation (fallback)'
+                   ELSE format('signup allocation: unknown role %L, member allocation (fallback)', p.role)
+               END
+        FROM planned p
+        JOIN allocated a USING (user_id)
+        -- A zero allocation (a role configured with 0 credits) has nothing to log:
+        -- the balance row alone keeps remaining_credits = sum(amount) = 0.
+        WHERE p.credits > 0;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'credits-db: signup allocation failed (%: %); the users were created without credits and the next backfill_user_credits() will allocate them',
+            SQLSTATE, SQLERRM;
+    END;
+    RETURN NULL;
+END
+$$;
+
+-- ---- credits_internal.backfill(boolean, integer, boolean, uuid): as revision 0007 defined it ----
+CREATE OR REPLACE FUNCTION credits_internal.backfill(
+    p_dry_run       boolean,
+    p_limit         integer,
+    p_keyset        boolean,
+    p_after_user_id uuid
+) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_report jsonb;
+BEGIN
+    IF p_dry_run IS NULL THEN
+        RAISE EXCEPTION 'p_dry_run must be true or false, not NULL' USING ERRCODE = '22004';
+    END IF;
+    IF (p_limit IS NOT NULL AND p_limit < 1) OR (p_keyset AND p_limit IS NULL) THEN
+        RAISE EXCEPTION 'p_limit must be a positive number of users%, not %',
+            CASE WHEN p_keyset THEN '' ELSE ' or NULL' END, coalesce(p_limit::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+
+    IF NOT p_dry_run THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('credits_db.backfill_user_credits', 0));
+    END IF;
+
+    WITH population AS MATERIALIZED (
+        -- Counted once: every batch of a p_limit backfill pays this scan of users.
+        SELECT count(*) AS users_total FROM public.users
+    ),
+    user_window AS MATERIALIZED (
+        -- Two branches, so that the cursor is an index condition: an OR with
+        -- "p_after_user_id IS NULL" would make every batch read the index
+        -- from its start.
+        (SELECT u.id FROM public.users u
+         WHERE p_keyset AND p_after_user_id IS NULL
+         ORDER BY u.id
+         LIMIT p_limit)
+        UNION ALL
+        (SELECT u.id FROM public.users u
+         WHERE p_keyset AND u.id > p_after_user_id
+         ORDER BY u.id
+         LIMIT p_limit)
+    ),
+    chosen AS MATERIALIZED (
+        (SELECT c.user_id, c.role, c.credits, c.is_fallback
+         FROM public.credits_backfill_candidates c
+         WHERE NOT p_keyset
+         LIMIT p_limit)
+        UNION ALL
+        -- LIMIT 1 keeps each lookup a probe by primary key, one per user of the
+        -- window, whatever the statistics of user_credits say.
+        SELECT c.user_id, c.role, c.credits, c.is_fallback
+        FROM user_window w
+        CROSS JOIN LATERAL (
+            SELECT * FROM public.credits_backfill_candidates c WHERE c.user_id = w.id LIMIT 1
+        ) c
+    ),
+    locked AS MATERIALIZED (
+        SELECT u.id FROM public.users u
+        WHERE NOT p_dry_run AND u.id IN (SELECT c.user_id FROM chosen c)
+        FOR KEY SHARE OF u
+    ),
+    allocated AS (
+        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+        SELECT c.user_id, c.credits, c.credits FROM chosen c JOIN locked l ON l.id = c.user_id
+        ON CONFLICT (user_id) DO NOTHING
+        RETURNING user_id
+    ),
+    -- One join tells which chosen users this call allocated; the log rows and
+    -- every number of the report come from it, so nothing is scanned twice.
+    done AS MATERIALIZED (
+        SELECT c.* FROM chosen c WHERE p_dry_run
+        UNION ALL
+        SELECT c.* FROM chosen c JOIN allocated a USING (user_id)
+    ),
+    logged AS (
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+        SELECT d.user_id, d.credits, 'credit', 'backfill',
+               CASE
+                   WHEN NOT d.is_fallback THEN 'backfill allocation for role ' || d.role
+                   WHEN d.role IS NULL THEN 'backfill allocation: no role, member allocation (fallback)'
+                   ELSE format('backfill allocation: unknown role %L, member allocation (fallback)', d.role)
+               END
+        FROM done d
+        WHERE NOT p_dry_run AND d.credits > 0
+    ),
+    per_role AS (
+        SELECT role, count(*) AS users, sum(credits) AS credits,
+               count(*) FILTER (WHERE is_fallback) AS fallback_users
+        FROM done
+        GROUP BY role
+    )
+    SELECT jsonb_build_object(
+        'users_backfilled', coalesce(sum(users), 0),
+        'credits_allocated', coalesce(sum(credits), 0),
+        'fallback_role_users', coalesce(sum(fallback_users), 0),
+        'by_role', coalesce(jsonb_object_agg(coalesce(role, '(null)'),
+                            jsonb_build_object('users', users, 'credits', credits)), '{}'),
+        'users_skipped', CASE WHEN p_dry_run THEN 0
+                              ELSE (SELECT count(*) FROM chosen) - (SELECT count(*) FROM locked)
+                         END,
+        'dry_run', p_dry_run
+    ) || CASE
+        WHEN p_keyset THEN jsonb_build_object(
+            'users_scanned', (SELECT count(*) FROM user_window),
+            'last_user_id', (SELECT id FROM user_window ORDER BY id DESC LIMIT 1))
+        ELSE jsonb_build_object(
+            'users_total', (SELECT users_total FROM population),
+            -- Without a limit every candidate is chosen. With one, count instead
+            -- of re-running the anti-join: every balance row belongs to exactly
+            -- one existing user (primary key, foreign key), so the difference is exact.
+            'users_without_credits', CASE WHEN p_limit IS NULL
+                                          THEN (SELECT count(*) FROM chosen)
+                                          ELSE (SELECT users_total FROM population)
+                                               - (SELECT count(*) FROM public.user_credits)
+                                     END)
+    END
+    INTO v_report
+    FROM per_role;
+    RETURN v_report;
+END
+$$;
+
+COMMENT ON FUNCTION credits_internal.backfill(boolean, integer, boolean, uuid) IS
+    'Internal: the allocation behind backfill_user_credits() and backfill_user_credits_batch().';
+
+-- ---- credit_allocation_report(): as revision 0007 defined it ----
+CREATE OR REPLACE FUNCTION credit_allocation_report() RETURNS jsonb
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH per_user AS (
+        SELECT u.role, uc.user_id IS NOT NULL AS has_credits,
+               coalesce(uc.total_credits, 0) AS total_credits,
+               coalesce(uc.remaining_credits, 0) AS remaining_credits
+        FROM public.users u
+        LEFT JOIN public.user_credits uc ON uc.user_id = u.id
+    ),
+    per_role AS (
+        SELECT coalesce(role, '(null)') AS role_key,
+               count(*) AS users,
+               count(*) FILTER (WHERE has_credits) AS users_with_credits,
+               sum(total_credits) AS total_credits,
+               sum(remaining_credits) AS remaining_credits
+        FROM per_user
+        GROUP BY role
+    )
+    SELECT jsonb_build_object(
+        'users_total', (SELECT count(*) FROM per_user),
+        'users_with_credits', (SELECT count(*) FROM per_user WHERE has_credits),
+        'users_without_credits', (SELECT count(*) FROM per_user WHERE NOT has_credits),
+        'by_role', (SELECT coalesce(jsonb_object_agg(role_key, jsonb_build_object(
+                        'users', users,
+                        'users_with_credits', users_with_credits,
+                        'total_credits', total_credits,
+                        'remaining_credits', remaining_credits)), '{}')
+                    FROM per_role)
+    );
+$$;
+
+COMMENT ON FUNCTION credit_allocation_report() IS
+    'Users with and without a balance, and credits held per role (the post-backfill verification report).';
+
+-- ---- grant_credits(uuid, integer, text, text, text): as revision 0007 defined it ----
+CREATE OR REPLACE FUNCTION grant_credits(
+    p_user_id         uuid,
+    p_amount          integer,
+    p_source          text DEFAULT 'admin_grant',
+    p_description     text DEFAULT NULL,
+    p_idempotency_key text DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_log_id    bigint;
+    v_remaining integer;
+    v_total     integer;
+    v_earlier   bigint;
+    v_earlier_remaining integer;
+    v_key_taken boolean;
+    v_entry     public.credit_usage_log;
+BEGIN
+    IF p_user_id IS NULL THEN
+        RAISE EXCEPTION 'unknown user: p_user_id must not be NULL' USING ERRCODE = 'CR005';
+    ELSIF p_amount IS NULL OR p_amount <= 0 THEN
+        RAISE EXCEPTION 'invalid amount %: a grant must be a positive integer',
+            coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
+    ELSIF p_source IS NULL OR p_source = '' THEN
+        RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
+    ELSIF p_source IN ('signup', 'backfill', 'role_change', 'refund') THEN
+        RAISE EXCEPTION 'p_source % is reserved', quote_literal(p_source)
+            USING ERRCODE = '22023',
+                  HINT = 'signup, backfill and role_change are role allocations, refund is refund_credits().';
+    ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
+        -- A longer key might not fit the key's index (54000): refuse it by name.
+        RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
+            USING ERRCODE = '22023';
+    END IF;
+
+    IF p_idempotency_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(
+            'credits_db.grant:' || p_user_id::text || ':' || p_idempotency_key, 0::bigint));
+
+        SELECT k.log_id, k.remaining_credits INTO v_earlier, v_earlier_remaining
+        FROM public.credit_idempotency_keys k
+        WHERE k.owner_user_id = p_user_id AND k.operation = 'grant'
+          AND k.idempotency_key = p_idempotency_key;
+        IF FOUND THEN
+            SELECT * INTO v_entry FROM public.credit_usage_log l WHERE l.id = v_earlier;
+            IF v_entry.amount <> p_amount OR v_entry.source <> p_source THEN
+                RAISE EXCEPTION 'idempotency key % was already used with different parameters',
+                    p_idempotency_key
+                    USING ERRCODE = 'CR007',
+                          DETAIL = format('entry %s: %s of %s, source %s; this call: credit of %s, source %s',
+                                          v_entry.id, v_entry.type, abs(v_entry.amount),
+                                          v_entry.source, p_amount, p_source);
+            END IF;
+            RETURN credits_internal.replayed_result(v_entry, v_earlier_remaining);
+        END IF;
+    END IF;
+
+    -- Checked up front because the upsert would report it as a foreign-key
+    -- violation (23503), which callers cannot tell from other failures.
+    PERFORM 1 FROM public.users u WHERE u.id = p_user_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
+    END IF;
+
+    WITH opened AS (
+        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+        SELECT c.user_id, c.credits, c.credits FROM public.credits_backfill_candidates c
+        WHERE c.user_id = p_user_id
+        ON CONFLICT (user_id) DO NOTHING
+        RETURNING user_id, total_credits
+    )
+    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+    SELECT o.user_id, o.total_credits, 'credit', 'backfill',
+           'backfill allocation (account opened by a grant)'
+    FROM opened o
+    WHERE o.total_credits > 0;
+
+    INSERT INTO public.user_credits AS uc (user_id, total_credits)
+    VALUES (p_user_id, p_amount)
+    ON CONFLICT (user_id) DO UPDATE
+        SET total_credits = uc.total_credits + EXCLUDED.total_credits, last_updated = now()
+        WHERE uc.total_credits <= 2147483647 - EXCLUDED.total_credits
+    RETURNING uc.remaining_credits INTO v_remaining;
+
+    IF NOT FOUND THEN
+        -- The upsert locked the row even though its WHERE refused it.
+        SELECT uc.total_credits INTO v_total FROM public.user_credits uc WHERE uc.user_id = p_user_id;
+        RAISE EXCEPTION 'invalid amount %: total_credits would exceed 2147483647', p_amount
+            USING ERRCODE = 'CR006',
+                  DETAIL = format('total_credits is %s; at most %s more can be granted',
+                                  v_total, 2147483647 - v_total);
+    END IF;
+
+    WITH logged AS (
+        INSERT INTO public.credit_usage_log
+            (user_id, amount, type, source, description, idempotency_key)
+        VALUES (p_user_id, p_amount, 'credit', p_source, p_description, p_idempotency_key)
+        RETURNING id
+    ), keyed AS (
+        INSERT INTO public.credit_idempotency_keys
+            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+        SELECT p_user_id, 'grant', p_idempotency_key, logged.id, v_remaining FROM logged
+        WHERE p_idempotency_key IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING log_id
+    )
+    SELECT logged.id, p_idempotency_key IS NOT NULL AND NOT EXISTS (SELECT FROM keyed)
+    INTO v_log_id, v_key_taken
+    FROM logged;
+    IF v_key_taken THEN
+        -- Taken since the replay check, which the lock above rules out.
+        RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
+            USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
+    END IF;
+
+    RETURN jsonb_build_object(
+        'log_id', v_log_id, 'account_user_id', p_user_id, 'actor_user_id', NULL,
+        'amount', p_amount, 'remaining_credits', v_remaining,
+        'from_team_pool', false, 'replayed', false);
+END
+$$;
+
+COMMENT ON FUNCTION grant_credits(uuid, integer, text, text, text) IS
+    'Add p_amount to the account''s total_credits (creating its balance row if missing). CR006 if the total would exceed 2^31-1; keyed calls replay.';
+
+-- ---- credits_internal.topup_on_role_change(): as revision 0007 defined it ----
+CREATE OR REPLACE FUNCTION credits_internal.topup_on_role_change() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_credits   integer;
+    v_allocated integer;
+    v_total     integer;
+    v_topup     integer;
+    v_opened    uuid;
+BEGIN
+    SELECT coalesce(rc.credits, fallback.credits, 0) INTO v_credits
+    FROM (SELECT) AS one
+    LEFT JOIN public.role_credits rc ON rc.role = NEW.role
+    LEFT JOIN public.role_credits fallback ON fallback.role = 'member';
+
+    -- allocated_credits only ever grows: if what is visible covers the new
+    -- role already, the locked row does too, and nothing needs a lock.
+    SELECT uc.allocated_credits INTO v_allocated
+    FROM public.user_credits uc WHERE uc.user_id = NEW.id;
+    IF FOUND AND v_allocated >= v_credits THEN
+        RETURN NULL;
+    END IF;
+
+    FOR attempt IN 1..2 LOOP
+        SELECT uc.allocated_credits, uc.total_credits INTO v_allocated, v_total
+        FROM public.user_credits uc WHERE uc.user_id = NEW.id
+        FOR NO KEY UPDATE;
+        EXIT WHEN FOUND;
+
+        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
+        VALUES (NEW.id, v_credits, v_credits)
+        ON CONFLICT (user_id) DO NOTHING
+        RETURNING user_id INTO v_opened;
+        IF v_opened IS NOT NULL THEN
+            IF v_credits > 0 THEN
+                INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+                VALUES (NEW.id, v_credits, 'credit', 'backfill',
+                        format('backfill allocation for role %s (account opened by a role change)',
+                               coalesce(quote_literal(NEW.role), 'NULL')));
+            END IF;
+            RETURN NULL;
+        END IF;
+        -- Opened meanwhile by a backfill or grant that has now committed: the
+        -- next round locks that row and tops it up.
+    END LOOP;
+    IF v_total IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    v_topup := least(greatest(v_credits - v_allocated, 0), 2147483647 - v_total);
+    IF v_topup < v_credits - v_allocated THEN
+        RAISE WARNING 'credits-db: role change top-up for user % capped at % of % (total_credits limit 2147483647)',
+            NEW.id, v_topup, v_credits - v_allocated;
+    END IF;
+    IF v_topup <= 0 THEN
+        RETURN NULL;
+    END IF;
+
+    UPDATE public.user_credits
+    SET total_credits = total_credits + v_topup,
+        allocated_credits = allocated_credits + v_topup,
+        last_updated = now()
+    WHERE user_id = NEW.id;
+
+    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+    VALUES (NEW.id, v_topup, 'credit', 'role_change',
+            CASE WHEN v_topup = v_credits - v_allocated
+                 THEN format('role changed to %s: allocation raised by %s',
+                             coalesce(quote_literal(NEW.role), 'NULL'), v_topup)
+                 ELSE format('role changed to %s: allocation raised by %s, capped at %s (total_credits limit)',
+                             coalesce(quote_literal(NEW.role), 'NULL'), v_credits - v_allocated, v_topup)
+            END);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION credits_internal.topup_on_role_change() IS
+    'Trigger: raise the account to the new role''s allocation when that exceeds the largest it was given (allocated_credits); open it if missing. Never lowers it.';
+
+DROP TABLE credit_allocation_failures;
