@@ -12,8 +12,15 @@ from typing import Any, Generic, LiteralString, TypeVar
 from uuid import UUID
 
 from credits_db._queries import QUERIES
-from credits_db.errors import AlreadyRefunded, CreditsError, InvalidAmount, InvalidArgument
+from credits_db.errors import (
+    AlreadyRefunded,
+    CreditsError,
+    InvalidAmount,
+    InvalidArgument,
+    UnknownUser,
+)
 from credits_db.models import (
+    AllocationFailure,
     AllocationReport,
     BackfillBatch,
     BackfillSummary,
@@ -21,6 +28,7 @@ from credits_db.models import (
     CreditOperation,
     IntegrityProblem,
     LedgerEntry,
+    Overview,
     RoleAllocation,
     TeamMember,
 )
@@ -229,3 +237,48 @@ def act_as(user_id: str) -> Call[str]:
 def acting_user() -> Call[str | None]:
     """``current_setting('credits.user_id', true)``: NULL when never set."""
     return Call(QUERIES["acting_user"], {}, lambda value: None if value is None else str(value))
+
+
+OVERVIEW_ROWS = 10
+"""How many usage rows the overview shows."""
+
+
+def overview(user_id: UserId, *, limit: int = OVERVIEW_ROWS) -> Call[Overview]:
+    """Balance, last usage rows and allocation failure of one user, in one snapshot."""
+    _int4(limit, "limit", InvalidArgument)
+    return Call(QUERIES["overview"], {"user_id": user_id_text(user_id), "limit": limit},
+                Overview.from_json)
+
+
+def find_user(who: UserId) -> Call[UUID]:
+    """The id of the one user whose id or email is ``who``: ``UnknownUser`` for none,
+    ``InvalidArgument`` when several users share the email."""
+    text = str(who)
+    if "\x00" in text:
+        raise InvalidArgument("a user id or email cannot contain a NUL byte", sqlstate="22023")
+
+    def single(ids: list[str]) -> UUID:
+        if not ids:
+            raise UnknownUser(f"no user has the id or email {text!r}", sqlstate="CR005")
+        if len(ids) > 1:
+            raise InvalidArgument(f"several users have the email {text!r}: give the id",
+                                  sqlstate="22023")
+        return UUID(ids[0])
+
+    return Call(QUERIES["find_user"], {"who": text}, single)
+
+
+def explain_user(user_id: UUID) -> Call[dict[str, Any]]:
+    """What decides one user's credits (role, entitlement, allocation, pool members)."""
+    def found(data: dict[str, Any] | None) -> dict[str, Any]:
+        if data is None:
+            raise UnknownUser(f"unknown user {user_id}", sqlstate="CR005")
+        return data
+
+    return Call(QUERIES["explain_user"], {"user_id": str(user_id)}, found)
+
+
+def allocation_failures(*, limit: int) -> Call[list[AllocationFailure]]:
+    """The recorded signup allocation failures, newest first."""
+    _int4(limit, "limit", InvalidArgument)
+    return Call(QUERIES["allocation_failures"], {"limit": limit}, AllocationFailure.list_from_json)

@@ -13,6 +13,7 @@ from credits_db import _calls
 from credits_db._calls import UserId
 from credits_db._execute import arun, arun_committed
 from credits_db.models import (
+    AllocationFailure,
     AllocationReport,
     BackfillBatch,
     BackfillSummary,
@@ -20,7 +21,9 @@ from credits_db.models import (
     CreditOperation,
     IntegrityProblem,
     LedgerEntry,
+    Overview,
     TeamMember,
+    UserExplanation,
 )
 
 AsyncConnection = psycopg.AsyncConnection[Any]
@@ -114,6 +117,24 @@ async def history(conn: AsyncConnection, user_id: UserId, *, limit: int = 50
                   ) -> list[LedgerEntry]:
     """Async :func:`credits_db.history`."""
     return await arun(conn, _calls.history(user_id, limit=limit))
+
+
+async def overview(conn: AsyncConnection, user_id: UserId) -> Overview:
+    """See :func:`credits_db.overview`."""
+    return await arun(conn, _calls.overview(user_id))
+
+
+async def explain_user(conn: AsyncConnection, who: UserId) -> UserExplanation:
+    """See :func:`credits_db.explain_user`."""
+    user_id = await arun(conn, _calls.find_user(who))
+    data = await arun(conn, _calls.explain_user(user_id))
+    return UserExplanation.from_json(data, await arun(conn, _calls.overview(user_id)))
+
+
+async def allocation_failures(conn: AsyncConnection, *, limit: int = 100
+                              ) -> list[AllocationFailure]:
+    """See :func:`credits_db.allocation_failures`."""
+    return await arun(conn, _calls.allocation_failures(limit=limit))
 
 
 @asynccontextmanager

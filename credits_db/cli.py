@@ -208,14 +208,99 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _connect(_resolve_url(args)) as conn:
         report = credits_db.allocation_report(conn)
         problems = credits_db.verify(conn)
+        failures = credits_db.allocation_failures(conn, limit=VERIFY_FAILURES_SHOWN)
+    todo = _verify_todo(report)
     if args.json:
-        _print_json({"allocation": asdict(report), "integrity": [asdict(p) for p in problems]})
+        _print_json({"allocation": asdict(report), "integrity": [asdict(p) for p in problems],
+                     "allocation_failures": [asdict(f) for f in failures], "todo": todo})
     else:
         _print_report(report)
         for problem in problems:
             out(f"integrity: {problem.user_id}: {_cell(problem.problem)}")
         out("integrity: ok" if not problems else f"integrity: {len(problems)} problem(s)")
-    return 1 if problems else 0
+        _print_failures(report, failures)
+        for line in todo:
+            out(f"to do: {line}")
+    if problems:
+        return 1
+    return 3 if args.strict and todo else 0
+
+
+VERIFY_FAILURES_SHOWN = 20
+"""How many recorded allocation failures ``verify`` lists (the count is always complete)."""
+
+
+def _verify_todo(report: AllocationReport) -> list[str]:
+    """What an operator has to do, one line each (empty when nothing waits)."""
+    todo = []
+    if report.allocation_failures:
+        todo.append(f"{report.allocation_failures} signup allocation(s) failed: fix the cause "
+                    "(the SQLSTATE and message above), then run credits-db backfill")
+    waiting = report.users_without_credits - report.allocation_failures
+    if waiting > 0:
+        todo.append(f"{waiting} user(s) wait for their credits: run credits-db backfill")
+    return todo
+
+
+def _print_failures(report: AllocationReport,
+                    failures: list[credits_db.AllocationFailure]) -> None:
+    if not failures:
+        return
+    out(table(f"Failed signup allocations ({report.allocation_failures})",
+              ("user", "failed at", "sqlstate", "message"),
+              ((f.user_id, f.failed_at.isoformat(timespec="seconds"), f.sqlstate,
+                _cell(f.message)) for f in failures), "llll"))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    with _connect(_resolve_url(args)) as conn:
+        explained = credits_db.explain_user(conn, args.user)
+    if args.json:
+        _print_json({**asdict(explained), "status": explained.status,
+                     "next_step": explained.next_step,
+                     "overview": {**asdict(explained.overview),
+                                  "status": explained.overview.status,
+                                  "message": explained.overview.message}})
+        return 0
+    for line in _explanation_lines(explained):
+        out(line)
+    return 0
+
+
+def _explanation_lines(e: credits_db.UserExplanation) -> list[str]:
+    """``credits-db explain``: one user, as an operator walks the troubleshooting steps."""
+    balance = e.overview.balance
+    role = "NULL" if e.role is None else repr(e.role)
+    fallback = " (not in role_credits: the member allocation)" if e.role_is_fallback else ""
+    lines = [f"user: {e.user_id}" + ("" if e.email is None else f" <{e.email}>"),
+             f"role: {role}{fallback}; entitlement {e.entitlement} credits",
+             f"status: {e.status}; next step: {e.next_step}"]
+    if balance.own is None:
+        lines.append("balance row: none")
+    else:
+        lines.append(f"balance row: total {balance.own.total_credits}, used "
+                     f"{balance.own.used_credits}, remaining {balance.own.remaining_credits}, "
+                     f"largest allocation given {e.allocated_credits}")
+    if balance.team_admin_id is not None:
+        lines.append(f"team pool: member of {balance.team_admin_id}'s pool, "
+                     f"{balance.team_pool_remaining} remaining")
+    if e.team_members:
+        lines.append(f"team members: {', '.join(map(str, e.team_members))}")
+    if e.overview.failure is not None:
+        f = e.overview.failure
+        lines.append(f"signup allocation failed at {f.failed_at.isoformat(timespec='seconds')}: "
+                     f"{f.sqlstate} {_cell(f.message)}")
+    lines.append(f"spendable now: {balance.spendable}")
+    lines.append("overview (GET /api/billing/overview) answers: accountStatus "
+                 f"{e.overview.status}, remainingCredits "
+                 f"{balance.own.remaining_credits if balance.own else 0}, "
+                 f"{len(e.overview.recent_usage)} recent row(s)"
+                 + ("" if e.overview.message is None else f": {e.overview.message}"))
+    for entry in e.overview.recent_usage:
+        lines.append(f"  #{entry.id} {entry.created_at.isoformat(timespec='seconds')} "
+                     f"{entry.type} {entry.amount:+d} {entry.source}"
+                     + ("" if entry.description is None else f" {_cell(entry.description)}"))
+    return lines
 
 
 def _print_operation(args: argparse.Namespace, operation: credits_db.CreditOperation) -> None:
@@ -404,7 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--dry-run", action="store_true", help="report, write nothing")
     backfill.add_argument("--batch-size", type=int, default=None,
                           help="commit every N users (default: one transaction)")
-    add("verify", cmd_verify, "verification report and integrity check (exit 1 on problems)")
+    verify = add("verify", cmd_verify, "verification report, integrity check and what to do "
+                 "(exit 1 on integrity problems)")
+    verify.add_argument("--strict", action="store_true",
+                        help="exit 3 when something waits to be done (users without credits, "
+                        "failed signup allocations): for cron and CI")
+    add("explain", cmd_explain, "explain one USER's credits (by id or email): role, "
+        "entitlement, balance, pool, failures, last entries").add_argument("user")
     for name, handler, default_source in (("debit", cmd_debit, "usage"),
                                           ("grant", cmd_grant, "admin_grant")):
         sub = add(name, handler, f"{name} AMOUNT credits for USER")

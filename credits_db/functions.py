@@ -19,6 +19,7 @@ from credits_db._calls import UserId
 from credits_db._execute import SyncConnection, run, run_committed
 from credits_db.errors import InvalidArgument
 from credits_db.models import (
+    AllocationFailure,
     AllocationReport,
     BackfillBatch,
     BackfillSummary,
@@ -26,7 +27,9 @@ from credits_db.models import (
     CreditOperation,
     IntegrityProblem,
     LedgerEntry,
+    Overview,
     TeamMember,
+    UserExplanation,
 )
 
 ConnectionT = TypeVar("ConnectionT", bound=psycopg.Connection[Any] | sa.Connection)
@@ -209,6 +212,36 @@ def verify(conn: SyncConnection) -> list[IntegrityProblem]:
 def history(conn: SyncConnection, user_id: UserId, *, limit: int = 50) -> list[LedgerEntry]:
     """One account's ledger rows, newest first."""
     return run(conn, _calls.history(user_id, limit=limit))
+
+
+def overview(conn: SyncConnection, user_id: UserId) -> Overview:
+    """What ``GET /api/billing/overview`` shows for a user: the balance, the last usage
+    rows and, for an account without credits, why (``Overview.status``).
+
+    Raises:
+        UnknownUser: no such user.
+        PermissionDenied: a credits_user asked for another user.
+    """
+    return run(conn, _calls.overview(user_id))
+
+
+def explain_user(conn: SyncConnection, who: UserId) -> UserExplanation:
+    """Everything that decides one user's credits, found by id or email: role,
+    entitlement, balance row, pool, last entries, a recorded allocation failure and
+    what the overview answers for them (``credits-db explain``, the admin lookup).
+
+    Raises:
+        UnknownUser: no user has that id or email.
+        InvalidArgument: several users share the email.
+    """
+    user_id = run(conn, _calls.find_user(who))
+    data = run(conn, _calls.explain_user(user_id))
+    return UserExplanation.from_json(data, run(conn, _calls.overview(user_id)))
+
+
+def allocation_failures(conn: SyncConnection, *, limit: int = 100) -> list[AllocationFailure]:
+    """The recorded signup allocation failures, newest first (at most ``limit``)."""
+    return run(conn, _calls.allocation_failures(limit=limit))
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal
 from uuid import UUID
 
 NULL_ROLE_KEY = "(null)"
@@ -121,6 +121,9 @@ class AllocationReport:
     users_with_credits: int
     users_without_credits: int
     by_role: Mapping[str, RoleReport]
+    allocation_failures: int = 0
+    """How many of ``users_without_credits`` are waiting because their signup
+    allocation failed (``credit_allocation_failures``)."""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AllocationReport:
@@ -129,6 +132,7 @@ class AllocationReport:
             users_total=int(data["users_total"]),
             users_with_credits=int(data["users_with_credits"]),
             users_without_credits=int(data["users_without_credits"]),
+            allocation_failures=int(data["allocation_failures"]),
             by_role=dict(
                 {
                     role: RoleReport(
@@ -284,3 +288,125 @@ class LedgerEntry:
                 created_at=datetime.fromisoformat(r["created_at"]),
             ))
         return entries
+
+
+AccountStatus = Literal["active", "awaiting_backfill", "allocation_failed"]
+"""Why a user has, or has not yet, credits."""
+
+ACCOUNT_ACTIVE: Final = "active"
+"""The user has a balance row: spending and the overview work."""
+ACCOUNT_AWAITING_BACKFILL: Final = "awaiting_backfill"
+"""No balance row and no recorded failure: the user existed before credits-db was
+installed (or signed up with the trigger disabled); the next backfill allocates them."""
+ACCOUNT_ALLOCATION_FAILED: Final = "allocation_failed"
+"""No balance row because the signup allocation failed (the failure is recorded);
+the next backfill allocates them and clears the record."""
+
+_NEXT_STEP: dict[AccountStatus, str] = {
+    ACCOUNT_ACTIVE: "nothing to do",
+    ACCOUNT_AWAITING_BACKFILL: "run the backfill: credits-db backfill",
+    ACCOUNT_ALLOCATION_FAILED: "fix the cause of the failure, then run the backfill: "
+                               "credits-db backfill",
+}
+
+
+@dataclass(frozen=True)
+class AllocationFailure:
+    """A recorded failure of a user's signup allocation (``credit_allocation_failures``)."""
+
+    user_id: UUID
+    failed_at: datetime
+    sqlstate: str
+    message: str
+    detail: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> AllocationFailure | None:
+        """Build from a ``credit_allocation_failures`` row as jsonb (None for none)."""
+        if data is None:
+            return None
+        return cls(UUID(str(data["user_id"])), datetime.fromisoformat(data["failed_at"]),
+                   str(data["sqlstate"]), str(data["message"]), data.get("detail"))
+
+    @classmethod
+    def list_from_json(cls, rows: list[Mapping[str, Any]]) -> list[AllocationFailure]:
+        """Build the list from a jsonb array of rows."""
+        return [f for f in map(cls.from_json, rows) if f is not None]
+
+
+def account_status(own: OwnBalance | None, failure: AllocationFailure | None
+                   ) -> AccountStatus:
+    """One of the ``ACCOUNT_*`` values: why a user has (or has no) credits."""
+    if own is not None:
+        return ACCOUNT_ACTIVE
+    return ACCOUNT_AWAITING_BACKFILL if failure is None else ACCOUNT_ALLOCATION_FAILED
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What ``GET /api/billing/overview`` answers for a user: the balance, the last
+    usage rows (own account, and pool debits made as a member) and the account's status."""
+
+    balance: Balance
+    recent_usage: list[LedgerEntry]
+    failure: AllocationFailure | None
+
+    @property
+    def status(self) -> AccountStatus:
+        """``active``, ``awaiting_backfill`` or ``allocation_failed``."""
+        return account_status(self.balance.own, self.failure)
+
+    @property
+    def message(self) -> str | None:
+        """Why there are no credits yet, in one sentence (None when active)."""
+        if self.status == ACCOUNT_ACTIVE:
+            return None
+        if self.failure is None:
+            return "This account has no credits yet: it is waiting for the credits backfill."
+        return ("This account has no credits yet: its signup allocation failed "
+                f"({self.failure.sqlstate}) and the next credits backfill will allocate it.")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Overview:
+        """Build from the jsonb of the ``overview`` query."""
+        return cls(Balance.from_json(data["balance"]),
+                   LedgerEntry.list_from_json(data["recent_usage"]),
+                   AllocationFailure.from_json(data.get("failure")))
+
+
+@dataclass(frozen=True)
+class UserExplanation:
+    """Everything that decides what credits one user has, for an operator."""
+
+    user_id: UUID
+    email: str | None
+    role: str | None
+    entitlement: int
+    """The credits the user's role allocates (the member allocation for a NULL or unknown role)."""
+    role_is_fallback: bool
+    allocated_credits: int | None
+    """The largest role allocation the account was given (None without a balance row)."""
+    team_members: list[UUID]
+    overview: Overview
+
+    @property
+    def status(self) -> AccountStatus:
+        """``active``, ``awaiting_backfill`` or ``allocation_failed``."""
+        return self.overview.status
+
+    @property
+    def next_step(self) -> str:
+        """What an operator should do next, in one line."""
+        return _NEXT_STEP[self.status]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], overview: Overview) -> UserExplanation:
+        """Build from the jsonb of the ``explain_user`` query and the user's overview."""
+        allocated = data.get("allocated_credits")
+        return cls(
+            user_id=UUID(str(data["user_id"])), email=data.get("email"), role=data.get("role"),
+            entitlement=int(data["entitlement"]), role_is_fallback=bool(data["role_is_fallback"]),
+            allocated_credits=None if allocated is None else int(allocated),
+            team_members=[UUID(str(m)) for m in data["team_members"]],
+            overview=overview,
+        )

@@ -84,3 +84,70 @@ SELECT set_config('credits.user_id', %(user_id)s, true);
 -- name: acting_user
 -- Who the current transaction acts as (NULL when credits.user_id was never set).
 SELECT current_setting('credits.user_id', true);
+
+-- name: overview
+-- What GET /api/billing/overview shows for a user, in one snapshot: the balance
+-- (get_credit_balance: CR005 for an unknown user, 42501 for another user's as a
+-- credits_user), the last %(limit)s usage rows (their own account's, for a team
+-- admin including the members' pool debits, and the pool debits they made as a
+-- member; two branches so each uses its index) and a recorded allocation failure.
+SELECT jsonb_build_object(
+    'balance', public.get_credit_balance(%(user_id)s::uuid),
+    'recent_usage', (
+        SELECT coalesce(jsonb_agg(to_jsonb(entry) ORDER BY entry.created_at DESC, entry.id DESC),
+                        '[]'::jsonb)
+        FROM (
+            SELECT *
+            FROM (
+                (SELECT id, user_id, actor_user_id, amount, type, source, description,
+                        idempotency_key, created_at
+                 FROM public.credit_usage_log
+                 WHERE user_id = %(user_id)s::uuid
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT %(limit)s::integer)
+                UNION ALL
+                (SELECT id, user_id, actor_user_id, amount, type, source, description,
+                        idempotency_key, created_at
+                 FROM public.credit_usage_log
+                 WHERE actor_user_id = %(user_id)s::uuid AND user_id <> %(user_id)s::uuid
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT %(limit)s::integer)
+            ) AS both_branches
+            ORDER BY created_at DESC, id DESC
+            LIMIT %(limit)s::integer
+        ) AS entry),
+    'failure', (SELECT to_jsonb(f) FROM public.credit_allocation_failures f
+                WHERE f.user_id = %(user_id)s::uuid));
+
+-- name: find_user
+-- The ids (at most two) of the users with this id or email: to_jsonb reads email
+-- whether or not the host's users table has that column. Two mean the email is
+-- not unique there, and nothing is guessed.
+SELECT coalesce(jsonb_agg(found.id), '[]'::jsonb)
+FROM (SELECT u.id FROM public.users u
+      WHERE u.id::text = lower(%(who)s::text) OR to_jsonb(u) ->> 'email' = %(who)s::text
+      ORDER BY u.id LIMIT 2) AS found;
+
+-- name: explain_user
+-- What decides one user's credits: role and entitlement (as the signup and the
+-- backfill compute it), the largest allocation given, the members of their pool.
+SELECT (SELECT jsonb_build_object(
+    'user_id', u.id,
+    'email', to_jsonb(u) ->> 'email',
+    'role', u.role,
+    'entitlement', coalesce(rc.credits, fallback.credits, 0),
+    'role_is_fallback', rc.role IS NULL,
+    'allocated_credits', uc.allocated_credits,
+    'team_members', (SELECT coalesce(jsonb_agg(t.team_member_id ORDER BY t.seat), '[]'::jsonb)
+                     FROM public.team_credit_sharing t WHERE t.team_admin_id = u.id))
+FROM public.users u
+LEFT JOIN public.role_credits rc ON rc.role = u.role
+LEFT JOIN public.role_credits fallback ON fallback.role = 'member'
+LEFT JOIN public.user_credits uc ON uc.user_id = u.id
+WHERE u.id = %(user_id)s::uuid);
+
+-- name: allocation_failures
+-- The recorded signup allocation failures, newest first, at most %(limit)s.
+SELECT coalesce(jsonb_agg(to_jsonb(f) ORDER BY f.failed_at DESC, f.user_id), '[]'::jsonb)
+FROM (SELECT * FROM public.credit_allocation_failures
+      ORDER BY failed_at DESC, user_id LIMIT %(limit)s::integer) AS f;

@@ -13,7 +13,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from credits_db._calls import Call
 from credits_db._queries import parse
-from credits_db.models import LedgerEntry
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 """The pool type :func:`~credits_db.http.create_router` takes (autocommit connections
@@ -21,12 +20,6 @@ recommended)."""
 
 QUERIES = parse(files("credits_db.http").joinpath("queries.sql").read_text(encoding="utf-8"))
 """The reads the HTTP API adds (``credits_db/http/queries.sql``)."""
-
-
-def recent_usage(user_id: UUID, limit: int) -> Call[list[LedgerEntry]]:
-    """The caller's latest ``limit`` ledger rows, including the pool debits they caused."""
-    return Call(QUERIES["recent_usage"], {"user_id": str(user_id), "limit": limit},
-                LedgerEntry.list_from_json)
 
 
 def team_member_limit(user_id: UUID) -> Call[int]:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Depends, Query
 
 from credits_db import aio
 from credits_db._execute import arun
-from credits_db.http._queries import Pool, recent_usage, team_member_limit
+from credits_db.http._queries import Pool, team_member_limit
 from credits_db.http.admin import admin_router
 from credits_db.http.auth import AuthDependency, Caller, require_admin
 from credits_db.http.errors import ErrorMappingRoute, error_responses
@@ -36,9 +36,6 @@ from credits_db.http.schemas import (
 )
 
 HISTORY_MAX = 500
-OVERVIEW_ROWS = 10
-
-
 def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     """The credits API and admin page as a FastAPI router.
 
@@ -150,16 +147,11 @@ def _add_ledger_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
     @router.get("/api/billing/overview", response_model=BillingOverview, tags=["billing"],
                 responses=error_responses(401, 404, 503))
     async def billing_overview(caller: CallerDep) -> BillingOverview:
-        """Remaining credits, team pool and the last 10 usage rows (incl. pool usage)."""
+        """Remaining credits, team pool and the last 10 usage rows (incl. pool usage);
+        for an account without credits yet, ``accountStatus`` and ``accountMessage`` say why."""
         async with pool.connection() as conn:
-            balance = await aio.balance(conn, caller.user_id)
-            recent = await arun(conn, recent_usage(caller.user_id, OVERVIEW_ROWS))
-        return BillingOverview(credits=CreditsOverview(
-            remaining_credits=balance.own.remaining_credits if balance.own else 0,
-            team_pool_remaining=balance.team_pool_remaining,
-            spendable_credits=balance.spendable, team_admin_id=balance.team_admin_id,
-            recent_usage=[LedgerRow.of(e) for e in recent],
-        ))
+            overview = await aio.overview(conn, caller.user_id)
+        return BillingOverview(credits=CreditsOverview.of(overview))
 
 
 def _add_admin_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:

@@ -12,10 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from credits_db.models import (
+    AccountStatus,
+    AllocationFailure,
     BackfillSummary,
     Balance,
     CreditOperation,
     LedgerEntry,
+    Overview,
     TeamMember,
 )
 
@@ -182,6 +185,20 @@ class History(CamelModel):
     entries: list[LedgerRow]
 
 
+class AllocationFailureOut(CamelModel):
+    """A recorded failure of the signup allocation."""
+
+    failed_at: datetime
+    sqlstate: str
+    message: str
+
+    @classmethod
+    def of(cls, failure: AllocationFailure) -> "AllocationFailureOut":
+        """From the core model (the DETAIL, which may quote row values, stays server-side)."""
+        return cls(failed_at=failure.failed_at, sqlstate=failure.sqlstate,
+                   message=failure.message)
+
+
 class CreditsOverview(CamelModel):
     """The credits part of the billing overview."""
 
@@ -192,6 +209,29 @@ class CreditsOverview(CamelModel):
     recent_usage: list[LedgerRow] = Field(
         description="Last 10 rows: the own account's (for a team admin incl. members' pool "
                     "debits) and the pool debits the caller made as a member.")
+    account_status: AccountStatus = Field(
+        description="active: the account has a balance row. awaiting_backfill: no credits "
+                    "yet, the next backfill allocates them. allocation_failed: no credits "
+                    "yet because the signup allocation failed (allocationFailure says how); "
+                    "the next backfill allocates them.")
+    account_message: str | None = Field(
+        description="Why there are no credits yet, in one sentence (null when active).")
+    allocation_failure: AllocationFailureOut | None
+
+    @classmethod
+    def of(cls, overview: Overview) -> "CreditsOverview":
+        """The overview as the API shows it."""
+        balance = overview.balance
+        return cls(
+            remaining_credits=balance.own.remaining_credits if balance.own else 0,
+            team_pool_remaining=balance.team_pool_remaining,
+            spendable_credits=balance.spendable, team_admin_id=balance.team_admin_id,
+            recent_usage=[LedgerRow.of(e) for e in overview.recent_usage],
+            account_status=overview.status,
+            account_message=overview.message,
+            allocation_failure=None if overview.failure is None
+            else AllocationFailureOut.of(overview.failure),
+        )
 
 
 class BillingOverview(CamelModel):

@@ -15,7 +15,13 @@ import credits_db
 from credits_db import errors
 from credits_db.http import HTTP_STATUS, ErrorMappingRoute, make_demo_token
 from tests.support.databases import Database
-from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.helpers import (
+    Conn,
+    add_users,
+    add_users_whose_allocation_fails,
+    add_users_without_credits,
+    balance,
+)
 from tests.support.http_api import bearer, error_of, run
 
 
@@ -420,5 +426,28 @@ def test_openapi_documents_camel_case_models_and_errors(db: Database) -> None:
         assert use["402"]["content"]["application/json"]["schema"]["$ref"].endswith(
             "/ErrorResponse")
         assert "bearer" in str(spec["components"]["securitySchemes"]).lower()
+
+    run(db, scenario)
+
+
+def test_billing_overview_says_why_an_account_has_no_credits_yet(db: Database, conn: Conn) -> None:
+    [spent] = add_users(conn, "member")
+    credits_db.debit(conn, spent, 350)
+    [waiting] = add_users_without_credits(conn, "member")
+    [failed] = add_users_whose_allocation_fails(conn, "member")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        answers = {user: (await client.get("/api/billing/overview", headers=bearer(user))).json()
+                   for user in (spent, waiting, failed)}
+        for answer in answers.values():
+            assert answer["credits"]["remainingCredits"] == 0
+        assert answers[spent]["credits"]["accountStatus"] == "active"
+        assert answers[spent]["credits"]["accountMessage"] is None
+        assert answers[waiting]["credits"]["accountStatus"] == "awaiting_backfill"
+        assert "waiting for the credits backfill" in answers[waiting]["credits"]["accountMessage"]
+        failure = answers[failed]["credits"]
+        assert failure["accountStatus"] == "allocation_failed"
+        assert failure["allocationFailure"]["sqlstate"] == "23514"
+        assert set(failure["allocationFailure"]) == {"failedAt", "sqlstate", "message"}
 
     run(db, scenario)
