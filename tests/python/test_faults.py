@@ -7,16 +7,14 @@ Every wait polls the server for a state (pg_stat_activity); nothing sleeps.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import credits_db
 import credits_db.aio
@@ -30,6 +28,7 @@ from tests.support.faults import (
     wait_until_waiting_on_a_lock,
 )
 from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.proxy import CuttableProxy
 from tests.support.sessions import Background
 from tests.support.spending import integrity, state
 
@@ -248,67 +247,6 @@ def test_connection_killed_during_commit_is_outcome_unknown(db: Database, conn: 
 
 
 # --------------------------------------------------------------------------- lost answer
-
-
-class CuttableProxy:
-    """A TCP proxy to the server that can drop the connection towards the client.
-
-    Once ``cut`` is set, the first bytes the server sends are thrown away and the
-    client's socket is shut down, while the server's side stays open: the server
-    finishes (and commits) the call, the client never hears of it.
-    """
-
-    def __init__(self, url: str) -> None:
-        params = conninfo_to_dict(url)
-        host = str(params.get("host") or "localhost")
-        port = int(params.get("port") or 5432)
-        self._upstream: Callable[[], socket.socket]
-        if host.startswith("/"):
-            path = f"{host}/.s.PGSQL.{port}"
-
-            def unix() -> socket.socket:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(path)
-                return s
-            self._upstream = unix
-        else:
-            self._upstream = lambda: socket.create_connection((host, port))
-        self.cut = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._sockets: list[socket.socket] = [self._listener]
-        params.update(host="127.0.0.1", port=str(self._listener.getsockname()[1]))
-        params.pop("hostaddr", None)
-        self.url = make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = self._upstream()
-            self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True),
-                             daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, to_client: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if to_client and self.cut.is_set():
-                    sink.shutdown(socket.SHUT_RDWR)
-                    continue  # keep draining the server; send the client nothing
-                sink.sendall(data)
-        except OSError:
-            return
-
-    def close(self) -> None:
-        for s in self._sockets:
-            with suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
 
 
 def test_answer_lost_after_commit_then_retry_with_the_same_key_replays(db: Database,
