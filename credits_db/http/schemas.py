@@ -21,6 +21,9 @@ from credits_db.models import (
 
 INT32_MAX = 2**31 - 1
 
+NO_NUL = r"^[^\x00]*$"
+"""The pattern of every text field: PostgreSQL text cannot hold a NUL character."""
+
 
 class ErrorDetail(BaseModel):
     """What went wrong: the SQLSTATE, the credits-db exception name and a message."""
@@ -29,6 +32,8 @@ class ErrorDetail(BaseModel):
     type: str = Field(description="The credits_db exception name (InsufficientCredits ...).")
     message: str
     detail: str | None = Field(default=None, description="The database's DETAIL, when it gave one.")
+    field: str | None = Field(
+        default=None, description="The request field at fault (InvalidArgument), when known.")
     details: list[dict[str, Any]] | None = Field(
         default=None, description="For request validation: one entry per invalid field.")
 
@@ -75,7 +80,7 @@ class CreditStatus(CamelModel):
 class CheckRequest(CamelModel):
     """``POST /api/credits/check``."""
 
-    required_credits: int = Field(ge=1, le=INT32_MAX)
+    required_credits: int = Field(ge=1, le=INT32_MAX, strict=True)
 
 
 class CheckResponse(CamelModel):
@@ -91,12 +96,14 @@ class UseRequest(CamelModel):
     """``POST /api/credits/use``: spend credits for the caller."""
 
     credits: int = Field(
-        ge=-(2**31), le=INT32_MAX, json_schema_extra={"minimum": 1},
-        description="Credits to spend, 1 .. 2^31-1 (below 1: 422 InvalidAmount, CR006).")
-    source: str = Field(default="usage", max_length=200, description="What they were spent on.")
-    description: str | None = Field(default=None, max_length=2000)
+        ge=-(2**31), le=INT32_MAX, strict=True, json_schema_extra={"minimum": 1},
+        description="Credits to spend, a JSON integer 1 .. 2^31-1 (below 1: 422 InvalidAmount, "
+                    "CR006; \"10\", true or 1.5: 422 InvalidArgument).")
+    source: str = Field(default="usage", min_length=1, max_length=200, pattern=NO_NUL,
+                        strict=True, description="What they were spent on.")
+    description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL, strict=True)
     idempotency_key: str | None = Field(
-        default=None, max_length=200,
+        default=None, min_length=1, max_length=200, pattern=NO_NUL, strict=True,
         description="Retry with the same key after a timeout: it is never spent twice.")
 
 
@@ -177,9 +184,11 @@ class LedgerRow(CamelModel):
 
 
 class History(CamelModel):
-    """The caller's account ledger, newest first."""
+    """The caller's account ledger, newest first, one page at a time."""
 
     entries: list[LedgerRow]
+    next_cursor: str | None = Field(
+        description="Pass it as ?cursor= for the next page; null on the last page.")
 
 
 class CreditsOverview(CamelModel):
@@ -210,8 +219,10 @@ class RoleAllocationOut(CamelModel):
 class BackfillRequest(CamelModel):
     """Optional body of ``POST /api/admin/backfill-credits``."""
 
-    dry_run: bool = False
-    limit: int | None = Field(default=None, ge=1, le=INT32_MAX,
+    dry_run: bool = Field(default=False, strict=True,
+                          description="A JSON boolean: true reports and writes nothing "
+                                      "(0, \"off\" or \"false\" are refused, never read as false).")
+    limit: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True,
                               description="At most this many users (one batch).")
 
 
