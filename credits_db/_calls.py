@@ -6,8 +6,10 @@ build their calls here and differ only in how they run them.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, LiteralString, TypeVar
 from uuid import UUID
 
@@ -19,6 +21,7 @@ from credits_db.models import (
     BackfillSummary,
     Balance,
     CreditOperation,
+    HistoryPage,
     IntegrityProblem,
     LedgerEntry,
     RoleAllocation,
@@ -35,6 +38,14 @@ class Call(Generic[T]):
     query: LiteralString
     params: Mapping[str, Any] = field(default_factory=dict)
     parse: Callable[[Any], T] = field(default=lambda value: value)
+
+    def __post_init__(self) -> None:
+        # PostgreSQL text cannot hold NUL, and psycopg refuses it on the client
+        # with a DataError that has no SQLSTATE: name the argument instead.
+        for name, value in self.params.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidArgument(f"{name} must not contain a NUL character (\\x00)",
+                                      field=name)
 
 
 def backfill(*, dry_run: bool, limit: int | None) -> Call[BackfillSummary]:
@@ -205,11 +216,55 @@ def verify() -> Call[list[IntegrityProblem]]:
     return Call(QUERIES["verify"], {}, IntegrityProblem.list_from_json)
 
 
-def history(user_id: UserId, *, limit: int) -> Call[list[LedgerEntry]]:
-    """One account's ``credit_usage_log`` rows, newest first."""
-    _int4(limit, "limit", InvalidArgument)
-    return Call(QUERIES["history"], {"user_id": str(user_id), "limit": limit},
+def history(user_id: UserId, *, limit: int, cursor: str | None = None
+            ) -> Call[list[LedgerEntry]]:
+    """One account's ``credit_usage_log`` rows, newest first, after ``cursor``."""
+    return Call(QUERIES["history"], _history_params(user_id, limit, cursor),
                 LedgerEntry.list_from_json)
+
+
+def history_page(user_id: UserId, *, limit: int, cursor: str | None = None
+                 ) -> Call[HistoryPage]:
+    """:func:`history` as a page: one row more is read to know whether another page follows."""
+    params = _history_params(user_id, limit, cursor)
+    params["limit"] = limit + 1
+
+    def page(value: Any) -> HistoryPage:
+        entries = LedgerEntry.list_from_json(value)
+        if len(entries) <= limit:
+            return HistoryPage(entries, None)
+        return HistoryPage(entries[:limit], history_cursor(entries[limit - 1]))
+
+    return Call(QUERIES["history"], params, page)
+
+
+def _history_params(user_id: UserId, limit: int, cursor: str | None) -> dict[str, Any]:
+    if not 1 <= limit <= INT4_MAX:
+        raise InvalidArgument(f"limit must be between 1 and {INT4_MAX}, not {limit}",
+                              field="limit")
+    created_at, log_id = (None, None) if cursor is None else _parse_cursor(cursor)
+    return {"user_id": str(user_id), "limit": limit,
+            "before_created_at": created_at, "before_id": log_id}
+
+
+def history_cursor(entry: LedgerEntry) -> str:
+    """The cursor of the page that starts after ``entry`` (opaque: base64url text)."""
+    position = f"{entry.created_at.isoformat()}|{entry.id}"
+    return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, int]:
+    """(created_at, id) of the row a :func:`history_cursor` names."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, _, log_id = text.partition("|")
+        position = datetime.fromisoformat(created_at), int(log_id)
+        if position[0].tzinfo is None or not 0 < position[1] < 2**63:
+            raise ValueError(text)
+    except ValueError:
+        raise InvalidArgument("cursor is not a history cursor (pass a next_cursor as it "
+                              "came)", field="cursor") from None
+    return position
 
 
 def user_id_text(user_id: UserId) -> str:

@@ -284,3 +284,19 @@ class LedgerEntry:
                 created_at=datetime.fromisoformat(r["created_at"]),
             ))
         return entries
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of an account's ledger, newest first.
+
+    Attributes:
+        entries: at most the ``limit`` asked for.
+        next_cursor: pass it as ``cursor`` for the page after this one; None when
+            this page holds the oldest row. An opaque text: it names the last
+            row's position (``created_at``, ``id``), so rows written meanwhile never
+            shift a page.
+    """
+
+    entries: list[LedgerEntry]
+    next_cursor: str | None
