@@ -32,3 +32,9 @@ def recent_usage(user_id: UUID, limit: int) -> Call[list[LedgerEntry]]:
 def team_member_limit(user_id: UUID) -> Call[int]:
     """How many members the user's role allows in their pool (0 for a missing user)."""
     return Call(QUERIES["team_member_limit"], {"user_id": str(user_id)}, int)
+
+
+def is_team_member(team_admin_id: UUID, team_member_id: UUID) -> Call[bool]:
+    """Whether ``team_member_id`` is in ``team_admin_id``'s pool now."""
+    return Call(QUERIES["is_team_member"], {"team_admin_id": str(team_admin_id),
+                                            "team_member_id": str(team_member_id)}, bool)
