@@ -293,9 +293,9 @@ class HistoryPage:
     Attributes:
         entries: at most the ``limit`` asked for.
         next_cursor: pass it as ``cursor`` for the page after this one; None when
-            this page holds the oldest row. An opaque text: it names the last
-            row's position (``created_at``, ``id``), so rows written meanwhile never
-            shift a page.
+            this page holds the oldest row. Opaque text (today the last row's log
+            id): the next page starts after that row in (``created_at``, ``id``)
+            order, so rows written meanwhile never shift a page.
     """
 
     entries: list[LedgerEntry]

@@ -205,13 +205,21 @@ class ErrorMappingRoute(APIRoute):
         return JSONResponse(content, status, headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app answers at the request's path (``OPTIONS`` too)."""
+    """Every method some route of the app answers at the request's path (``OPTIONS`` too).
+
+    Each method is tried against the app's routes as the router would match it, so
+    routes of included routers count (FastAPI no longer copies them into the app).
+    """
+    routes = request.app.router.routes
     methods = {"OPTIONS"}
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            methods.add(method)
     return sorted(methods)
 
 
@@ -254,9 +262,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "UnknownUser (CR005).",
         409: "Conflict: TeamFull (CR002), AlreadyInTeam (CR004), IdempotencyConflict (CR007).",
         400: "InvalidArgument (22P02): the body is not valid JSON.",
-        413: "PayloadTooLarge (54000): the body is larger than the server accepts.",
         422: "InvalidAmount (CR006), InvalidArgument (22023, also request validation), "
              "SelfTeamMembership (CR009).",
+        413: "PayloadTooLarge (54000): the body is larger than the server accepts.",
         503: "RetryableError, ConnectionLost or no pool connection: retry "
              "(with the same idempotency key).",
     }

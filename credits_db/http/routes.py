@@ -109,7 +109,7 @@ def _add_credit_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
             return CreditStatus.of(await aio.balance(conn, caller.user_id))
 
     @router.post("/api/credits/check", response_model=CheckResponse, tags=["credits"],
-                 responses=error_responses(401, 404, 422, 503))
+                 responses=error_responses(400, 401, 404, 413, 422, 503))
     async def check_credits(caller: CallerDep, body: CheckRequest) -> CheckResponse:
         """Whether one ``/use`` call of ``requiredCredits`` would succeed now.
 
@@ -123,7 +123,7 @@ def _add_credit_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
                              required_credits=body.required_credits)
 
     @router.post("/api/credits/use", response_model=Operation, tags=["credits"],
-                 responses=error_responses(401, 402, 404, 409, 422, 503))
+                 responses=error_responses(400, 401, 402, 404, 409, 413, 422, 503))
     async def use_credits(caller: CallerDep, body: UseRequest) -> "Operation":
         """Spend credits for the caller: own account first, else whole from the team pool."""
         async with pool.connection() as conn:
@@ -154,7 +154,7 @@ def _add_team_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> Non
                  tags=["credits"], responses={
                      200: {"model": TeamMembers,
                            "description": "They were in the pool already: nothing changed."},
-                     **error_responses(401, 403, 404, 409, 422, 503)})
+                     **error_responses(400, 401, 403, 404, 409, 413, 422, 503)})
     async def add_team_member(caller: CallerDep, body: AddTeamMemberRequest,
                               response: Response) -> TeamMembers:
         """Add a user to the caller's pool; returns the pool.
@@ -187,8 +187,9 @@ def _add_ledger_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
         caller: CallerDep,
         limit: Annotated[int, Query(ge=1, le=HISTORY_MAX)] = 50,
         cursor: Annotated[str | None, Query(
-            min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$",
-            description="The nextCursor of the page before; omit for the newest rows.",
+            pattern=r"^[1-9][0-9]{0,17}$",
+            description="The nextCursor of the page before, as it came (opaque); omit for "
+                        "the newest rows.",
         )] = None,
     ) -> History:
         """The caller's account ledger, newest first (a team admin's includes pool debits).
@@ -220,7 +221,7 @@ def _add_admin_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> No
     AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     @router.post("/api/admin/backfill-credits", response_model=BackfillResult, tags=["admin"],
-                 responses=error_responses(401, 403, 422, 503))
+                 responses=error_responses(400, 401, 403, 413, 422, 503))
     async def backfill_credits(
         _admin: AdminDep,
         body: Annotated[BackfillRequest | None, Body()] = None,

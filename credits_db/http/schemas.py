@@ -5,11 +5,12 @@ build a response from the credits-db result it presents.
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from credits_db.models import (
     BackfillSummary,
@@ -23,6 +24,21 @@ INT32_MAX = 2**31 - 1
 
 NO_NUL = r"^[^\x00]*$"
 """The pattern of every text field: PostgreSQL text cannot hold a NUL character."""
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's integer: a number with no fraction (1 or 1.0), never the text
+    # "10" or true, which pydantic's lax mode would read as 10 and 1.
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a JSON integer, not {kind}",
+                                  {"kind": type(value).__name__})
+    return value
+
+
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX), BeforeValidator(_json_integer)]
+"""A 32-bit integer field that takes only a JSON number with no fraction."""
+Positive32 = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_json_integer)]
+""":data:`Int32` from 1 (the bounds come before the validator, so the schema has them)."""
 
 
 class ErrorDetail(BaseModel):
@@ -80,7 +96,7 @@ class CreditStatus(CamelModel):
 class CheckRequest(CamelModel):
     """``POST /api/credits/check``."""
 
-    required_credits: int = Field(ge=1, le=INT32_MAX, strict=True)
+    required_credits: Positive32
 
 
 class CheckResponse(CamelModel):
@@ -95,8 +111,8 @@ class CheckResponse(CamelModel):
 class UseRequest(CamelModel):
     """``POST /api/credits/use``: spend credits for the caller."""
 
-    credits: int = Field(
-        ge=-(2**31), le=INT32_MAX, strict=True, json_schema_extra={"minimum": 1},
+    credits: Int32 = Field(
+        json_schema_extra={"minimum": 1},
         description="Credits to spend, a JSON integer 1 .. 2^31-1 (below 1: 422 InvalidAmount, "
                     "CR006; \"10\", true or 1.5: 422 InvalidArgument).")
     source: str = Field(default="usage", min_length=1, max_length=200, pattern=NO_NUL,
@@ -222,8 +238,8 @@ class BackfillRequest(CamelModel):
     dry_run: bool = Field(default=False, strict=True,
                           description="A JSON boolean: true reports and writes nothing "
                                       "(0, \"off\" or \"false\" are refused, never read as false).")
-    limit: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True,
-                              description="At most this many users (one batch).")
+    limit: Positive32 | None = Field(
+        default=None, description="At most this many users (one batch).")
 
 
 class BackfillResult(CamelModel):
