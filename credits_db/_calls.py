@@ -26,6 +26,7 @@ from credits_db.models import (
     BackfillSummary,
     Balance,
     CreditOperation,
+    HistoryPage,
     IntegrityProblem,
     LedgerEntry,
     Overview,
@@ -43,6 +44,14 @@ class Call(Generic[T]):
     query: LiteralString
     params: Mapping[str, Any] = field(default_factory=dict)
     parse: Callable[[Any], T] = field(default=lambda value: value)
+
+    def __post_init__(self) -> None:
+        # PostgreSQL text cannot hold NUL, and psycopg refuses it on the client
+        # with a DataError that has no SQLSTATE: name the argument instead.
+        for name, value in self.params.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidArgument(f"{name} must not contain a NUL character (\\x00)",
+                                      field=name)
 
 
 def backfill(*, dry_run: bool, limit: int | None) -> Call[BackfillSummary]:
@@ -213,11 +222,51 @@ def verify() -> Call[list[IntegrityProblem]]:
     return Call(QUERIES["verify"], {}, IntegrityProblem.list_from_json)
 
 
-def history(user_id: UserId, *, limit: int) -> Call[list[LedgerEntry]]:
-    """One account's ``credit_usage_log`` rows, newest first."""
-    _int4(limit, "limit", InvalidArgument)
-    return Call(QUERIES["history"], {"user_id": str(user_id), "limit": limit},
+def history(user_id: UserId, *, limit: int, cursor: str | None = None
+            ) -> Call[list[LedgerEntry]]:
+    """One account's ``credit_usage_log`` rows, newest first, after ``cursor``."""
+    return Call(QUERIES["history"], _history_params(user_id, limit, cursor),
                 LedgerEntry.list_from_json)
+
+
+def history_page(user_id: UserId, *, limit: int, cursor: str | None = None
+                 ) -> Call[HistoryPage]:
+    """:func:`history` as a page: one row more is read to know whether another page follows."""
+    params = _history_params(user_id, limit, cursor)
+    params["limit"] = limit + 1
+
+    def page(value: Any) -> HistoryPage:
+        entries = LedgerEntry.list_from_json(value)
+        if len(entries) <= limit:
+            return HistoryPage(entries, None)
+        return HistoryPage(entries[:limit], history_cursor(entries[limit - 1]))
+
+    return Call(QUERIES["history"], params, page)
+
+
+def _history_params(user_id: UserId, limit: int, cursor: str | None) -> dict[str, Any]:
+    if not 1 <= limit <= INT4_MAX:
+        raise InvalidArgument(f"limit must be between 1 and {INT4_MAX}, not {limit}",
+                              field="limit")
+    return {"user_id": str(user_id), "limit": limit,
+            "after_id": None if cursor is None else _parse_cursor(cursor)}
+
+
+def history_cursor(entry: LedgerEntry) -> str:
+    """The cursor of the page that starts after ``entry``: its log id, as text.
+
+    Opaque to callers: pass it back as it came. A cursor naming no row of the
+    account gives an empty page.
+    """
+    return str(entry.id)
+
+
+def _parse_cursor(cursor: str) -> int:
+    """The log id a :func:`history_cursor` names."""
+    if not (cursor.isascii() and cursor.isdigit() and 0 < int(cursor) < 2**63):
+        raise InvalidArgument(f"cursor {cursor!r} is not a history cursor (pass a "
+                              "next_cursor as it came)", field="cursor")
+    return int(cursor)
 
 
 def user_id_text(user_id: UserId) -> str:

@@ -19,6 +19,7 @@ from credits_db.models import (
     BackfillSummary,
     Balance,
     CreditOperation,
+    HistoryPage,
     IntegrityProblem,
     LedgerEntry,
     Overview,
@@ -113,10 +114,16 @@ async def verify(conn: AsyncConnection) -> list[IntegrityProblem]:
     return await arun(conn, _calls.verify())
 
 
-async def history(conn: AsyncConnection, user_id: UserId, *, limit: int = 50
-                  ) -> list[LedgerEntry]:
+async def history(conn: AsyncConnection, user_id: UserId, *, limit: int = 50,
+                  cursor: str | None = None) -> list[LedgerEntry]:
     """Async :func:`credits_db.history`."""
-    return await arun(conn, _calls.history(user_id, limit=limit))
+    return await arun(conn, _calls.history(user_id, limit=limit, cursor=cursor))
+
+
+async def history_page(conn: AsyncConnection, user_id: UserId, *, limit: int = 50,
+                       cursor: str | None = None) -> HistoryPage:
+    """Async :func:`credits_db.history_page`."""
+    return await arun(conn, _calls.history_page(user_id, limit=limit, cursor=cursor))
 
 
 async def overview(conn: AsyncConnection, user_id: UserId) -> Overview:

@@ -374,8 +374,18 @@ def cmd_team(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    entries: list[credits_db.LedgerEntry] = []
     with _connect(_resolve_url(args)) as conn:
-        entries = credits_db.history(conn, args.user, limit=args.limit)
+        cursor = args.cursor
+        while True:  # one page, or with --all every page (--limit rows at a time)
+            page = credits_db.history_page(conn, args.user, limit=args.limit, cursor=cursor)
+            entries += page.entries
+            cursor = page.next_cursor
+            if cursor is None or not args.all:
+                break
+    if cursor is not None:
+        # On stderr, so stdout stays the table (or the JSON list).
+        note(f"more rows: credits-db history {args.user} --limit {args.limit} --cursor {cursor}")
     if args.json:
         _print_json([asdict(e) for e in entries])
         return 0
@@ -512,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     team.add_argument("member", nargs="?")
     history = add("history", cmd_history, "USER's ledger, newest first")
     history.add_argument("user")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=int, default=20, help="rows per page (default 20)")
+    history.add_argument("--cursor", help="start after the page that printed this cursor")
+    history.add_argument("--all", action="store_true", help="every page, to the oldest row")
     add("demo", cmd_demo, "run a demo (embedded PostgreSQL, from the demo extra, unless "
         "--url/DATABASE_URL)")
     commands.add_parser("bench", add_help=False,

@@ -8,6 +8,7 @@ kept on the exception.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import psycopg
@@ -96,9 +97,26 @@ class AppendOnlyViolation(CreditsError):
 
 
 class InvalidArgument(CreditsError):
-    """An argument is NULL or out of range."""
+    """An argument is NULL or out of range.
+
+    ``field`` names the argument when it is known (``"source"``,
+    ``"idempotency_key"``): the Python parameter, which the SQL function's
+    message spells with a ``p_`` prefix (``p_source must be a non-empty text``).
+    """
 
     sqlstate = "22023"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate, detail=detail, hint=hint)
+        self.field = field
 
 
 class PermissionDenied(CreditsError):
@@ -230,6 +248,11 @@ def translate(exc: BaseException, *, may_have_committed: bool = True) -> BaseExc
     if cls is RetryableError:
         message = (f"{message} (retryable: this call changed nothing; "
                    "retry it, with the same idempotency key)")
+    if cls is InvalidArgument:
+        # The SQL functions name the argument first: "p_source must be ...".
+        named = re.match(r"p_([a-z_]+)\b", message)
+        return InvalidArgument(message, sqlstate=original.sqlstate, detail=diag.message_detail,
+                               hint=diag.message_hint, field=named and named.group(1))
     return cls(
         message,
         sqlstate=original.sqlstate,

@@ -25,6 +25,7 @@ from credits_db.models import (
     BackfillSummary,
     Balance,
     CreditOperation,
+    HistoryPage,
     IntegrityProblem,
     LedgerEntry,
     Overview,
@@ -209,9 +210,29 @@ def verify(conn: SyncConnection) -> list[IntegrityProblem]:
     return run(conn, _calls.verify())
 
 
-def history(conn: SyncConnection, user_id: UserId, *, limit: int = 50) -> list[LedgerEntry]:
-    """One account's ledger rows, newest first."""
-    return run(conn, _calls.history(user_id, limit=limit))
+def history(conn: SyncConnection, user_id: UserId, *, limit: int = 50,
+            cursor: str | None = None) -> list[LedgerEntry]:
+    """One account's ledger rows, newest first; after ``cursor``, the rows after it.
+
+    Raises:
+        InvalidArgument: ``limit`` is below 1, or ``cursor`` is not one
+            :func:`history_page` gave.
+    """
+    return run(conn, _calls.history(user_id, limit=limit, cursor=cursor))
+
+
+def history_page(conn: SyncConnection, user_id: UserId, *, limit: int = 50,
+                 cursor: str | None = None) -> HistoryPage:
+    """One page of an account's ledger, newest first, and the cursor of the next page.
+
+    Walk the whole ledger by passing each page's ``next_cursor`` as ``cursor``
+    until it is None. A keyset: each page costs the same however deep it is, and
+    rows logged meanwhile (newer than the first page) never shift a page.
+
+    Raises:
+        InvalidArgument: ``limit`` is below 1, or ``cursor`` is not one this gave.
+    """
+    return run(conn, _calls.history_page(user_id, limit=limit, cursor=cursor))
 
 
 def overview(conn: SyncConnection, user_id: UserId) -> Overview:

@@ -410,3 +410,19 @@ class UserExplanation:
             team_members=[UUID(str(m)) for m in data["team_members"]],
             overview=overview,
         )
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of an account's ledger, newest first.
+
+    Attributes:
+        entries: at most the ``limit`` asked for.
+        next_cursor: pass it as ``cursor`` for the page after this one; None when
+            this page holds the oldest row. Opaque text (today the last row's log
+            id): the next page starts after that row in (``created_at``, ``id``)
+            order, so rows written meanwhile never shift a page.
+    """
+
+    entries: list[LedgerEntry]
+    next_cursor: str | None

@@ -64,14 +64,24 @@ SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'problem', prob
 FROM public.verify_credit_integrity();
 
 -- name: history
--- One account's ledger, newest first.
+-- One account's ledger, newest first. With a cursor (the id of the last row of the
+-- page before), only the rows after that one in this order: a keyset, so every
+-- page reads the (user_id, created_at DESC, id DESC) index from where the last
+-- stopped, and rows logged meanwhile never shift a page. A cursor naming no row of
+-- this account compares with NULL: an empty page. bigint limit: a page asks for
+-- one row more than it returns.
 SELECT coalesce(jsonb_agg(to_jsonb(entry) ORDER BY entry.created_at DESC, entry.id DESC), '[]'::jsonb)
 FROM (
     SELECT id, user_id, actor_user_id, amount, type, source, description, idempotency_key, created_at
     FROM public.credit_usage_log
     WHERE user_id = %(user_id)s::uuid
+      AND (%(after_id)s::bigint IS NULL
+           OR (created_at, id) < ((SELECT after.created_at FROM public.credit_usage_log AS after
+                                   WHERE after.id = %(after_id)s::bigint
+                                     AND after.user_id = %(user_id)s::uuid),
+                                  %(after_id)s::bigint))
     ORDER BY created_at DESC, id DESC
-    LIMIT %(limit)s::integer
+    LIMIT %(limit)s::bigint
 ) AS entry;
 
 -- name: act_as

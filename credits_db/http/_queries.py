@@ -25,3 +25,9 @@ QUERIES = parse(files("credits_db.http").joinpath("queries.sql").read_text(encod
 def team_member_limit(user_id: UUID) -> Call[int]:
     """How many members the user's role allows in their pool (0 for a missing user)."""
     return Call(QUERIES["team_member_limit"], {"user_id": str(user_id)}, int)
+
+
+def is_team_member(team_admin_id: UUID, team_member_id: UUID) -> Call[bool]:
+    """Whether ``team_member_id`` is in ``team_admin_id``'s pool now."""
+    return Call(QUERIES["is_team_member"], {"team_admin_id": str(team_admin_id),
+                                            "team_member_id": str(team_member_id)}, bool)

@@ -10,21 +10,30 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 
 from credits_db import demo, urls
 from credits_db.http._queries import Pool
 from credits_db.http.auth import AuthDependency, demo_token_auth, make_demo_token
+from credits_db.http.errors import add_error_handlers
+from credits_db.http.limits import DEFAULT_MAX_BODY_SIZE, BodySizeLimit
 from credits_db.http.routes import create_router
 
 
 def create_app(url: str, auth: AuthDependency, *, min_size: int = 1, max_size: int = 10,
-               title: str = "credits-db") -> FastAPI:
+               title: str = "credits-db",
+               max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> FastAPI:
     """A FastAPI app serving :func:`create_router` on the database at ``url``.
 
     The pool (autocommit connections) opens at startup and closes at shutdown.
+    Request bodies over ``max_body_size`` bytes are answered 413 before anything
+    reads them (:class:`~credits_db.http.limits.BodySizeLimit`). 404, 405 and
+    ``OPTIONS`` answer in the error body (:func:`add_error_handlers`). ``/docs``
+    is Swagger UI served from the app itself (no CDN: it works offline).
     """
     pool: Pool = AsyncConnectionPool(
         urls.to_libpq(url), min_size=min_size, max_size=max_size,
@@ -39,15 +48,43 @@ def create_app(url: str, auth: AuthDependency, *, min_size: int = 1, max_size: i
         finally:
             await pool.close()
 
-    app = FastAPI(title=title, lifespan=lifespan,
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="credits-db HTTP API. Errors: {\"error\": {code, type, message}}.")
+    app.add_middleware(BodySizeLimit, max_size=max_body_size)
+    add_error_handlers(app)
     app.include_router(create_router(pool, auth))
+    add_offline_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def index() -> RedirectResponse:
         return RedirectResponse("/docs")
 
     return app
+
+
+def add_offline_docs(app: FastAPI, path: str = "/docs") -> None:
+    """Serve Swagger UI at ``path`` with its script and style from this app, not a CDN.
+
+    The files come from the ``swagger-ui-bundle`` package (the ``api`` extra), so
+    the page works with no network. They are served under ``{path}/assets``. Give
+    the app ``docs_url=None`` so FastAPI's own (CDN) page does not take the path first.
+    """
+    from swagger_ui_bundle import swagger_ui_path
+
+    assets = f"{path}/assets"
+    app.mount(assets, StaticFiles(directory=str(swagger_ui_path)), name="credits_db_docs_assets")
+
+    @app.get(path, include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{assets}/favicon-32x32.png",
+            # No badge asking validator.swagger.io about the schema.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 def seed_demo(url: str, secret: str) -> dict[str, str]:

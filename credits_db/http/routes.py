@@ -5,17 +5,18 @@ The API never takes a user id for balances or spending: it always acts for the
 caller, so a user can never read or spend another user's credits.
 """
 
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Annotated, Any
 from uuid import UUID
 
 import psycopg
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from credits_db import aio
 from credits_db._execute import arun
-from credits_db.http._queries import Pool, team_member_limit
+from credits_db.http._queries import Pool, is_team_member, team_member_limit
 from credits_db.http.admin import admin_router
-from credits_db.http.auth import AuthDependency, Caller, require_admin
+from credits_db.http.auth import TOKEN_COOKIE, AuthDependency, Caller, require_admin
 from credits_db.http.errors import ErrorMappingRoute, error_responses
 from credits_db.http.schemas import (
     AddTeamMemberRequest,
@@ -36,6 +37,40 @@ from credits_db.http.schemas import (
 )
 
 HISTORY_MAX = 500
+class BearerOnlyRoute(ErrorMappingRoute):
+    """A JSON API route: the admin pages' cookie (:data:`TOKEN_COOKIE`) never reaches it.
+
+    Whatever ``auth`` reads (:func:`request_token` falls back to the cookie), a
+    JSON endpoint authenticates by the ``Authorization`` header only: a page on
+    another site can make a browser send a cookie, never a header.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler, on the request less the token cookie."""
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            _drop_cookie(request.scope, TOKEN_COOKIE)
+            return await handler(request)
+
+        return handle
+
+
+def _drop_cookie(scope: MutableMapping[str, Any], name: str) -> None:
+    """Remove the cookie ``name`` from the request's ``Cookie`` headers (before anything
+    has parsed them: Starlette reads the headers lazily)."""
+    headers: list[tuple[bytes, bytes]] = []
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"cookie":
+            kept = [part for part in value.split(b";")
+                    if part.strip().partition(b"=")[0].strip() != name.encode()]
+            if not any(part.strip() for part in kept):
+                continue
+            value = b";".join(kept)
+        headers.append((key, value))
+    scope["headers"] = headers
+
+
 def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     """The credits API and admin page as a FastAPI router.
 
@@ -51,7 +86,7 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
     Routes: ``/api/credits/*``, ``/api/billing/overview``,
     ``/api/admin/backfill-credits`` (JSON) and ``/admin/*`` (HTML).
     """
-    router = APIRouter(route_class=ErrorMappingRoute)
+    router = APIRouter(route_class=BearerOnlyRoute)
     for add_routes in (_add_credit_routes, _add_team_routes, _add_ledger_routes,
                        _add_admin_routes):
         add_routes(router, pool, auth)
@@ -71,7 +106,7 @@ def _add_credit_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
             return CreditStatus.of(await aio.balance(conn, caller.user_id))
 
     @router.post("/api/credits/check", response_model=CheckResponse, tags=["credits"],
-                 responses=error_responses(401, 404, 422, 503))
+                 responses=error_responses(400, 401, 404, 413, 422, 503))
     async def check_credits(caller: CallerDep, body: CheckRequest) -> CheckResponse:
         """Whether one ``/use`` call of ``requiredCredits`` would succeed now.
 
@@ -85,7 +120,7 @@ def _add_credit_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
                              required_credits=body.required_credits)
 
     @router.post("/api/credits/use", response_model=Operation, tags=["credits"],
-                 responses=error_responses(401, 402, 404, 409, 422, 503))
+                 responses=error_responses(400, 401, 402, 404, 409, 413, 422, 503))
     async def use_credits(caller: CallerDep, body: UseRequest) -> "Operation":
         """Spend credits for the caller: own account first, else whole from the team pool."""
         async with pool.connection() as conn:
@@ -113,10 +148,20 @@ def _add_team_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> Non
             return await team(conn, caller)
 
     @router.post("/api/credits/team-members", response_model=TeamMembers, status_code=201,
-                 tags=["credits"], responses=error_responses(401, 403, 404, 409, 422, 503))
-    async def add_team_member(caller: CallerDep, body: AddTeamMemberRequest) -> TeamMembers:
-        """Add a user to the caller's pool (a no-op if already there); returns the pool."""
+                 tags=["credits"], responses={
+                     200: {"model": TeamMembers,
+                           "description": "They were in the pool already: nothing changed."},
+                     **error_responses(400, 401, 403, 404, 409, 413, 422, 503)})
+    async def add_team_member(caller: CallerDep, body: AddTeamMemberRequest,
+                              response: Response) -> TeamMembers:
+        """Add a user to the caller's pool; returns the pool.
+
+        201 when this request added them, 200 when they were in the pool already
+        (a no-op).
+        """
         async with pool.connection() as conn:
+            if await arun(conn, is_team_member(caller.user_id, body.team_member_id)):
+                response.status_code = 200
             await aio.add_team_member(conn, caller.user_id, body.team_member_id)
             return await team(conn, caller)
 
@@ -138,11 +183,20 @@ def _add_ledger_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
     async def credit_history(
         caller: CallerDep,
         limit: Annotated[int, Query(ge=1, le=HISTORY_MAX)] = 50,
+        cursor: Annotated[str | None, Query(
+            pattern=r"^[1-9][0-9]{0,17}$",
+            description="The nextCursor of the page before, as it came (opaque); omit for "
+                        "the newest rows.",
+        )] = None,
     ) -> History:
-        """The caller's account ledger, newest first (a team admin's includes pool debits)."""
+        """The caller's account ledger, newest first (a team admin's includes pool debits).
+
+        Pages: pass ``nextCursor`` back as ``cursor`` until it is null.
+        """
         async with pool.connection() as conn:
-            entries = await aio.history(conn, caller.user_id, limit=limit)
-        return History(entries=[LedgerRow.of(e) for e in entries])
+            page = await aio.history_page(conn, caller.user_id, limit=limit, cursor=cursor)
+        return History(entries=[LedgerRow.of(e) for e in page.entries],
+                       next_cursor=page.next_cursor)
 
     @router.get("/api/billing/overview", response_model=BillingOverview, tags=["billing"],
                 responses=error_responses(401, 404, 503))
@@ -159,7 +213,7 @@ def _add_admin_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> No
     AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     @router.post("/api/admin/backfill-credits", response_model=BackfillResult, tags=["admin"],
-                 responses=error_responses(401, 403, 422, 503))
+                 responses=error_responses(400, 401, 403, 413, 422, 503))
     async def backfill_credits(
         _admin: AdminDep,
         body: Annotated[BackfillRequest | None, Body()] = None,

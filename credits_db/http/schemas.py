@@ -5,11 +5,12 @@ build a response from the credits-db result it presents.
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from credits_db.models import (
     AccountStatus,
@@ -24,6 +25,24 @@ from credits_db.models import (
 
 INT32_MAX = 2**31 - 1
 
+NO_NUL = r"^[^\x00]*$"
+"""The pattern of every text field: PostgreSQL text cannot hold a NUL character."""
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's integer: a number with no fraction (1 or 1.0), never the text
+    # "10" or true, which pydantic's lax mode would read as 10 and 1.
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a JSON integer, not {kind}",
+                                  {"kind": type(value).__name__})
+    return value
+
+
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX), BeforeValidator(_json_integer)]
+"""A 32-bit integer field that takes only a JSON number with no fraction."""
+Positive32 = Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_json_integer)]
+""":data:`Int32` from 1 (the bounds come before the validator, so the schema has them)."""
+
 
 class ErrorDetail(BaseModel):
     """What went wrong: the SQLSTATE, the credits-db exception name and a message."""
@@ -32,6 +51,8 @@ class ErrorDetail(BaseModel):
     type: str = Field(description="The credits_db exception name (InsufficientCredits ...).")
     message: str
     detail: str | None = Field(default=None, description="The database's DETAIL, when it gave one.")
+    field: str | None = Field(
+        default=None, description="The request field at fault (InvalidArgument), when known.")
     details: list[dict[str, Any]] | None = Field(
         default=None, description="For request validation: one entry per invalid field.")
 
@@ -78,7 +99,7 @@ class CreditStatus(CamelModel):
 class CheckRequest(CamelModel):
     """``POST /api/credits/check``."""
 
-    required_credits: int = Field(ge=1, le=INT32_MAX)
+    required_credits: Positive32
 
 
 class CheckResponse(CamelModel):
@@ -93,13 +114,15 @@ class CheckResponse(CamelModel):
 class UseRequest(CamelModel):
     """``POST /api/credits/use``: spend credits for the caller."""
 
-    credits: int = Field(
-        ge=-(2**31), le=INT32_MAX, json_schema_extra={"minimum": 1},
-        description="Credits to spend, 1 .. 2^31-1 (below 1: 422 InvalidAmount, CR006).")
-    source: str = Field(default="usage", max_length=200, description="What they were spent on.")
-    description: str | None = Field(default=None, max_length=2000)
+    credits: Int32 = Field(
+        json_schema_extra={"minimum": 1},
+        description="Credits to spend, a JSON integer 1 .. 2^31-1 (below 1: 422 InvalidAmount, "
+                    "CR006; \"10\", true or 1.5: 422 InvalidArgument).")
+    source: str = Field(default="usage", min_length=1, max_length=200, pattern=NO_NUL,
+                        strict=True, description="What they were spent on.")
+    description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL, strict=True)
     idempotency_key: str | None = Field(
-        default=None, max_length=200,
+        default=None, min_length=1, max_length=200, pattern=NO_NUL, strict=True,
         description="Retry with the same key after a timeout: it is never spent twice.")
 
 
@@ -180,9 +203,11 @@ class LedgerRow(CamelModel):
 
 
 class History(CamelModel):
-    """The caller's account ledger, newest first."""
+    """The caller's account ledger, newest first, one page at a time."""
 
     entries: list[LedgerRow]
+    next_cursor: str | None = Field(
+        description="Pass it as ?cursor= for the next page; null on the last page.")
 
 
 class AllocationFailureOut(CamelModel):
@@ -250,9 +275,11 @@ class RoleAllocationOut(CamelModel):
 class BackfillRequest(CamelModel):
     """Optional body of ``POST /api/admin/backfill-credits``."""
 
-    dry_run: bool = False
-    limit: int | None = Field(default=None, ge=1, le=INT32_MAX,
-                              description="At most this many users (one batch).")
+    dry_run: bool = Field(default=False, strict=True,
+                          description="A JSON boolean: true reports and writes nothing "
+                                      "(0, \"off\" or \"false\" are refused, never read as false).")
+    limit: Positive32 | None = Field(
+        default=None, description="At most this many users (one batch).")
 
 
 class BackfillResult(CamelModel):

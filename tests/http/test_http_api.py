@@ -158,7 +158,7 @@ def test_team_members(db: Database, conn: Conn) -> None:
         added = await add(client, admin, member)
         assert added.status_code == 201
         assert [m["teamMemberId"] for m in added.json()["members"]] == [member]
-        assert (await add(client, admin, member)).status_code == 201  # again: a no-op
+        assert (await add(client, admin, member)).status_code == 200  # again: a no-op, 200 not 201
         listed = (await client.get("/api/credits/team-members", headers=bearer(admin))).json()
         assert [m["teamMemberId"] for m in listed["members"]] == [member]
 
