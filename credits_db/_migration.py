@@ -41,12 +41,14 @@ def is_offline() -> bool:
 
 
 def log_users_waiting_for_backfill() -> None:
-    """Tell the operator how many existing users the backfill will allocate."""
+    """Tell the operator how many existing users the backfill will allocate (if any)."""
     if is_offline():
         return
     waiting = op.get_bind().execute(
         sa.text("SELECT count(*) FROM public.credits_backfill_candidates")
     ).scalar_one()
+    if not waiting:
+        return  # a fresh database: nothing to say
     log.info(
         "credits-db: %s existing user(s) have no credits yet; "
         "run SELECT backfill_user_credits() (or `credits-db backfill`) when ready",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -13,12 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
+import alembic.util
 import psycopg
 import sqlalchemy.exc
 
 import credits_db
 from credits_db import demo, embedded, migrate, urls
-from credits_db.errors import CreditsError
+from credits_db.errors import CreditsError, NotInstalled
 from credits_db.models import AllocationReport, BackfillSummary, RoleAllocation
 
 
@@ -158,9 +160,32 @@ def _print_report(report: AllocationReport) -> None:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    migrate.upgrade(_resolve_url(args), args.revision)
-    note(f"credits-db is at revision {migrate.current(_resolve_url(args))}")
+    url = _resolve_url(args)
+    _check_batch_size(args.batch_size)
+    if args.backfill and args.revision not in ("head", migrate.head()):
+        raise UsageError(f"--backfill upgrades to head ({migrate.head()}), not to {args.revision}")
+    migrate.upgrade(url, args.revision)
+    revision = migrate.current(url)
+    note(f"credits-db is at revision {revision}")
+    if revision != migrate.head():
+        return 0
+    with _connect(url) as conn:
+        if args.backfill:
+            # Right after the upgrade: the trigger already covers every new signup,
+            # the batches cover the users from before (docs/install.md, zero-gap rollout).
+            _show_backfill(args, _backfill_in_batches(conn, args.batch_size or 50_000,
+                                                      show_progress=not args.json))
+        else:
+            _note_users_waiting(conn)
     return 0
+
+
+def _note_users_waiting(conn: psycopg.Connection[Any]) -> None:
+    """Say how many users the backfill would allocate, when there are any."""
+    waiting = credits_db.backfill(conn, dry_run=True, limit=1).users_without_credits
+    if waiting:
+        note(f"{waiting:,} existing user(s) have no credits until the backfill: run "
+             "credits-db backfill --batch-size N (or credits-db upgrade --backfill next time)")
 
 
 def cmd_downgrade(args: argparse.Namespace) -> int:
@@ -183,24 +208,37 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_backfill(args: argparse.Namespace) -> int:
-    if args.batch_size is not None and not 1 <= args.batch_size <= 2**31 - 1:
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and not 1 <= batch_size <= 2**31 - 1:
         raise UsageError("--batch-size must be between 1 and 2147483647")
-    with _connect(_resolve_url(args)) as conn:
-        if args.dry_run or args.batch_size is None:
-            summary = credits_db.backfill(conn, dry_run=args.dry_run)
-        else:
-            waiting = credits_db.backfill(conn, dry_run=True, limit=1).users_without_credits
-            progress = Progress("backfill: users", waiting, enabled=not args.json)
-            try:
-                summary = credits_db.backfill_all(conn, batch_size=args.batch_size,
-                                                  on_batch=progress.advance)
-            finally:
-                progress.close()
+
+
+def _backfill_in_batches(conn: psycopg.Connection[Any], batch_size: int, *,
+                         show_progress: bool) -> BackfillSummary:
+    """``backfill_all`` with a progress line on stderr."""
+    waiting = credits_db.backfill(conn, dry_run=True, limit=1).users_without_credits
+    progress = Progress("backfill: users", waiting, enabled=show_progress)
+    try:
+        return credits_db.backfill_all(conn, batch_size=batch_size, on_batch=progress.advance)
+    finally:
+        progress.close()
+
+
+def _show_backfill(args: argparse.Namespace, summary: BackfillSummary) -> None:
     if args.json:
         _print_json(asdict(summary))
     else:
         _print_backfill(summary)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    _check_batch_size(args.batch_size)
+    with _connect(_resolve_url(args)) as conn:
+        if args.dry_run or args.batch_size is None:
+            summary = credits_db.backfill(conn, dry_run=args.dry_run)
+        else:
+            summary = _backfill_in_batches(conn, args.batch_size, show_progress=not args.json)
+    _show_backfill(args, summary)
     return 0
 
 
@@ -427,11 +465,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          f"pip install 'credits-db[{extras}]'") from exc
     if url is None:
         embedded.require()  # else one line: what to install
+    _check_port_free(args.host, args.port)
     try:
         serve(urls.to_libpq(url) if url else None, args.host, args.port)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before any server starts, when ``host:port`` cannot be listened on."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, not {port}")
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn binds: a port left in TIME_WAIT is free, one with a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"cannot listen on {host}:{port}: {reason} "
+                         "(choose another with --port or --host)") from exc
 
 
 def _has_embedded() -> bool:
@@ -478,8 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--url", help="database URL (postgresql://...); default: $DATABASE_URL")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    # Accepted before or after the command; SUPPRESS keeps the subcommand's default
+    # from overwriting a --verbose given before it.
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also print Alembic's progress lines")
 
     parser = _Parser(prog="credits-db", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print Alembic's progress lines")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str
@@ -488,8 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    add("upgrade", cmd_upgrade, "install or upgrade credits-db").add_argument(
-        "revision", nargs="?", default="head")
+    upgrade = add("upgrade", cmd_upgrade, "install or upgrade credits-db")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument("--backfill", action="store_true",
+                         help="then backfill the existing users in batches (to head only)")
+    upgrade.add_argument("--batch-size", type=int, default=None,
+                         help="users per committed batch with --backfill (default: 50000)")
     add("downgrade", cmd_downgrade, "downgrade to REV ('base' removes credits-db)").add_argument(
         "revision")
     add("current", cmd_current, "print the installed revision")
@@ -542,6 +608,31 @@ def _fail(message: str) -> None:
     print(f"credits-db: error: {' '.join(message.split())}", file=sys.stderr)
 
 
+def _configure_logging(*, verbose: bool) -> None:
+    # Alembic's INFO lines ("Running upgrade 0001 -> 0002") only when asked for;
+    # its warnings (a writable schema public) always.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _revision_error(exc: alembic.util.CommandError) -> str:
+    """Alembic's complaint (an unknown revision, say), with the revisions there are."""
+    return f"{exc} (credits-db's revisions run from 0001 to {migrate.head()}; 'base' is none)"
+
+
+def _not_installed(args: argparse.Namespace, exc: NotInstalled) -> str:
+    """Say whether credits-db is missing here, or installed at an older revision."""
+    try:
+        revision = migrate.current(_resolve_url(args))
+    except (UsageError, sqlalchemy.exc.SQLAlchemyError):
+        revision = None
+    if revision is None:
+        return str(exc)
+    return (f"credits-db is at revision {revision} in this database and this command needs "
+            f"{migrate.head()}: run credits-db upgrade (DETAIL: {exc.detail})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``credits-db``: one clear line and a non-zero exit on any failure."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -549,15 +640,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The benchmark has its own options (--quick, --url, --out): hand them over.
         return run_bench(arguments[1:])
     args = build_parser().parse_args(arguments)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING if args.json else logging.INFO)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    _configure_logging(verbose=args.verbose and not args.json)
     try:
         code: int = args.handler(args)
         return code
     except (UsageError, urls.InvalidDatabaseUrl, embedded.EmbeddedServerUnavailable) as exc:
         _fail(str(exc))
         return 2
+    except alembic.util.CommandError as exc:
+        _fail(_revision_error(exc))
+        return 2
+    except NotInstalled as exc:
+        _fail(f"{type(exc).__name__}: {_not_installed(args, exc)}")
+        return 1
     except CreditsError as exc:
         _fail(f"{type(exc).__name__}: {exc}")
         return 1

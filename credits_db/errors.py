@@ -3,7 +3,8 @@
 Every documented SQLSTATE the SQL functions raise has exactly one class here.
 The class docstring is the default message. The original psycopg error is
 chained (``raise ... from exc``) and its SQLSTATE, message, detail and hint are
-kept on the exception.
+kept on the exception; ``str()`` of an exception is its message followed by the
+database's DETAIL and HINT, so a log line or the CLI's one line keeps them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class CreditsError(Exception):
             self.sqlstate_received = sqlstate
         self.detail = detail
         self.hint = hint
+
+    def __str__(self) -> str:
+        extra = "; ".join(f"{label}: {text}" for label, text in
+                          (("DETAIL", self.detail), ("HINT", self.hint)) if text)
+        return f"{self.message.rstrip('.')} ({extra})" if extra else self.message
 
 
 class InsufficientCredits(CreditsError):
@@ -125,6 +131,16 @@ class PermissionDenied(CreditsError):
     sqlstate = "42501"
 
 
+class NotInstalled(CreditsError):
+    """credits-db is not installed in this database: run credits-db upgrade."""
+
+    # A credits-db call names only credits-db's own functions and tables, with the
+    # argument types they were created with: when PostgreSQL finds no such function
+    # (42883) or table (42P01), the migrations have not run here (or not up to the
+    # revision that added it). DETAIL keeps the server's own words.
+    sqlstate = "42883"
+
+
 class RetryableError(CreditsError):
     """A serialization failure, deadlock, lock or statement timeout: nothing was written.
 
@@ -168,9 +184,11 @@ _BY_SQLSTATE: dict[str, type[CreditsError]] = {
         AppendOnlyViolation,
         InvalidArgument,
         PermissionDenied,
+        NotInstalled,
     )
     if cls.sqlstate is not None
 }
+_BY_SQLSTATE["42P01"] = NotInstalled  # undefined_table
 _BY_SQLSTATE["22004"] = InvalidArgument  # null_value_not_allowed
 _BY_SQLSTATE["22P02"] = InvalidArgument  # invalid_text_representation (e.g. a malformed uuid)
 
@@ -245,6 +263,8 @@ def translate(exc: BaseException, *, may_have_committed: bool = True) -> BaseExc
         return exc
     diag = original.diag
     message = diag.message_primary or first_line
+    if cls is NotInstalled:
+        return NotInstalled(sqlstate=original.sqlstate, detail=message)
     if cls is RetryableError:
         message = (f"{message} (retryable: this call changed nothing; "
                    "retry it, with the same idempotency key)")

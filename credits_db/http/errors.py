@@ -52,6 +52,7 @@ HTTP_STATUS: Mapping[type[errors.CreditsError], int] = {
     errors.AppendOnlyViolation: 500,
     errors.InvalidArgument: 422,
     errors.PermissionDenied: 403,
+    errors.NotInstalled: 500,
     errors.RetryableError: 503,
     errors.ConnectionLost: 503,
 }
