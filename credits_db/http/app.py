@@ -4,6 +4,7 @@ and :func:`serve` (the ``credits-db serve`` command, with an embedded demo datab
 
 import os
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -87,19 +88,59 @@ def add_offline_docs(app: FastAPI, path: str = "/docs") -> None:
         )
 
 
+OPERATOR_ROLE = "super_admin"
+"""The demo user whose token is an operator token (``is_admin``: the admin page, the backfill).
+
+:attr:`Caller.is_admin` is the application's notion of an operator, not a role; the
+demo gives it to one user, the one with the most privileged role."""
+
+_TOKEN_NOTES = {
+    "member": "in the team_admin's pool",
+    OPERATOR_ROLE: "operator token: the admin page and the backfill",
+    "Recruiter": "an unknown role: the member allocation",
+}
+
+
 def seed_demo(url: str, secret: str) -> dict[str, str]:
-    """Install credits-db into an empty database with demo users; return tokens by name.
+    """Install credits-db into an empty database with demo users; return a token per role.
 
     The users are :func:`credits_db.demo.seed`'s: one per
     :data:`~credits_db.demo.DEMO_ROLES` waits for the backfill, one more per role
     signed up after the install, and that ``member`` is in the ``team_admin``'s
-    pool. Each user who signed up has a user token named by role; the
-    ``super_admin``'s admin token is ``"admin"``.
+    pool. Each user who signed up has a token, keyed by their role (the NULL
+    role's user is left out): a user token, except the :data:`OPERATOR_ROLE`'s,
+    which is an operator token (``is_admin``).
     """
-    ids = demo.seed(url)
-    tokens = {role: make_demo_token(secret, user_id) for role, user_id in ids.items()}
-    tokens["admin"] = make_demo_token(secret, ids["super_admin"], is_admin=True)
-    return tokens
+    return {role: make_demo_token(secret, user_id, is_admin=role == OPERATOR_ROLE)
+            for role, user_id in demo.seed(url).items()}
+
+
+def _print_demo_tokens(tokens: dict[str, str], base: str) -> None:
+    print("demo bearer tokens, one per demo user, by role (Authorization: Bearer <token>):")
+    for role, token in tokens.items():
+        note = f"  ({_TOKEN_NOTES[role]})" if role in _TOKEN_NOTES else ""
+        print(f"  {role:12} {token}{note}")
+    print(f"admin page: {base}/admin/login  (paste the {OPERATOR_ROLE} token)")
+    print(f"API docs:   {base}/docs")
+    print(f"try: curl -H 'Authorization: Bearer {tokens['member']}' "
+          f"{base}/api/credits/status", flush=True)
+
+
+MINT_CODE = ("import os; from credits_db.http import make_demo_token as t; "
+             "print(t(os.environ['CREDITS_DB_API_SECRET'], '<users.id>'))")
+"""The Python that mints a token for a user, as ``credits-db serve --url`` prints it."""
+
+
+def _print_token_recipe(url: str, base: str) -> None:
+    print(f"serving {urls.redact(url)} as it is (nothing migrated or seeded)")
+    print("bearer tokens are demo tokens (user:<users.id>.<HMAC-SHA256 with "
+          "$CREDITS_DB_API_SECRET>); mint one for a user with:")
+    # This interpreter: the one that has credits-db installed.
+    print(f"  {shlex.quote(sys.executable)} -c {shlex.quote(MINT_CODE)}")
+    print("  (is_admin=True after the id mints an operator token: the admin page and the "
+          "backfill; see docs/integration.md)")
+    print(f"admin page: {base}/admin/login")
+    print(f"API docs:   {base}/docs", flush=True)
 
 
 @contextmanager
@@ -129,9 +170,11 @@ def serve(url: str | None = None, host: str = "127.0.0.1", port: int = 8000, *,
 
     With ``url`` (or ``DATABASE_URL``): serve that database as it is (nothing is
     migrated or seeded); tokens are :func:`make_demo_token` tokens signed with
-    ``secret`` or ``$CREDITS_DB_API_SECRET``, which must then be set. Without: start
-    an embedded PostgreSQL, install credits-db, seed demo users (:func:`seed_demo`),
-    print their bearer tokens, and serve until interrupted (the data is then deleted).
+    ``secret`` or ``$CREDITS_DB_API_SECRET``, which must then be set, and the
+    command that mints one (:data:`MINT_CODE`) is printed. Without: start an
+    embedded PostgreSQL, install credits-db, seed demo users (:func:`seed_demo`),
+    print their bearer tokens by role, and serve until interrupted (the data is
+    then deleted).
 
     Raises:
         ValueError: a URL is given but no secret.
@@ -143,6 +186,7 @@ def serve(url: str | None = None, host: str = "127.0.0.1", port: int = 8000, *,
     if url is not None:
         if secret is None:
             raise ValueError("set CREDITS_DB_API_SECRET (the HMAC secret of the demo tokens)")
+        _print_token_recipe(url, f"http://{host}:{port}")
         uvicorn.run(create_app(url, demo_token_auth(secret)), host=host, port=port)
         return
 
@@ -153,12 +197,5 @@ def serve(url: str | None = None, host: str = "127.0.0.1", port: int = 8000, *,
           file=sys.stderr, flush=True)
     with _sigterm_exits(), embedded_server() as server_url:
         tokens = seed_demo(server_url, secret)
-        base = f"http://{host}:{port}"
-        print("demo bearer tokens (Authorization: Bearer <token>):")
-        for name, token in tokens.items():
-            print(f"  {name:12} {token}")
-        print(f"admin page: {base}/admin/login  (paste the 'admin' token)")
-        print(f"API docs:   {base}/docs")
-        print(f"try: curl -H 'Authorization: Bearer {tokens['member']}' "
-              f"{base}/api/credits/status", flush=True)
+        _print_demo_tokens(tokens, f"http://{host}:{port}")
         uvicorn.run(create_app(server_url, demo_token_auth(secret)), host=host, port=port)
