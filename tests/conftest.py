@@ -14,8 +14,16 @@ import psycopg
 import pytest
 
 from credits_db import migrate
-from credits_db.testing import provide_server
+from credits_db.testing import database_prefix, provide_server
 from tests.support.databases import Database, Server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A bad CREDITS_DB_TEST_PREFIX stops the run in one line, before any test."""
+    try:
+        database_prefix()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @pytest.fixture(scope="session")

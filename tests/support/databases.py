@@ -1,7 +1,9 @@
 """The test server and its throwaway databases (used by tests/conftest.py's fixtures).
 
-A database's name holds the process id, so parallel workers (pytest-xdist: one
-process each) never pick the same name on a shared server.
+A database's name is the configured prefix (``CREDITS_DB_TEST_PREFIX``, default
+``credits_test_``; see credits_db.testing.database_prefix), then the process id, so
+parallel workers (pytest-xdist: one process each) never pick the same name, and
+suites sharing a server never touch each other's databases.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from credits_db import urls
+from credits_db.testing import database_prefix
 
 _counter = itertools.count()
 
@@ -35,9 +38,9 @@ class Database:
 class Server:
     """The session's PostgreSQL server, able to create and drop databases."""
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, prefix: str | None = None) -> None:
         self.admin_url = admin_url
-        self.prefix = f"credits_test_{os.getpid()}"
+        self.prefix = f"{prefix or database_prefix()}{os.getpid()}"
 
     def _admin(self, statement: sql.Composed) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
@@ -54,6 +57,10 @@ class Server:
         return Database(name, urls.with_database(self.admin_url, name))
 
     def drop(self, database: Database) -> None:
+        """Drop a database this server made; any other name is refused."""
+        if not database.name.startswith(f"{self.prefix}_"):
+            raise ValueError(f"refusing to drop {database.name!r}: not a database of this "
+                             f"test run (prefix {self.prefix}_)")
         self._admin(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(database.name)
