@@ -618,7 +618,7 @@ def _configure_logging(*, verbose: bool) -> None:
 
 def _revision_error(exc: alembic.util.CommandError) -> str:
     """Alembic's complaint (an unknown revision, say), with the revisions there are."""
-    return f"{exc} (credits-db's revisions run from 0001 to {migrate.head()}; 'base' is none)"
+    return f"{exc} (credits-db's revisions: 0001 to {migrate.head()}, or base: not installed)"
 
 
 def _not_installed(args: argparse.Namespace, exc: NotInstalled) -> str:

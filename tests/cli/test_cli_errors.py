@@ -32,7 +32,8 @@ def test_an_unknown_revision_is_one_line(db: Database, args: tuple[str, ...],
     assert result.returncode == 2
     assert_one_line(result.stderr)
     assert f"Can't locate revision identified by '{revision}'" in result.stderr
-    assert f"from 0001 to {migrate.head()}" in result.stderr
+    assert f"(credits-db's revisions: 0001 to {migrate.head()}, or base: not installed)" \
+        in result.stderr
 
 
 @pytest.mark.parametrize("args", [
