@@ -162,6 +162,8 @@ def _print_report(report: AllocationReport) -> None:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     url = _resolve_url(args)
     _check_batch_size(args.batch_size)
+    if args.batch_size is not None and not args.backfill:
+        raise UsageError("--batch-size goes with --backfill")
     if args.backfill and args.revision not in ("head", migrate.head()):
         raise UsageError(f"--backfill upgrades to head ({migrate.head()}), not to {args.revision}")
     migrate.upgrade(url, args.revision)

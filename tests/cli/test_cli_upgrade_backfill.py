@@ -64,3 +64,6 @@ def test_upgrade_backfill_goes_to_head_only(empty_db: Database) -> None:
     assert migrate.current(empty_db.url) is None  # refused before anything ran
     bad = cli("upgrade", "--backfill", "--batch-size", "0", "--url", empty_db.url)
     assert bad.returncode == 2 and "--batch-size must be between" in bad.stderr
+    alone = cli("upgrade", "--batch-size", "10", "--url", empty_db.url)
+    assert alone.stderr == "credits-db: error: --batch-size goes with --backfill\n"
+    assert migrate.current(empty_db.url) is None
