@@ -29,12 +29,12 @@ INTERNAL_SCHEMA = "credits_internal"
 """credits-db's own schema: nothing in it ever belongs to the host."""
 
 OWNED_TABLES: frozenset[str] = frozenset({
-    "credits_db_install",
     "role_credits",
     "user_credits",
     "credit_usage_log",
     "team_credit_sharing",
     "credit_idempotency_keys",
+    "credit_allocation_failures",
     VERSION_TABLE,
 })
 """Every table credits-db creates in ``public`` (its version table included).

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from credits_db import migrate
-from tests.cli.test_cli import cli
+from tests.support.cli import cli
 from tests.support.databases import Database
 
 NOT_INSTALLED = ("credits-db: error: NotInstalled: credits-db is not installed in this database: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from credits_db import migrate
-from tests.cli.test_cli import cli
+from tests.support.cli import cli
 from tests.support.databases import Database
 
 HOST_USERS = "CREATE TABLE users (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), role text)"
