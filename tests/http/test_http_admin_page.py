@@ -1,9 +1,10 @@
-"""The admin page over HTTP (no browser): sign-in cookie, confirm step, CSRF, backfill."""
+"""The admin page over HTTP (no browser): sign-in cookie, confirm step, CSRF, backfill job,
+security headers, login CSRF, the user lookup and the charts."""
 
 from __future__ import annotations
 
 import asyncio
-import re
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,15 +12,14 @@ import httpx
 import pytest
 
 from credits_db.http import TOKEN_COOKIE
+from credits_db.http.admin import SECURITY_HEADERS
+from credits_db.http.auth import LOGIN_COOKIE
+from tests.support.admin_page import backfill_jobs_finished, csrf_of, sign_in
 from tests.support.databases import Database
 from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
 from tests.support.http_api import SECRET, run, token
 
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
-    assert match is not None, html
-    return match.group(1)
+_csrf = csrf_of
 
 
 def test_sign_in_confirm_and_backfill(db: Database, conn: Conn) -> None:
@@ -31,7 +31,12 @@ def test_sign_in_confirm_and_backfill(db: Database, conn: Conn) -> None:
         assert signed_out.status_code == 401
         assert '<label for="token">Access token</label>' in signed_out.text
 
-        signed_in = await client.post("/admin/login", data={"token": token(operator, admin=True)})
+        # Without the sign-in form's CSRF token (login CSRF), nothing is signed in.
+        forged_login = await client.post("/admin/login",
+                                         data={"token": token(operator, admin=True)})
+        assert forged_login.status_code == 403
+        assert TOKEN_COOKIE not in forged_login.headers.get("set-cookie", "")
+        signed_in = await sign_in(client, token(operator, admin=True))
         assert signed_in.status_code == 303
         assert signed_in.headers["location"] == "/admin/credits"
         cookie = signed_in.headers["set-cookie"]
@@ -55,18 +60,42 @@ def test_sign_in_confirm_and_backfill(db: Database, conn: Conn) -> None:
         assert forged.status_code == 403
         assert all(balance(conn, user) is None for user in waiting)
 
-        done = await client.post("/admin/credits/backfill", data={"csrf": _csrf(confirm.text)})
-        assert done.status_code == 200
-        assert "Backfill complete" in done.text
-        assert "Allocated 5,350 credits to 2 users." in done.text
-        assert '<p class="stat" id="users-without-credits">0</p>' in done.text
+        # The confirming POST starts a job and redirects (303) to its page: a reload
+        # of that page is a GET and never runs the backfill again.
+        started = await client.post("/admin/credits/backfill", data={"csrf": _csrf(confirm.text)})
+        assert started.status_code == 303
+        job_url = started.headers["location"]
+        assert job_url.startswith("/admin/credits/backfill/jobs/")
+        await backfill_jobs_finished()
+        for _reload in range(2):
+            done = await client.get(job_url)
+            assert done.status_code == 200
+            assert "Backfill complete" in done.text
+            assert "Allocated 5,350 credits to 2 users." in done.text
+            assert 'http-equiv="refresh"' not in done.text
+        assert _backfill_rows(conn) == 2
 
-        signed_out = await client.post("/admin/logout")
+        after = await client.get("/admin/credits")
+        assert '<p class="stat" id="users-without-credits">0</p>' in after.text
+        assert "All time: 2 users allocated by backfill, 5,350 credits." in after.text
+        assert "Allocated 5,350 credits to 2 users." in after.text  # this process's last run
+
+        # Logout is a POST with the CSRF token too.
+        assert (await client.post("/admin/logout", data={"csrf": "0" * 64})).status_code == 403
+        assert (await client.get("/admin/credits")).status_code == 200
+        signed_out = await client.post("/admin/logout", data={"csrf": _csrf(after.text)})
         assert signed_out.status_code == 303
         assert (await client.get("/admin/credits")).status_code == 401
 
     run(db, scenario)
     assert all(balance(conn, user) is not None for user in waiting)
+
+
+def _backfill_rows(conn: Conn) -> int:
+    row = conn.execute("SELECT count(*) FROM credit_usage_log WHERE source = 'backfill'"
+                       ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_login_by_query_token_and_non_admins(db: Database, conn: Conn) -> None:
@@ -75,8 +104,13 @@ def test_login_by_query_token_and_non_admins(db: Database, conn: Conn) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         form = await client.get("/admin/login")
         assert form.status_code == 200 and 'type="password"' in form.text
+        # A sign-in link shows the form and sets no session cookie (login CSRF).
         response = await client.get("/admin/login", params={"token": token(user)})
-        assert response.status_code == 303
+        assert response.status_code == 200
+        assert "Sign-in links are not accepted" in response.text
+        assert TOKEN_COOKIE not in response.headers.get("set-cookie", "")
+        assert (await client.get("/admin/credits")).status_code == 401
+        assert (await sign_in(client, token(user))).status_code == 303
         denied = await client.get("/admin/credits")
         assert denied.status_code == 403 and "PermissionDenied" in denied.text
         assert (await client.get("/admin/credits/backfill")).status_code == 403
@@ -85,7 +119,8 @@ def test_login_by_query_token_and_non_admins(db: Database, conn: Conn) -> None:
         client.cookies.set(TOKEN_COOKIE, "garbage", path="/admin")
         invalid = await client.get("/admin/credits")
         assert invalid.status_code == 401 and "the token is invalid" in invalid.text
-        empty = await client.post("/admin/login", data={"token": ""})
+        form = await client.get("/admin/login")
+        empty = await client.post("/admin/login", data={"token": "", "csrf": _csrf(form.text)})
         assert empty.status_code == 422
 
     run(db, scenario)
