@@ -349,8 +349,8 @@ def job_page(links: Links, csrf: str, job: BackfillJob) -> str:
         status = (
             "<h2 id=\"result-heading\">Backfill running</h2>"
             f"{bar}<p id=\"backfill-progress\">{_num(job.users_backfilled)}{of} users "
-            f"allocated so far, {_num(job.calls)} batches committed. This page refreshes "
-            "itself; reloading it never starts another run.</p>")
+            f"allocated so far; committed batches: {_num(job.calls)}.</p><p>This page "
+            "refreshes itself; reloading it never starts another run.</p>")
         refresh: int | None = JOB_REFRESH_SECONDS
     elif job.summary is not None:
         status = ("<h2 id=\"result-heading\">Backfill complete</h2>"

@@ -166,3 +166,136 @@ def test_example_service(monkeypatch: pytest.MonkeyPatch, db: Database, conn: Co
             assert (await client.get("/api/credits/status")).status_code == 401
 
     asyncio.run(scenario())
+
+
+def test_security_headers_on_every_admin_response(db: Database, conn: Conn) -> None:
+    [user] = add_users(conn, "member")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        responses = [await client.get("/admin/login"), await client.get("/admin/credits"),
+                     await client.get("/admin/static/admin.css")]
+        await sign_in(client, token(user, admin=True))
+        responses += [await client.get("/admin/credits"),
+                      await client.get("/admin/credits/backfill"),
+                      await client.get("/admin/credits/backfill/jobs/none"),
+                      await client.get("/admin/credits/users", params={"who": "nobody"}),
+                      await client.post("/admin/logout", data={"csrf": "x"})]
+        assert [r.status_code for r in responses] == [200, 401, 200, 200, 200, 404, 404, 403]
+        for response in responses:
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers.get(name) == value, (response.url, name)
+        csp = SECURITY_HEADERS["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
+        # No inline style or script for the CSP to block: the stylesheet is served.
+        page = responses[3].text
+        assert "<style" not in page and "style=" not in page and "<script" not in page
+        assert '<link rel="stylesheet" href="/admin/static/admin.css">' in page
+        assert responses[2].headers["content-type"].startswith("text/css")
+        # The JSON API is not the admin pages' business.
+        assert "X-Frame-Options" not in (await client.get("/api/credits/status")).headers
+
+    run(db, scenario)
+
+
+def test_cross_site_posts_are_refused(db: Database, conn: Conn) -> None:
+    [operator] = add_users(conn, "member")
+    add_users_without_credits(conn, "member")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        form = await client.get("/admin/login")
+        login = {"token": token(operator, admin=True), "csrf": _csrf(form.text)}
+        for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                        {"Origin": "https://evil.example"}, {"Origin": "null"}):
+            refused = await client.post("/admin/login", data=login, headers=headers)
+            assert refused.status_code == 403, headers
+            assert TOKEN_COOKIE not in refused.headers.get("set-cookie", "")
+        assert (await client.post("/admin/login", data=login, headers={
+            "Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"})).status_code == 303
+        page = await client.get("/admin/credits")
+        csrf = {"csrf": _csrf(page.text)}
+        for path in ("/admin/credits/backfill", "/admin/logout"):
+            refused = await client.post(path, data=csrf, headers={"Sec-Fetch-Site": "cross-site"})
+            assert refused.status_code == 403, path
+        assert (await client.get("/admin/credits")).status_code == 200  # still signed in
+        assert '<p class="stat" id="users-without-credits">1</p>' in \
+            (await client.get("/admin/credits")).text
+        # The pre-session cookie is bound to the form: another browser's token is refused.
+        client.cookies.set(LOGIN_COOKIE, "A" * 43, path="/admin")
+        assert (await client.post("/admin/login", data=login)).status_code == 403
+
+    run(db, scenario)
+
+
+def test_user_lookup_by_id_and_email(db: Database, conn: Conn) -> None:
+    [operator, lead, member] = add_users(conn, "member", "team_admin", None)
+    conn.execute("UPDATE users SET email = %s WHERE id = %s", ("lead@example.com", lead))
+    conn.execute("SELECT add_team_member(%s, %s)", (lead, member))
+    conn.execute("SELECT debit_credits(%s, 400, 'search', 'a <b>search</b>', 'k1')", (member,))
+    [waiting] = add_users_without_credits(conn, "RecruitPro")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await sign_in(client, token(operator, admin=True))
+        page = await client.get("/admin/credits")
+        assert '<label for="who">User id or email</label>' in page.text
+
+        by_email = await client.get("/admin/credits/users", params={"who": "lead@example.com"})
+        assert by_email.status_code == 200
+        assert f"<dd>{lead}</dd>" in by_email.text and "<dd>team_admin</dd>" in by_email.text
+        assert "<dd>4,600</dd>" in by_email.text  # the member's 400 came from this pool
+        assert "1 of 4 seats" in by_email.text
+        assert "a &lt;b&gt;search&lt;/b&gt;" in by_email.text and "<b>" not in by_email.text
+
+        by_id = await client.get("/admin/credits/users", params={"who": f" {member} "})
+        assert "the member allocation" in by_id.text  # NULL role: the fallback
+        assert "Spends from the pool of</dt><dd>lead@example.com, 4,600 credits left" \
+            in by_id.text
+        assert "signup" in by_id.text
+
+        waits = await client.get("/admin/credits/users", params={"who": waiting})
+        assert "no balance row: this user waits for the backfill" in waits.text
+        assert "No ledger rows." in waits.text
+
+        missing = await client.get("/admin/credits/users", params={"who": "nobody@example.com"})
+        assert missing.status_code == 404
+        assert "No user has the id or email &#x27;nobody@example.com&#x27;." in missing.text
+
+        conn.execute("ALTER TABLE users DROP COLUMN email")  # a host table without one
+        no_column = await client.get("/admin/credits/users", params={"who": "x@example.com"})
+        assert no_column.status_code == 422 and "no email column" in no_column.text
+        still = await client.get("/admin/credits/users", params={"who": lead})
+        assert still.status_code == 200 and "<dt>Email</dt><dd>(none)</dd>" in still.text
+
+    run(db, scenario)
+
+
+def test_charts_and_their_tables(db: Database, conn: Conn) -> None:
+    hostile = "<script>alert(1)</script>"
+    [operator, lead, member, other] = add_users(conn, "member", "team_admin", "member", hostile)
+    conn.execute("SELECT add_team_member(%s, %s)", (lead, member))
+    conn.execute("SELECT debit_credits(%s, 25, %s, NULL, NULL)", (other, hostile))
+    conn.execute("SELECT debit_credits(%s, 400, 'search', NULL, NULL)", (member,))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await sign_in(client, token(operator, admin=True))
+        page = (await client.get("/admin/credits")).text
+        assert hostile not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        charts = {}
+        for chart_id in ("chart-roles", "chart-daily", "chart-pools"):
+            start = page.index(f'<svg xmlns="http://www.w3.org/2000/svg" role="img" '
+                               f'id="{chart_id}"')
+            svg = page[start:page.index("</svg>", start) + len("</svg>")]
+            charts[chart_id] = ET.fromstring(svg)  # noqa: S314 (our own output)
+        assert '<th scope="row">member</th>' in page  # the roles table beside its chart
+        daily = ET.tostring(charts["chart-daily"], encoding="unicode")
+        assert "signup (allocated): 6,050 credits" in daily
+        assert "search (spent): -400 credits" in daily
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; (spent): -25 credits" in daily
+        assert "<caption>Credits per day and source (days without entries left out)" in page
+        pools = ET.tostring(charts["chart-pools"], encoding="unicode")
+        assert f"{lead}, Members: 1" in pools and f"{lead}, Seats: 4" in pools
+        assert f'<tr><th scope="row">{lead}</th><td class="num">1</td><td class="num">4</td>' \
+               '<td class="num">4,600</td></tr>' in page
+        assert "OK: every balance equals the sum of its ledger rows" in page
+        assert "The ledger has no backfill allocation yet." in page
+
+    run(db, scenario)
