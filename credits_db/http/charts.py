@@ -184,10 +184,11 @@ def daily_chart(chart_id: str, title: str, description: str, days: Sequence[date
     axis = (f'<line x1="{left}" y1="{zero:.1f}" x2="{width - right}" y2="{zero:.1f}" '
             f'stroke="#555"/><text x="{left - 6}" y="{zero + 4:.1f}" text-anchor="end" '
             f'{_FONT}>0</text>')
-    if most_up:
+    # The extremes' labels, unless they would overlap the zero label.
+    if most_up and zero - top >= 14:
         axis += (f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" {_FONT}>'
                  f'+{_num(most_up)}</text>')
-    if most_down:
+    if most_down and top + plot_h - zero >= 14:
         axis += (f'<text x="{left - 6}" y="{top + plot_h + 4}" text-anchor="end" {_FONT}>'
                  f'&#8722;{_num(most_down)}</text>')
     if not series:

@@ -47,6 +47,7 @@ input[type=password], input[type=search] { font: inherit; padding: 0.4rem; width
 .pair { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 1.5rem;
   align-items: start; }
 .pair svg { background: #fff; border: 1px solid #c8c8c8; }
+.pair > div { overflow-x: auto; }
 .scroll { max-height: 24rem; overflow-y: auto; }
 progress { width: 100%; max-width: 30rem; height: 1.25rem; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }

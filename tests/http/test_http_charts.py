@@ -107,3 +107,10 @@ def test_daily_series_fills_the_window_and_splits_by_direction() -> None:
     assert sorted(by_name) == ["search (allocated)", "search (spent)", "signup (allocated)"]
     assert by_name["signup (allocated)"][0] == 350 and sum(by_name["signup (allocated)"]) == 350
     assert by_name["search (spent)"][-1] == -25
+
+
+def test_daily_chart_drops_an_extreme_label_that_would_overlap_zero() -> None:
+    root = _parse(charts.daily_chart("chart-d", "T", "D", [date(2025, 1, 1)],
+                                     [charts.Series("up", [10_000]), charts.Series("down", [-10])]))
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "+10,000" in texts and "0" in texts and "\u221210" not in texts
