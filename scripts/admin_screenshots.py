@@ -2,9 +2,11 @@
 
 The browser test (tests/http/test_http_admin_browser.py) calls :func:`seed_history`
 on its throwaway database, runs a backfill through the page, and calls
-:func:`capture` at each step; running that test rewrites the images::
+:func:`capture` at each step. The images go to tests/artifacts/ (not committed);
+with ``CREDITS_DB_SCREENSHOTS=docs`` they rewrite the committed ones::
 
-    CREDITS_DB_TEST_URL=... .venv/bin/pytest -n 0 tests/http/test_http_admin_browser.py
+    CREDITS_DB_SCREENSHOTS=docs CREDITS_DB_TEST_URL=... .venv/bin/pytest -n 0 \
+        tests/http/test_http_browser.py
 
 **Demo data only**: to give the daily chart thirty days, :func:`seed_history`
 backdates ``credit_usage_log.created_at`` with the append-only guard trigger
@@ -13,6 +15,7 @@ disabled for that one statement. Never do this to a real ledger.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +24,11 @@ from typing import Any
 
 import psycopg
 
-IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
-"""Where the screenshots go (committed, shown in the README and docs/admin.md)."""
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "docs" / "images"
+"""The committed screenshots (shown in the README and docs/admin.md)."""
+ARTIFACTS = ROOT / "tests" / "artifacts"
+"""Where a plain test run writes them (git-ignored), so it leaves the tree clean."""
 
 ROLES = ("member",) * 10 + ("admin",) * 3 + ("team_admin",) * 3 + ("RecruitPro",) * 3 \
     + ("super_admin",)
@@ -79,8 +85,10 @@ def _guard_off(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 def capture(page: Any, name: str) -> Path:
-    """A full-page screenshot of ``page`` as docs/images/admin-<name>.png."""
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"admin-{name}.png"
+    """A full-page screenshot of ``page`` as admin-<name>.png, in :data:`ARTIFACTS`, or
+    in :data:`IMAGES` when ``CREDITS_DB_SCREENSHOTS=docs``."""
+    folder = IMAGES if os.environ.get("CREDITS_DB_SCREENSHOTS") == "docs" else ARTIFACTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"admin-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path

@@ -3,7 +3,8 @@
 Needs a Chromium binary (Debian: ``apt-get install chromium``; or CHROMIUM_PATH) and
 Playwright for Python (``pip install playwright``; its own browser download is not
 used). Skipped, with the reason, when either is missing. The screenshots go to
-docs/images/admin-*.png (scripts/admin_screenshots.py), which are committed.
+tests/artifacts/admin-*.png, or with CREDITS_DB_SCREENSHOTS=docs to the committed
+docs/images/ (scripts/admin_screenshots.py).
 """
 
 from __future__ import annotations
