@@ -20,6 +20,10 @@ TOKEN_COOKIE = "credits_db_token"  # noqa: S105 (a cookie name)
 """The cookie the admin login stores the bearer token in (HttpOnly, SameSite=Strict,
 path limited to the admin pages)."""
 
+LOGIN_COOKIE = "credits_db_login"
+"""The admin login's pre-session cookie: a random value the sign-in form must echo
+(login CSRF; HttpOnly, SameSite=Strict, path limited to the admin pages)."""
+
 
 @dataclass(frozen=True)
 class Caller:

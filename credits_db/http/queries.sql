@@ -16,3 +16,99 @@ SELECT coalesce((SELECT coalesce(rc.team_member_limit, fallback.team_member_limi
 SELECT EXISTS (SELECT 1 FROM public.team_credit_sharing
                WHERE team_admin_id = %(team_admin_id)s::uuid
                  AND team_member_id = %(team_member_id)s::uuid);
+
+-- ---------------------------------------------------------------------------
+-- The admin page (credits_db/http/admin.py): charts, the last backfill, the user
+-- lookup. users may be the host's own table: only id and role are required, so
+-- other columns are read through to_jsonb(u) ->> 'email' (NULL when absent) and
+-- only the lookup by email names users.email (42703 when the column is missing).
+
+-- name: admin_daily_ledger
+-- Allocations (credits) and spending (debits) per UTC day, source and type, for
+-- the last %(days)s days including today; "today" is the server's UTC date, so the
+-- page draws the same window the sums cover. Reads the window's log rows only
+-- by created_at: without an index on it this is a scan of the log.
+SELECT jsonb_build_object(
+    'today', (now() AT TIME ZONE 'UTC')::date,
+    'rows', coalesce(jsonb_agg(jsonb_build_object(
+                'day', d.day, 'source', d.source, 'type', d.type, 'credits', d.credits)
+                ORDER BY d.day, d.type, d.source), '[]'::jsonb))
+FROM (
+    SELECT (l.created_at AT TIME ZONE 'UTC')::date AS day, l.source, l.type,
+           sum(l.amount::bigint) AS credits
+    FROM credit_usage_log AS l
+    WHERE l.created_at >= ((now() AT TIME ZONE 'UTC')::date - (%(days)s::integer - 1))::timestamp
+                          AT TIME ZONE 'UTC'
+    GROUP BY 1, 2, 3
+) AS d;
+
+-- name: admin_fullest_pools
+-- The %(limit)s team pools with the most members (then the most credits left):
+-- the admin, their email if users has one, members, the seat limit of their role
+-- (as add_team_member counts it) and the pool's remaining credits.
+SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'team_admin_id', p.team_admin_id, 'email', to_jsonb(u) ->> 'email',
+           'members', p.members,
+           'member_limit', coalesce(rc.team_member_limit, fallback.team_member_limit, 0),
+           'remaining_credits', coalesce(uc.remaining_credits, 0))
+           ORDER BY p.members DESC, coalesce(uc.remaining_credits, 0) DESC, p.team_admin_id),
+       '[]'::jsonb)
+FROM (
+    SELECT t.team_admin_id, count(*) AS members
+    FROM team_credit_sharing AS t
+    GROUP BY t.team_admin_id
+    ORDER BY count(*) DESC, t.team_admin_id
+    LIMIT %(limit)s
+) AS p
+JOIN users AS u ON u.id = p.team_admin_id
+LEFT JOIN role_credits AS rc ON rc.role = u.role
+LEFT JOIN role_credits AS fallback ON fallback.role = 'member'
+LEFT JOIN user_credits AS uc ON uc.user_id = p.team_admin_id;
+
+-- name: admin_last_backfill
+-- What the ledger says about backfills (source 'backfill': the backfill, and an
+-- account opened by a grant or a role change): the newest such row's time, how
+-- many there are and the credits they allocated. Runs are not recorded as such,
+-- so these are all-time totals. A scan of the log (no index on source).
+SELECT jsonb_build_object('last_at', max(l.created_at), 'allocations', count(*),
+                          'credits', coalesce(sum(l.amount::bigint), 0))
+FROM credit_usage_log AS l
+WHERE l.source = 'backfill';
+
+-- name: admin_user_id_by_email
+-- The id of the user with this email (users.email must exist: 42703 otherwise).
+SELECT (SELECT u.id FROM users AS u WHERE u.email = %(email)s);
+
+-- name: admin_user_lookup
+-- One user for the lookup page: id, role, email and created_at if users has them,
+-- the role's allocation (a NULL or unknown role falls back to member), the balance
+-- row, the pool they belong to, and their own pool's members. NULL for no user.
+SELECT (
+    SELECT jsonb_build_object(
+        'id', u.id, 'role', u.role,
+        'email', to_jsonb(u) ->> 'email', 'created_at', to_jsonb(u) ->> 'created_at',
+        'fallback_role', rc.role IS NULL,
+        'role_credits', coalesce(rc.credits, fallback.credits, 0),
+        'member_limit', coalesce(rc.team_member_limit, fallback.team_member_limit, 0),
+        'balance', (SELECT to_jsonb(b) FROM (
+                        SELECT uc.total_credits, uc.used_credits, uc.remaining_credits,
+                               uc.allocated_credits, uc.created_at, uc.last_updated
+                        FROM user_credits AS uc WHERE uc.user_id = u.id) AS b),
+        'member_of', (SELECT jsonb_build_object(
+                          'team_admin_id', t.team_admin_id,
+                          'email', to_jsonb(a) ->> 'email', 'since', t.created_at,
+                          'pool_remaining', (SELECT uc.remaining_credits FROM user_credits AS uc
+                                             WHERE uc.user_id = t.team_admin_id))
+                      FROM team_credit_sharing AS t JOIN users AS a ON a.id = t.team_admin_id
+                      WHERE t.team_member_id = u.id),
+        'members', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                               'team_member_id', t.team_member_id,
+                               'email', to_jsonb(m) ->> 'email', 'seat', t.seat)
+                               ORDER BY t.seat), '[]'::jsonb)
+                    FROM team_credit_sharing AS t JOIN users AS m ON m.id = t.team_member_id
+                    WHERE t.team_admin_id = u.id))
+    FROM users AS u
+    LEFT JOIN role_credits AS rc ON rc.role = u.role
+    LEFT JOIN role_credits AS fallback ON fallback.role = 'member'
+    WHERE u.id = %(user_id)s
+);
