@@ -38,7 +38,7 @@ from credits_db.http.auth import (
 )
 from credits_db.http.backfill_jobs import BackfillJob, BackfillJobs
 from credits_db.http.errors import ErrorMappingRoute
-from credits_db.models import LedgerEntry
+from credits_db.models import Overview
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
@@ -217,11 +217,9 @@ def _add_sign_in_routes(router: APIRouter) -> None:
 
 
 async def _explain(conn: psycopg.AsyncConnection[Any], who: str
-                   ) -> tuple[UserRecord | None, list[LedgerEntry]]:
-    """The user ``who`` names (a uuid, else an email) and their last ledger rows.
-
-    The one place the lookup page reads a user: swap in ``credits_db.aio.explain_user``
-    here when it exists.
+                   ) -> tuple[UserRecord | None, Overview | None]:
+    """The user ``who`` names (a uuid, else an email) and what the overview endpoint
+    answers for them (``credits_db.aio.overview``: status, failure, last rows).
 
     Raises:
         HTTPException: 422 for an email when ``users`` has no email column.
@@ -235,11 +233,11 @@ async def _explain(conn: psycopg.AsyncConnection[Any], who: str
             raise HTTPException(422, "this users table has no email column: look up by id "
                                      "(a uuid)") from None
     if user_id is None:
-        return None, []
+        return None, None
     record = await arun(conn, _admin_queries.user_lookup(user_id))
     if record is None:
-        return None, []
-    return record, await aio.history(conn, user_id, limit=LOOKUP_ENTRIES)
+        return None, None
+    return record, await aio.overview(conn, user_id)
 
 
 def _add_page_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
@@ -253,14 +251,14 @@ def _add_page_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> Non
         who = who.strip()
         links, csrf = _links(request), _csrf_token(request)
         if not who:
-            return HTMLResponse(templates.lookup_page(links, csrf, who, None, []))
+            return HTMLResponse(templates.lookup_page(links, csrf, who, None, None))
         async with pool.connection() as conn:
-            user, entries = await _explain(conn, who)
-        if user is None:
+            user, overview = await _explain(conn, who)
+        if user is None or overview is None:
             return HTMLResponse(templates.lookup_page(
-                links, csrf, who, None, [], message=f"No user has the id or email {who!r}."),
+                links, csrf, who, None, None, message=f"No user has the id or email {who!r}."),
                 404)
-        return HTMLResponse(templates.lookup_page(links, csrf, who, user, entries))
+        return HTMLResponse(templates.lookup_page(links, csrf, who, user, overview))
 
 
 def _job_link(request: Request, job: BackfillJob | None) -> templates.JobLink | None:

@@ -19,6 +19,7 @@ from credits_db.http import charts
 from credits_db.http._admin_queries import DailyLedger, LedgerBackfills, PoolFill, UserRecord
 from credits_db.http.backfill_jobs import BackfillJob
 from credits_db.models import AllocationReport, BackfillSummary, IntegrityProblem, LedgerEntry
+from credits_db.models import Overview as UserOverview
 
 STYLESHEET = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #1b1b1b; background: #fafafa; }
@@ -150,7 +151,12 @@ def _waiting(report: AllocationReport) -> str:
         "waiting", "Users without credits",
         f"<p class=\"stat\" id=\"users-without-credits\">{_num(report.users_without_credits)}</p>"
         f"<p>{_num(report.users_with_credits)} of {_num(report.users_total)} users have "
-        "credits.</p>")
+        "credits.</p>"
+        + (f"<p class=\"status error\" id=\"allocation-failures\">"
+           f"{_num(report.allocation_failures)} of them wait because their signup allocation "
+           "failed: look each up below for the SQLSTATE and message, fix the cause, then run "
+           "the backfill (credits-db verify lists them all).</p>"
+           if report.allocation_failures else ""))
 
 
 def _roles(report: AllocationReport) -> str:
@@ -393,15 +399,21 @@ def _facts(facts: Sequence[tuple[str, str]]) -> str:
         + "</dl>"
 
 
-def _explanation(user: UserRecord, entries: list[LedgerEntry]) -> str:
+def _explanation(user: UserRecord, overview: UserOverview) -> str:
     role = user.role if user.role is not None else "(none)"
     entitlement = (f"{_num(user.role_credits)} credits (the member allocation: "
                    "the role is missing or has no role_credits row)" if user.fallback_role
                    else f"{_num(user.role_credits)} credits")
     facts = [("User id", str(user.id)), ("Email", user.email or "(none)"), ("Role", role),
              ("Role allocation", entitlement)]
+    facts.append(("Status", f"{overview.status}: {overview.message or 'the account has credits'}"))
+    if overview.failure is not None:
+        f = overview.failure
+        facts.append(("Signup allocation failed",
+                      f"{_when(f.failed_at)}: {f.sqlstate} {f.message}"
+                      + ("" if f.detail is None else f" ({f.detail})")))
     if user.balance is None:
-        facts.append(("Balance", "no balance row: this user waits for the backfill"))
+        facts.append(("Balance", "no balance row: the next backfill allocates this user"))
     else:
         b = user.balance
         facts += [("Remaining credits", _num(b.remaining_credits)),
@@ -416,20 +428,26 @@ def _explanation(user: UserRecord, entries: list[LedgerEntry]) -> str:
     if user.member_limit or user.members:
         names = ", ".join(m.email or str(m.team_member_id) for m in user.members) or "nobody yet"
         facts.append(("Own pool", f"{len(user.members)} of {user.member_limit} seats: {names}"))
+    own = overview.balance.own
+    facts.append(("GET /api/billing/overview answers",
+                  f"accountStatus {overview.status}, remainingCredits "
+                  f"{_num(own.remaining_credits if own else 0)}, spendableCredits "
+                  f"{_num(overview.balance.spendable)}, {len(overview.recent_usage)} recent rows"))
     return (_section("user", "User", _facts(facts))
-            + _section("ledger", "Ledger", _entries(entries)))
+            + _section("ledger", "Last usage rows (as the overview shows them)",
+                       _entries(overview.recent_usage)))
 
 
 def lookup_page(links: Links, csrf: str, who: str, user: UserRecord | None,
-                entries: list[LedgerEntry], message: str | None = None) -> str:
+                overview: UserOverview | None, message: str | None = None) -> str:
     """The user lookup: the form, then the user explained, or why nothing was found."""
     if message is not None:
         result = f"<div role=\"alert\" class=\"status error\" id=\"lookup-result\">" \
                  f"{escape(message)}</div>"
-    elif user is None:
+    elif user is None or overview is None:
         result = ""
     else:
-        result = _explanation(user, entries)
+        result = _explanation(user, overview)
     return _layout(
         links, "Look up a user", _header(links, "Look up a user", csrf)
         + _lookup_form(links, who) + result

@@ -16,7 +16,13 @@ from credits_db.http.admin import SECURITY_HEADERS
 from credits_db.http.auth import LOGIN_COOKIE
 from tests.support.admin_page import backfill_jobs_finished, csrf_of, sign_in
 from tests.support.databases import Database
-from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
+from tests.support.helpers import (
+    Conn,
+    add_users,
+    add_users_whose_allocation_fails,
+    add_users_without_credits,
+    balance,
+)
 from tests.support.http_api import SECRET, run, token
 
 _csrf = csrf_of
@@ -252,7 +258,8 @@ def test_user_lookup_by_id_and_email(db: Database, conn: Conn) -> None:
         assert "signup" in by_id.text
 
         waits = await client.get("/admin/credits/users", params={"who": waiting})
-        assert "no balance row: this user waits for the backfill" in waits.text
+        assert "no balance row: the next backfill allocates this user" in waits.text
+        assert "awaiting_backfill: This account has no credits yet" in waits.text
         assert "No ledger rows." in waits.text
 
         missing = await client.get("/admin/credits/users", params={"who": "nobody@example.com"})
@@ -264,6 +271,28 @@ def test_user_lookup_by_id_and_email(db: Database, conn: Conn) -> None:
         assert no_column.status_code == 422 and "no email column" in no_column.text
         still = await client.get("/admin/credits/users", params={"who": lead})
         assert still.status_code == 200 and "<dt>Email</dt><dd>(none)</dd>" in still.text
+
+    run(db, scenario)
+
+
+def test_user_lookup_shows_a_failed_allocation_and_the_overview(db: Database,
+                                                                 conn: Conn) -> None:
+    [operator] = add_users(conn, "member")
+    [failed] = add_users_whose_allocation_fails(conn, "admin")
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await sign_in(client, token(operator, admin=True))
+        front = (await client.get("/admin/credits")).text
+        assert "1 of them wait because their signup allocation failed" in front
+        page = (await client.get("/admin/credits/users", params={"who": failed})).text
+        assert "<dt>Status</dt><dd>allocation_failed: This account has no credits yet: its " \
+            "signup allocation failed (23514)" in page
+        assert "<dt>Signup allocation failed</dt>" in page and "test_refuse_signup" in page
+        assert "<dt>GET /api/billing/overview answers</dt><dd>accountStatus allocation_failed, " \
+            "remainingCredits 0, spendableCredits 0, 0 recent rows</dd>" in page
+        mine = (await client.get("/admin/credits/users", params={"who": operator})).text
+        assert "<dt>Status</dt><dd>active: the account has credits</dd>" in mine
+        assert "accountStatus active, remainingCredits 350" in mine
 
     run(db, scenario)
 
