@@ -34,6 +34,8 @@ const NAMED = {
   '22004': 'InvalidArgument', // null_value_not_allowed
   '22P02': 'InvalidArgument', // invalid_text_representation (a malformed uuid)
   '42501': 'PermissionDenied', // insufficient_privilege
+  '42883': 'NotInstalled', // undefined_function: the migrations have not run here
+  '42P01': 'NotInstalled', // undefined_table
 };
 
 // Nothing was written: the whole call may be retried.
@@ -69,6 +71,7 @@ export const HTTP_STATUS = Object.freeze({
   AppendOnlyViolation: 500,
   InvalidArgument: 422,
   PermissionDenied: 403,
+  NotInstalled: 500,
   RetryableError: 503,
   ConnectionLost: 503,
   PoolTimeout: 503,
@@ -136,6 +139,11 @@ export function translate(err) {
     const type = SQLSTATES[err.code] ?? (err.code.startsWith('08') ? 'ConnectionLost' : undefined);
     if (type === undefined) return err;
     if (type === 'ConnectionLost') return connectionLost(err, err.code);
+    if (type === 'NotInstalled') {
+      return new CreditsError(type, err.code,
+        'credits-db is not installed in this database: run credits-db upgrade',
+        { detail: err.message, cause: err });
+    }
     const message = type === 'RetryableError'
       ? `${err.message} (retryable: this call changed nothing; retry it, with the same idempotency key)`
       : err.message;
