@@ -11,8 +11,8 @@ to ``context.configure`` in the host's ``env.py``::
                       include_name=include_name, include_object=include_object)
 
 They hide every table and view credits-db creates (:data:`OWNED_TABLES`,
-:data:`OWNED_VIEWS`), its version table, and everything in its own schema
-:data:`INTERNAL_SCHEMA` (with ``include_schemas=True``). They never hide
+:data:`OWNED_VIEWS`, :data:`FORMER_TABLES`), its version table, and everything in its
+own schema :data:`INTERNAL_SCHEMA` (with ``include_schemas=True``). They never hide
 ``users``: that table is the host's, whoever created it, and credits-db only
 adds triggers to it, which autogenerate does not compare. See docs/install.md.
 """
@@ -37,7 +37,7 @@ OWNED_TABLES: frozenset[str] = frozenset({
     "credit_allocation_failures",
     VERSION_TABLE,
 })
-"""Every table credits-db creates in ``public`` (its version table included).
+"""Every table credits-db creates in ``public`` at head (its version table included).
 
 tests/migrations/test_alembic_support.py checks this against the catalog after
 ``upgrade head``: a revision that adds a table fails that test until it is listed."""
@@ -45,7 +45,12 @@ tests/migrations/test_alembic_support.py checks this against the catalog after
 OWNED_VIEWS: frozenset[str] = frozenset({"credits_backfill_candidates"})
 """Every view credits-db creates in ``public`` (checked like :data:`OWNED_TABLES`)."""
 
-_OWNED_RELATIONS = OWNED_TABLES | OWNED_VIEWS
+FORMER_TABLES: frozenset[str] = frozenset({"credits_db_install"})
+"""Tables of ours that earlier revisions kept in ``public`` (0008 moved the install record
+to ``credits_internal.install_record``): hidden too, for a host whose database is not
+upgraded yet when it runs autogenerate with this package."""
+
+_OWNED_RELATIONS = OWNED_TABLES | OWNED_VIEWS | FORMER_TABLES
 
 
 def owns(name: str, schema: str | None = None) -> bool:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from credits_db import migrate
 from credits_db.alembic_support import (
+    FORMER_TABLES,
     INTERNAL_SCHEMA,
     OWNED_TABLES,
     OWNED_VIEWS,
@@ -153,6 +154,7 @@ def test_the_owned_names_are_what_upgrade_head_creates(db: Database) -> None:
     tables = relations(db, ("r", "p", "f", "m"))
     assert {name for schema, name in tables if schema == "public"} == OWNED_TABLES | {"users"}
     assert {name for schema, name in relations(db, ("v",)) if schema == "public"} == OWNED_VIEWS
+    assert not FORMER_TABLES & {name for _schema, name in tables}  # gone at head
     # Anything else lives in credits-db's own schema, which the filters hide whole.
     schemas = {schema for schema, _name in tables | relations(db, ("v", "S"))}
     assert schemas <= {"public", INTERNAL_SCHEMA}
@@ -183,5 +185,7 @@ def test_the_filters_never_hide_the_hosts_tables() -> None:
     assert not include_object(internal, "anything", "table", True, None)
     # A host's table of the same name in a schema of its own is the host's.
     assert include_object(elsewhere, "user_credits", "table", False, None)
+    # A database still at a revision before 0008 has its install record in public.
+    assert not include_name("credits_db_install", "table", {"schema_name": None})
     assert owns("credits_backfill_candidates") and owns("credits_db_version", "public")
     assert not owns("users") and not owns("users", "public")
