@@ -38,6 +38,24 @@ ALTER TABLE credits_internal.install_record
     RENAME CONSTRAINT credits_db_install_singleton TO install_record_singleton;
 ALTER INDEX credits_internal.credits_db_install_pkey RENAME TO install_record_pkey;
 
+-- PostgreSQL 18 names NOT NULL constraints after their table
+-- (credits_db_install_<column>_not_null); rename them as CREATE TABLE
+-- install_record would have named them. Earlier versions have none.
+DO $install_record_not_null$
+DECLARE
+    v_name name;
+BEGIN
+    FOR v_name IN
+        SELECT conname FROM pg_catalog.pg_constraint
+        WHERE conrelid = 'credits_internal.install_record'::regclass AND contype = 'n'
+          AND conname LIKE 'credits\_db\_install\_%'
+    LOOP
+        EXECUTE format('ALTER TABLE credits_internal.install_record RENAME CONSTRAINT %I TO %I',
+                       v_name, 'install_record_' || substr(v_name, length('credits_db_install_') + 1));
+    END LOOP;
+END
+$install_record_not_null$;
+
 -- The two wrappers, written as sql/ now writes them. Their SQL-standard bodies
 -- already call the moved function (bound by oid); CREATE OR REPLACE keeps
 -- their privileges and comments.
