@@ -35,6 +35,8 @@ OWNED_TABLES: frozenset[str] = frozenset({
     "team_credit_sharing",
     "credit_idempotency_keys",
     "credit_allocation_failures",
+    "credit_lots",
+    "credit_lot_takes",
     VERSION_TABLE,
 })
 """Every table credits-db creates in ``public`` at head (its version table included).

@@ -1,4 +1,5 @@
--- Every allocation and spend, signed: credits positive, debits negative, never 0.
+-- Every allocation and spend, signed: credits positive, debits and expiries
+-- (credits of a lot that ran out unspent, 026) negative, never 0.
 -- There is deliberately no foreign key to users: the log is the audit trail and
 -- outlives a deleted user (the user's balance row goes with the user, the log
 -- rows stay, and the integrity check only compares accounts that still exist).
@@ -8,13 +9,14 @@ CREATE TABLE credit_usage_log (
     actor_user_id   uuid,
     amount          integer NOT NULL,
     type            text NOT NULL
-                    CONSTRAINT credit_usage_log_type_check CHECK (type IN ('credit', 'debit')),
+                    CONSTRAINT credit_usage_log_type_check
+                    CHECK (type IN ('credit', 'debit', 'expire')),
     source          text NOT NULL,
     description     text,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT credit_usage_log_amount_sign CHECK (
-        (type = 'credit' AND amount > 0) OR (type = 'debit' AND amount < 0)
+        (type = 'credit' AND amount > 0) OR (type IN ('debit', 'expire') AND amount < 0)
     )
 );
 
@@ -25,7 +27,7 @@ CREATE INDEX credit_usage_log_account_history_idx
     ON credit_usage_log (user_id, created_at DESC, id DESC);
 
 COMMENT ON TABLE credit_usage_log IS
-    'Append-only ledger of credits (amount > 0) and debits (amount < 0) per account.';
+    'Append-only ledger of credits (amount > 0), debits and expiries (amount < 0) per account.';
 
 -- A new account is opened after every entry that exists when it is inserted
 -- (see 004): the watermark is drawn from the log's own sequence.

@@ -51,19 +51,25 @@ BEGIN
             SELECT user_id, credits, credits FROM planned
             ON CONFLICT (user_id) DO NOTHING
             RETURNING user_id
+        ),
+        logged AS (
+            INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+            SELECT p.user_id, p.credits, 'credit', 'signup',
+                   CASE
+                       WHEN NOT p.is_fallback THEN 'signup allocation for role ' || p.role
+                       WHEN p.role IS NULL THEN 'signup allocation: no role, member allocation (fallback)'
+                       ELSE format('signup allocation: unknown role %L, member allocation (fallback)', p.role)
+                   END
+            FROM planned p
+            JOIN allocated a USING (user_id)
+            -- A zero allocation (a role configured with 0 credits) has nothing to log:
+            -- the balance row alone keeps remaining_credits = sum(amount) = 0.
+            WHERE p.credits > 0
+            RETURNING id, user_id, amount, source
         )
-        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-        SELECT p.user_id, p.credits, 'credit', 'signup',
-               CASE
-                   WHEN NOT p.is_fallback THEN 'signup allocation for role ' || p.role
-                   WHEN p.role IS NULL THEN 'signup allocation: no role, member allocation (fallback)'
-                   ELSE format('signup allocation: unknown role %L, member allocation (fallback)', p.role)
-               END
-        FROM planned p
-        JOIN allocated a USING (user_id)
-        -- A zero allocation (a role configured with 0 credits) has nothing to log:
-        -- the balance row alone keeps remaining_credits = sum(amount) = 0.
-        WHERE p.credits > 0;
+        -- Each allocation is an untracked lot (026).
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+        SELECT g.user_id, g.id, g.source, g.amount FROM logged g;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                 v_detail = PG_EXCEPTION_DETAIL;

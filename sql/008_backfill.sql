@@ -136,6 +136,12 @@ BEGIN
                END
         FROM done d
         WHERE NOT p_dry_run AND d.credits > 0
+        RETURNING id, user_id, amount, source
+    ),
+    -- Each allocation is an untracked lot (026).
+    lots AS (
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+        SELECT g.user_id, g.id, g.source, g.amount FROM logged g
     ),
     per_role AS (
         SELECT role, count(*) AS users, sum(credits) AS credits,

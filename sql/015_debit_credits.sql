@@ -1,6 +1,8 @@
 -- Spends credits: from the user's own account if it can pay the whole amount,
 -- else from their team admin's account if that can, else CR001. Never split: a
--- debit is one log row on one account.
+-- debit is one log row on one account. An account holding tracked lots (an
+-- expiry or a priority, 026) is debited lot by lot (027); one without, as
+-- every account was before lots, by the statements below alone.
 --
 -- Every balance change is one conditional UPDATE (the WHERE re-checks the
 -- balance on the locked, latest row version), never a read followed by a write,
@@ -64,8 +66,8 @@ DECLARE
     v_remaining integer;
     v_admin     uuid;
     v_entry     public.credit_usage_log;
-    v_own       integer;
-    v_pool      integer;
+    v_own       text;
+    v_pool      text;
     v_result    jsonb;
 BEGIN
     IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
@@ -89,7 +91,7 @@ BEGIN
             UPDATE public.user_credits
             SET used_credits = used_credits + p_amount, last_updated = now()
             WHERE user_id = p_user_id AND remaining_credits >= p_amount
-              AND p_amount > 0 AND p_source <> ''
+              AND tracked_credits = 0 AND p_amount > 0 AND p_source <> ''
             RETURNING remaining_credits
         ), logged AS (
             INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
@@ -148,7 +150,7 @@ BEGIN
             UPDATE public.user_credits
             SET used_credits = used_credits + p_amount, last_updated = now()
             WHERE user_id = p_user_id AND remaining_credits >= p_amount
-              AND NOT EXISTS (SELECT FROM earlier)
+              AND tracked_credits = 0 AND NOT EXISTS (SELECT FROM earlier)
             RETURNING remaining_credits
         ), logged AS (
             INSERT INTO public.credit_usage_log
@@ -204,6 +206,17 @@ BEGIN
         END IF;
     END IF;
 
+    -- An own account holding tracked lots (026) is debited lot by lot, in
+    -- spending order; the statements above leave it alone.
+    PERFORM 1 FROM public.user_credits uc WHERE uc.user_id = p_user_id AND uc.tracked_credits > 0;
+    IF FOUND THEN
+        v_result := credits_internal.take_from_lots(p_user_id, NULL, p_amount, p_source,
+                                                    p_description, p_idempotency_key);
+        IF v_result IS NOT NULL THEN
+            RETURN v_result;
+        END IF;
+    END IF;
+
     -- The own account could not pay (or has no balance row yet): the pool.
     -- One statement finds the pool, debits it, logs the entry and takes the
     -- key, so the pool row, which every member of the team contends for, is
@@ -215,6 +228,7 @@ BEGIN
         UPDATE public.user_credits
         SET used_credits = used_credits + p_amount, last_updated = now()
         WHERE user_id = (SELECT team_admin_id FROM pool) AND remaining_credits >= p_amount
+          AND tracked_credits = 0
         RETURNING user_id, remaining_credits
     ), logged AS (
         INSERT INTO public.credit_usage_log
@@ -253,23 +267,50 @@ BEGIN
             USING ERRCODE = '40001', HINT = 'Retry the call: it will replay.';
     END IF;
 
+    -- A pool holding tracked lots, likewise.
+    IF v_admin IS NOT NULL THEN
+        PERFORM 1 FROM public.user_credits uc WHERE uc.user_id = v_admin AND uc.tracked_credits > 0;
+        IF FOUND THEN
+            v_result := credits_internal.take_from_lots(v_admin, p_user_id, p_amount, p_source,
+                                                        p_description, p_idempotency_key);
+            IF v_result IS NOT NULL THEN
+                RETURN v_result;
+            END IF;
+        END IF;
+    END IF;
+
     -- Refused: only now is it worth telling an unknown user from a poor one.
     PERFORM 1 FROM public.users u WHERE u.id = p_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
     END IF;
 
-    SELECT uc.remaining_credits INTO v_own FROM public.user_credits uc WHERE uc.user_id = p_user_id;
+    -- What is left of a balance past the lots that lapsed is said beside it.
+    SELECT uc.remaining_credits::text
+           || CASE WHEN s.spendable <> uc.remaining_credits
+                   THEN format(' (spendable %s)', s.spendable) ELSE '' END
+    INTO v_own
+    FROM public.user_credits uc,
+         LATERAL (SELECT (credits_internal.lot_summary(uc.user_id)->>'spendable_credits')::integer
+                      AS spendable) s
+    WHERE uc.user_id = p_user_id;
     IF v_admin IS NOT NULL THEN
-        SELECT uc.remaining_credits INTO v_pool FROM public.user_credits uc WHERE uc.user_id = v_admin;
+        SELECT uc.remaining_credits::text
+               || CASE WHEN s.spendable <> uc.remaining_credits
+                       THEN format(' (spendable %s)', s.spendable) ELSE '' END
+        INTO v_pool
+        FROM public.user_credits uc,
+             LATERAL (SELECT (credits_internal.lot_summary(uc.user_id)->>'spendable_credits')::integer
+                          AS spendable) s
+        WHERE uc.user_id = v_admin;
     END IF;
     RAISE EXCEPTION 'insufficient credits: % requested', p_amount
         USING ERRCODE = 'CR001',
               DETAIL = format('own remaining %s; team pool %s',
-                              coalesce(v_own::text, 'none (no balance yet)'),
+                              coalesce(v_own, 'none (no balance yet)'),
                               CASE WHEN v_admin IS NULL THEN 'none (not in a team)'
                                    ELSE format('of %s remaining %s', v_admin,
-                                               coalesce(v_pool::text, 'none'))
+                                               coalesce(v_pool, 'none'))
                               END);
 END
 $$;

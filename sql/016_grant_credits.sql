@@ -24,16 +24,23 @@
 -- the balance row's foreign key check takes): a user deleted while the grant
 -- waits is an unknown user (CR005), never a foreign key violation (23503).
 --
+-- The credits are one lot (026): expiring at p_expires_at (NULL: never) and
+-- spent by p_priority (NULL: the default 50; a lower number first). A key
+-- replays only with the same expiry and priority too (else CR007).
+--
 -- Argument errors, checked in this order: NULL user CR005, NULL or
 -- non-positive amount CR006, NULL, empty or reserved source 22023, empty or
--- over-255-character key 22023, then the key's replay, then unknown user
--- CR005, then overflow CR006.
+-- over-255-character key 22023, priority outside 0..100 22023, then the key's
+-- replay, then an expiry not in the future 22023, then unknown user CR005,
+-- then overflow CR006.
 CREATE FUNCTION grant_credits(
     p_user_id         uuid,
     p_amount          integer,
     p_source          text DEFAULT 'admin_grant',
     p_description     text DEFAULT NULL,
-    p_idempotency_key text DEFAULT NULL
+    p_idempotency_key text DEFAULT NULL,
+    p_expires_at      timestamptz DEFAULT NULL,
+    p_priority        integer DEFAULT NULL
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -47,6 +54,10 @@ DECLARE
     v_earlier_remaining integer;
     v_key_taken boolean;
     v_entry     public.credit_usage_log;
+    v_lot_expires_at timestamptz;
+    v_lot_priority   integer;
+    v_priority  integer := coalesce(p_priority, 50);
+    v_tracked   boolean := p_expires_at IS NOT NULL OR coalesce(p_priority, 50) <> 50;
 BEGIN
     IF p_user_id IS NULL THEN
         RAISE EXCEPTION 'unknown user: p_user_id must not be NULL' USING ERRCODE = 'CR005';
@@ -63,6 +74,9 @@ BEGIN
         -- A longer key might not fit the key's index (54000): refuse it by name.
         RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
             USING ERRCODE = '22023';
+    ELSIF p_priority NOT BETWEEN 0 AND 100 THEN
+        RAISE EXCEPTION 'p_priority must be NULL (50) or 0 to 100, not %', p_priority
+            USING ERRCODE = '22023', HINT = 'Lots with a lower number are spent first.';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN
@@ -75,16 +89,31 @@ BEGIN
           AND k.idempotency_key = p_idempotency_key;
         IF FOUND THEN
             SELECT * INTO v_entry FROM public.credit_usage_log l WHERE l.id = v_earlier;
-            IF v_entry.amount <> p_amount OR v_entry.source <> p_source THEN
+            -- A grant made before lots existed has none: it had no expiry.
+            SELECT l.expires_at, l.priority INTO v_lot_expires_at, v_lot_priority
+            FROM public.credit_lots l
+            WHERE l.user_id = p_user_id AND l.log_id = v_earlier;
+            IF v_entry.amount <> p_amount OR v_entry.source <> p_source
+               OR v_lot_expires_at IS DISTINCT FROM p_expires_at
+               OR coalesce(v_lot_priority, 50) <> v_priority THEN
                 RAISE EXCEPTION 'idempotency key % was already used with different parameters',
                     p_idempotency_key
                     USING ERRCODE = 'CR007',
-                          DETAIL = format('entry %s: %s of %s, source %s; this call: credit of %s, source %s',
+                          DETAIL = format('entry %s: %s of %s, source %s, expires %s, priority %s; this call: credit of %s, source %s, expires %s, priority %s',
                                           v_entry.id, v_entry.type, abs(v_entry.amount),
-                                          v_entry.source, p_amount, p_source);
+                                          v_entry.source, coalesce(v_lot_expires_at::text, 'never'),
+                                          coalesce(v_lot_priority, 50), p_amount, p_source,
+                                          coalesce(p_expires_at::text, 'never'), v_priority);
             END IF;
             RETURN credits_internal.replayed_result(v_entry, v_earlier_remaining);
         END IF;
+    END IF;
+
+    -- After the replay, so that a retry of a grant whose expiry has passed
+    -- since still replays.
+    IF p_expires_at <= statement_timestamp() THEN
+        RAISE EXCEPTION 'p_expires_at % is not in the future', p_expires_at
+            USING ERRCODE = '22023', HINT = 'Expired credits could never be spent.';
     END IF;
 
     -- Checked up front because the upsert would report it as a foreign-key
@@ -104,17 +133,24 @@ BEGIN
     cleared AS (
         DELETE FROM public.credit_allocation_failures f
         USING opened o WHERE f.user_id = o.user_id
+    ),
+    allocated AS (
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+        SELECT o.user_id, o.total_credits, 'credit', 'backfill',
+               'backfill allocation (account opened by a grant)'
+        FROM opened o
+        WHERE o.total_credits > 0
+        RETURNING id, user_id, amount, source
     )
-    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-    SELECT o.user_id, o.total_credits, 'credit', 'backfill',
-           'backfill allocation (account opened by a grant)'
-    FROM opened o
-    WHERE o.total_credits > 0;
+    INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+    SELECT a.user_id, a.id, a.source, a.amount FROM allocated a;
 
-    INSERT INTO public.user_credits AS uc (user_id, total_credits)
-    VALUES (p_user_id, p_amount)
+    INSERT INTO public.user_credits AS uc (user_id, total_credits, tracked_credits)
+    VALUES (p_user_id, p_amount, CASE WHEN v_tracked THEN p_amount ELSE 0 END)
     ON CONFLICT (user_id) DO UPDATE
-        SET total_credits = uc.total_credits + EXCLUDED.total_credits, last_updated = now()
+        SET total_credits = uc.total_credits + EXCLUDED.total_credits,
+            tracked_credits = uc.tracked_credits + EXCLUDED.tracked_credits,
+            last_updated = now()
         WHERE uc.total_credits <= 2147483647 - EXCLUDED.total_credits
     RETURNING uc.remaining_credits INTO v_remaining;
 
@@ -132,6 +168,9 @@ BEGIN
             (user_id, amount, type, source, description, idempotency_key)
         VALUES (p_user_id, p_amount, 'credit', p_source, p_description, p_idempotency_key)
         RETURNING id
+    ), lot AS (
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at, priority)
+        SELECT p_user_id, logged.id, p_source, p_amount, p_expires_at, v_priority FROM logged
     ), keyed AS (
         INSERT INTO public.credit_idempotency_keys
             (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
@@ -156,7 +195,8 @@ BEGIN
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION grant_credits(uuid, integer, text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION grant_credits(uuid, integer, text, text, text, timestamptz, integer)
+    FROM PUBLIC;
 
-COMMENT ON FUNCTION grant_credits(uuid, integer, text, text, text) IS
-    'Add p_amount to the account''s total_credits (creating its balance row if missing). CR006 if the total would exceed 2^31-1; keyed calls replay.';
+COMMENT ON FUNCTION grant_credits(uuid, integer, text, text, text, timestamptz, integer) IS
+    'Add p_amount to the account''s total_credits as a lot, expiring at p_expires_at (NULL: never), spent by p_priority (NULL: 50; lower first). CR006 if the total would exceed 2^31-1; keyed calls replay.';

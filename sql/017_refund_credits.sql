@@ -13,6 +13,10 @@
 -- debit whose account no longer exists is CR005: the user was deleted, or
 -- deleted and re-created with the same id, whose new account (004) never
 -- receives a refund of the old one's debits.
+--
+-- Lots (026): the refund gives back to the lots the debit took from, as its
+-- takes record; onto a lot past its expiry the credits expire at once, with
+-- an 'expire' entry after the refund's.
 CREATE FUNCTION refund_credits(p_log_id bigint, p_description text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -54,11 +58,33 @@ BEGIN
     END IF;
 
     -- v_debit.amount is negative: subtracting it adds the refund, refused (not
-    -- wrapped) if the total would pass the integer range.
-    UPDATE public.user_credits
-    SET total_credits = total_credits - v_debit.amount, last_updated = now()
-    WHERE user_id = v_debit.user_id AND total_credits <= 2147483647 + v_debit.amount
-    RETURNING remaining_credits INTO v_remaining;
+    -- wrapped) if the total would pass the integer range. What the debit took
+    -- from tracked lots goes back to them (the rest is untracked credit): to
+    -- an open lot as spendable credit again, to a lot past its expiry as
+    -- credit that expires at once (a refund never revives expired credit).
+    WITH shares AS MATERIALIZED (
+        SELECT t.lot_id, t.amount, l.expires_at <= statement_timestamp() AS lapsed
+        FROM public.credit_lot_takes t
+        JOIN public.credit_lots l ON l.id = t.lot_id AND l.user_id = v_debit.user_id
+        WHERE t.log_id = p_log_id
+    ), returned AS (
+        UPDATE public.credit_lots l
+        SET taken = l.taken - s.amount,
+            expired = l.expired + CASE WHEN s.lapsed THEN s.amount ELSE 0 END
+        FROM shares s WHERE l.id = s.lot_id
+    ), totals AS (
+        SELECT coalesce(sum(s.amount) FILTER (WHERE s.lapsed IS NOT TRUE), 0)::integer AS back,
+               coalesce(sum(s.amount) FILTER (WHERE s.lapsed), 0)::integer AS lapsed
+        FROM shares s
+    )
+    UPDATE public.user_credits uc
+    SET total_credits = uc.total_credits - v_debit.amount,
+        used_credits = uc.used_credits + t.lapsed,
+        tracked_credits = uc.tracked_credits + t.back,
+        last_updated = now()
+    FROM totals t
+    WHERE uc.user_id = v_debit.user_id AND uc.total_credits <= 2147483647 + v_debit.amount
+    RETURNING uc.remaining_credits INTO v_remaining;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'invalid amount %: total_credits would exceed 2147483647', -v_debit.amount
             USING ERRCODE = 'CR006';
@@ -69,6 +95,16 @@ BEGIN
     VALUES (v_debit.user_id, v_debit.actor_user_id, -v_debit.amount, 'credit', 'refund',
             coalesce(p_description, format('refund of entry %s', p_log_id)), p_log_id)
     RETURNING id INTO v_log_id;
+
+    -- After the refund entry, so that the history reads in order.
+    INSERT INTO public.credit_usage_log (user_id, actor_user_id, amount, type, source, description, lot_id)
+    SELECT v_debit.user_id, v_debit.actor_user_id, -t.amount, 'expire', 'expiry',
+           format('refund of entry %s onto lot %s, which expired at %s', p_log_id, l.id, l.expires_at),
+           l.id
+    FROM public.credit_lot_takes t
+    JOIN public.credit_lots l ON l.id = t.lot_id AND l.user_id = v_debit.user_id
+    WHERE t.log_id = p_log_id AND l.expires_at <= statement_timestamp()
+    ORDER BY l.id;
 
     RETURN jsonb_build_object(
         'log_id', v_log_id, 'account_user_id', v_debit.user_id,

@@ -2,7 +2,10 @@
 -- membership and pool balance come from one snapshot and agree with each
 -- other. spendable is the largest amount a single debit_credits call would
 -- accept: debits are never split, so it is the larger of the two balances,
--- not their sum. A NULL id is an unknown user (CR005).
+-- not their sum. Lots (026): what lapsed without a sweep yet is not
+-- spendable (own.spendable_credits, team_pool_spendable), and next_expiry
+-- says when the soonest open lot expires and how much it still holds. A NULL
+-- id is an unknown user (CR005).
 --
 -- Permission: as debit_credits, a caller outside credits_admin
 -- may read only their own balance, credits_current_user_id(), else 42501.
@@ -30,16 +33,24 @@ BEGIN
                     ELSE jsonb_build_object('total_credits', own.total_credits,
                                             'used_credits', own.used_credits,
                                             'remaining_credits', own.remaining_credits)
+                         || own_lots.summary
                END,
         'team_admin_id', t.team_admin_id,
         'team_pool_remaining', pool.remaining_credits,
-        'spendable', coalesce(greatest(own.remaining_credits, pool.remaining_credits), 0)
+        'team_pool_spendable', (pool_lots.summary->>'spendable_credits')::integer,
+        'team_pool_next_expiry', pool_lots.summary->'next_expiry',
+        'spendable', coalesce(greatest((own_lots.summary->>'spendable_credits')::integer,
+                                       (pool_lots.summary->>'spendable_credits')::integer), 0)
     )
     INTO v_result
     FROM public.users u
     LEFT JOIN public.user_credits own ON own.user_id = u.id
     LEFT JOIN public.team_credit_sharing t ON t.team_member_id = u.id
     LEFT JOIN public.user_credits pool ON pool.user_id = t.team_admin_id
+    LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(own.user_id) AS summary) own_lots
+           ON own.user_id IS NOT NULL
+    LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(pool.user_id) AS summary) pool_lots
+           ON pool.user_id IS NOT NULL
     WHERE u.id = p_user_id;
 
     IF v_result IS NULL THEN
@@ -52,4 +63,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION get_credit_balance(uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION get_credit_balance(uuid) IS
-    'Own balance, team pool and spendable (the largest single debit accepted now) of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';
+    'Own balance, team pool, spendable (the largest single debit accepted now) and the next expiry of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';

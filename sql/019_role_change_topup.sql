@@ -69,10 +69,15 @@ BEGIN
         IF v_opened IS NOT NULL THEN
             DELETE FROM public.credit_allocation_failures f WHERE f.user_id = NEW.id;
             IF v_credits > 0 THEN
-                INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-                VALUES (NEW.id, v_credits, 'credit', 'backfill',
-                        format('backfill allocation for role %s (account opened by a role change)',
-                               coalesce(quote_literal(NEW.role), 'NULL')));
+                WITH logged AS (
+                    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+                    VALUES (NEW.id, v_credits, 'credit', 'backfill',
+                            format('backfill allocation for role %s (account opened by a role change)',
+                                   coalesce(quote_literal(NEW.role), 'NULL')))
+                    RETURNING id
+                )
+                INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+                SELECT NEW.id, g.id, 'backfill', v_credits FROM logged g;
             END IF;
             RETURN NULL;
         END IF;
@@ -98,14 +103,19 @@ BEGIN
         last_updated = now()
     WHERE user_id = NEW.id;
 
-    INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-    VALUES (NEW.id, v_topup, 'credit', 'role_change',
-            CASE WHEN v_topup = v_credits - v_allocated
-                 THEN format('role changed to %s: allocation raised by %s',
-                             coalesce(quote_literal(NEW.role), 'NULL'), v_topup)
-                 ELSE format('role changed to %s: allocation raised by %s, capped at %s (total_credits limit)',
-                             coalesce(quote_literal(NEW.role), 'NULL'), v_credits - v_allocated, v_topup)
-            END);
+    WITH logged AS (
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+        VALUES (NEW.id, v_topup, 'credit', 'role_change',
+                CASE WHEN v_topup = v_credits - v_allocated
+                     THEN format('role changed to %s: allocation raised by %s',
+                                 coalesce(quote_literal(NEW.role), 'NULL'), v_topup)
+                     ELSE format('role changed to %s: allocation raised by %s, capped at %s (total_credits limit)',
+                                 coalesce(quote_literal(NEW.role), 'NULL'), v_credits - v_allocated, v_topup)
+                END)
+        RETURNING id
+    )
+    INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+    SELECT NEW.id, g.id, 'role_change', v_topup FROM logged g;
     RETURN NULL;
 END
 $$;

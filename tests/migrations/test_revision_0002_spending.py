@@ -16,7 +16,7 @@ FUNCTIONS = [
     "add_team_member(uuid,uuid)",
     "remove_team_member(uuid,uuid)",
     "debit_credits(uuid,integer,text,text,text)",
-    "grant_credits(uuid,integer,text,text,text)",
+    "grant_credits(uuid,integer,text,text,text,timestamptz,integer)",
     "refund_credits(bigint,text)",
     "get_credit_balance(uuid)",
     "verify_credit_integrity()",

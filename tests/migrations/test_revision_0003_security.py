@@ -37,7 +37,7 @@ def test_downgrade_to_0002_restores_it_and_keeps_the_roles(server: Server) -> No
         migrate.upgrade(database.url)
         assert migrate.current(database.url) == migrate.head()
         with database.connect() as conn:
-            assert one(conn, "SELECT count(*) FROM pg_policy") == 5
+            assert one(conn, "SELECT count(*) FROM pg_policy") == 7
             assert one(conn, "SELECT count(*) FROM verify_credit_integrity()") == 0
     finally:
         server.drop(database)

@@ -13,13 +13,13 @@ from tests.support.helpers import Conn
 INTERFACE_RELATIONS = {
     "users", "role_credits", "user_credits", "credit_usage_log", "team_credit_sharing",
     "credit_idempotency_keys", "credit_allocation_failures", "credits_backfill_candidates",
-    "credits_db_version",
+    "credit_lots", "credit_lot_takes", "credits_db_version",
 }
 INTERFACE_FUNCTIONS = {
     "backfill_user_credits", "backfill_user_credits_batch", "credit_allocation_report",
     "add_team_member", "remove_team_member", "debit_credits", "grant_credits",
     "refund_credits", "get_credit_balance", "verify_credit_integrity",
-    "credits_current_user_id",
+    "credits_current_user_id", "expire_credits", "get_credit_lots",
 }
 
 
@@ -39,5 +39,5 @@ def test_internal_objects_carry_no_prefix(conn: Conn) -> None:
         " UNION ALL SELECT relname FROM pg_class"
         " WHERE relnamespace = 'credits_internal'::regnamespace AND relkind = 'r'")]
     assert sorted(names) == ["allocate_on_signup", "backfill", "current_user_id",
-                             "install_record", "refuse_log_change", "replayed_result",
-                             "topup_on_role_change"]
+                             "install_record", "lot_summary", "refuse_log_change",
+                             "replayed_result", "take_from_lots", "topup_on_role_change"]

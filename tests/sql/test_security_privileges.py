@@ -27,7 +27,7 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
         " FROM pg_proc p WHERE p.pronamespace IN ('public'::regnamespace,"
         "                                         'credits_internal'::regnamespace)"
     ).fetchall()
-    assert len(functions) == 17
+    assert len(functions) == 21
     for signature, _definer, config, nobody_can, public_can in functions:
         # SECURITY DEFINER or not, every function fixes its search_path, with
         # pg_temp named last so temporary tables cannot shadow ours.

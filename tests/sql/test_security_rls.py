@@ -113,7 +113,7 @@ def test_the_identity_is_evaluated_once_per_query(conn: Conn) -> None:
         plan = "\n".join(r[0] for r in conn.execute(
             "EXPLAIN SELECT * FROM user_credits WHERE user_id = %s", (me,)).fetchall())
     assert "InitPlan" in plan
-    assert one(conn, "SELECT count(*) FROM pg_policy") == 5
+    assert one(conn, "SELECT count(*) FROM pg_policy") == 7
 
 
 def test_a_credits_user_sees_only_the_idempotency_keys_it_owns(conn: Conn) -> None:

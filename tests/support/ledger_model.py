@@ -354,9 +354,13 @@ class Ledger:
             "user_id": user_id,
             "own": None if own is None else {"total_credits": own.total,
                                              "used_credits": own.used,
-                                             "remaining_credits": own.remaining},
+                                             "remaining_credits": own.remaining,
+                                             "spendable_credits": own.remaining,
+                                             "next_expiry": None},
             "team_admin_id": admin,
             "team_pool_remaining": None if pool is None else pool.remaining,
+            "team_pool_spendable": None if pool is None else pool.remaining,
+            "team_pool_next_expiry": None,
             "spendable": max(choices, default=0),
         }
 

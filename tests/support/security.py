@@ -18,20 +18,23 @@ from psycopg import sql
 from tests.support.helpers import Conn
 
 DEBIT = "debit_credits(uuid,integer,text,text,text)"
-GRANT = "grant_credits(uuid,integer,text,text,text)"
+GRANT = "grant_credits(uuid,integer,text,text,text,timestamp with time zone,integer)"
 
-USER_FUNCTIONS = {"credits_current_user_id()", "get_credit_balance(uuid)", DEBIT}
+USER_FUNCTIONS = {"credits_current_user_id()", "get_credit_balance(uuid)", "get_credit_lots(uuid)",
+                  DEBIT}
 ADMIN_FUNCTIONS = USER_FUNCTIONS | {
     "backfill_user_credits(boolean,integer)",
     "backfill_user_credits_batch(uuid,integer)",
     GRANT,
     "refund_credits(bigint,text)",
+    "expire_credits(timestamp with time zone,integer)",
     "add_team_member(uuid,uuid)",
     "remove_team_member(uuid,uuid)",
     "verify_credit_integrity()",
     "credit_allocation_report()",
 }
-USER_TABLES = ("user_credits", "credit_usage_log", "team_credit_sharing")
+USER_TABLES = ("user_credits", "credit_usage_log", "team_credit_sharing", "credit_lots",
+               "credit_lot_takes")
 ADMIN_TABLES = (*USER_TABLES, "role_credits", "credits_internal.install_record", "credits_backfill_candidates")
 
 

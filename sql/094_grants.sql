@@ -31,10 +31,12 @@ BEGIN
         EXECUTE format('REVOKE ALL ON TABLE credits_internal.install_record, public.role_credits,'
                        ' public.user_credits, public.credit_usage_log,'
                        ' public.team_credit_sharing, public.credits_backfill_candidates,'
-                       ' public.credit_idempotency_keys, public.credit_allocation_failures FROM %I',
+                       ' public.credit_idempotency_keys, public.credit_allocation_failures,'
+                       ' public.credit_lots, public.credit_lot_takes FROM %I',
                        v_role);
         EXECUTE format('REVOKE ALL ON SEQUENCE public.credit_usage_log_id_seq,'
-                       ' public.team_credit_sharing_id_seq FROM %I', v_role);
+                       ' public.team_credit_sharing_id_seq, public.credit_lots_id_seq FROM %I',
+                       v_role);
         EXECUTE format('REVOKE ALL ON FUNCTION'
                        ' credits_internal.refuse_log_change(),'
                        ' credits_internal.allocate_on_signup(),'
@@ -45,7 +47,11 @@ BEGIN
                        ' public.add_team_member(uuid, uuid),'
                        ' public.remove_team_member(uuid, uuid),'
                        ' public.debit_credits(uuid, integer, text, text, text),'
-                       ' public.grant_credits(uuid, integer, text, text, text),'
+                       ' public.grant_credits(uuid, integer, text, text, text, timestamptz, integer),'
+                       ' public.expire_credits(timestamptz, integer),'
+                       ' public.get_credit_lots(uuid),'
+                       ' credits_internal.take_from_lots(uuid, uuid, integer, text, text, text),'
+                       ' credits_internal.lot_summary(uuid),'
                        ' public.refund_credits(bigint, text),'
                        ' public.get_credit_balance(uuid),'
                        ' credits_internal.topup_on_role_change(),'
@@ -55,25 +61,27 @@ BEGIN
 END
 $credits_revoke_api_roles$;
 
--- Reading: credits_user its own rows (row level security, 023), credits_admin
+-- Reading: credits_user its own rows (row level security, 093), credits_admin
 -- everything. Writing: nobody but the owner.
 GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing, credit_idempotency_keys,
-                credit_allocation_failures
+                credit_allocation_failures, credit_lots, credit_lot_takes
     TO credits_user;
 GRANT SELECT ON credits_internal.install_record, role_credits, user_credits, credit_usage_log,
                 team_credit_sharing, credits_backfill_candidates, credit_idempotency_keys,
-                credit_allocation_failures
+                credit_allocation_failures, credit_lots, credit_lot_takes
     TO credits_admin;
 
 GRANT EXECUTE ON FUNCTION credits_current_user_id(),
                           credits_internal.current_user_id(),
                           get_credit_balance(uuid),
+                          get_credit_lots(uuid),
                           debit_credits(uuid, integer, text, text, text)
     TO credits_user, credits_admin;
 GRANT EXECUTE ON FUNCTION backfill_user_credits(boolean, integer),
                           backfill_user_credits_batch(uuid, integer),
-                          grant_credits(uuid, integer, text, text, text),
+                          grant_credits(uuid, integer, text, text, text, timestamptz, integer),
                           refund_credits(bigint, text),
+                          expire_credits(timestamptz, integer),
                           add_team_member(uuid, uuid),
                           remove_team_member(uuid, uuid),
                           verify_credit_integrity(),
@@ -81,7 +89,7 @@ GRANT EXECUTE ON FUNCTION backfill_user_credits(boolean, integer),
     TO credits_admin;
 
 -- PostgreSQL 15 has no per-grant INHERIT: a NOINHERIT member (Supabase's
--- authenticated and service_role, see 021) gets nothing from its membership,
+-- authenticated and service_role, see 091) gets nothing from its membership,
 -- so it gets the same privileges directly. On 16+ the membership inherits.
 DO $credits_noinherit_members$
 BEGIN
@@ -91,10 +99,13 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated' AND NOT rolinherit)
        AND pg_catalog.pg_has_role('authenticated', 'credits_user', 'MEMBER') THEN
         GRANT USAGE ON SCHEMA public, credits_internal TO authenticated;
-        GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing TO authenticated;
+        GRANT SELECT ON user_credits, credit_usage_log, team_credit_sharing, credit_lots,
+                        credit_lot_takes
+            TO authenticated;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
                                   credits_internal.current_user_id(),
                                   get_credit_balance(uuid),
+                                  get_credit_lots(uuid),
                                   debit_credits(uuid, integer, text, text, text)
             TO authenticated;
     END IF;
@@ -102,7 +113,8 @@ BEGIN
        AND pg_catalog.pg_has_role('service_role', 'credits_admin', 'MEMBER') THEN
         GRANT USAGE ON SCHEMA public, credits_internal TO service_role;
         GRANT SELECT ON credits_internal.install_record, role_credits, user_credits, credit_usage_log,
-                        team_credit_sharing, credits_backfill_candidates, credit_allocation_failures
+                        team_credit_sharing, credits_backfill_candidates, credit_allocation_failures,
+                        credit_lots, credit_lot_takes
             TO service_role;
         GRANT EXECUTE ON FUNCTION credits_current_user_id(),
                                   credits_internal.current_user_id(),
@@ -110,8 +122,11 @@ BEGIN
                                   debit_credits(uuid, integer, text, text, text),
                                   backfill_user_credits(boolean, integer),
                                   backfill_user_credits_batch(uuid, integer),
-                                  grant_credits(uuid, integer, text, text, text),
+                                  grant_credits(uuid, integer, text, text, text, timestamptz,
+                                                integer),
+                                  get_credit_lots(uuid),
                                   refund_credits(bigint, text),
+                                  expire_credits(timestamptz, integer),
                                   add_team_member(uuid, uuid),
                                   remove_team_member(uuid, uuid),
                                   verify_credit_integrity(),

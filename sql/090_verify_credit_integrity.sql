@@ -6,12 +6,18 @@
 -- opened_after_log_id, 004; a refund is a credit like any other):
 --   remaining_credits = sum(amount)
 --   total_credits     = sum of credits
---   used_credits      = -(sum of debits)
+--   used_credits      = -(sum of debits and expiries)
 --   allocated_credits = sum of role allocations (signup, backfill, role_change)
 -- Only accounts that still have a balance row are compared: a deleted user's
 -- log rows stay as the audit trail, with nothing to compare them to (nor do
 -- they count for a user re-created with the same id). Each idempotency key
 -- must name an entry with that key by its owner.
+--
+-- Lots (026), per account: tracked_credits = what its tracked lots hold, and
+-- its untracked credits fit in its untracked lots; per lot: taken + expired
+-- <= amount, taken = what debits not refunded took from it (its takes),
+-- expired = its expiry entries, and the entry that created it is a credit of
+-- its amount to its account.
 CREATE FUNCTION verify_credit_integrity() RETURNS TABLE (user_id uuid, problem text)
 LANGUAGE sql
 STABLE
@@ -30,7 +36,7 @@ AS $$
             SELECT l.user_id,
                    sum(l.amount) AS total,
                    sum(l.amount) FILTER (WHERE l.type = 'credit') AS granted,
-                   -sum(l.amount) FILTER (WHERE l.type = 'debit') AS spent,
+                   -sum(l.amount) FILTER (WHERE l.type IN ('debit', 'expire')) AS spent,
                    sum(l.amount) FILTER (WHERE l.type = 'credit'
                                          AND l.source IN ('signup', 'backfill', 'role_change'))
                        AS allocated
@@ -39,6 +45,34 @@ AS $$
               ON own.user_id = l.user_id AND l.id > own.opened_after_log_id
             GROUP BY l.user_id
         ) s ON s.user_id = uc.user_id
+    ),
+    takes AS (
+        SELECT t.lot_id, sum(t.amount) AS credits
+        FROM public.credit_lot_takes t
+        WHERE NOT EXISTS (SELECT FROM public.credit_usage_log r WHERE r.refund_of = t.log_id)
+        GROUP BY t.lot_id
+    ),
+    expiries AS (
+        SELECT e.lot_id, -sum(e.amount) AS credits
+        FROM public.credit_usage_log e
+        WHERE e.type = 'expire'
+        GROUP BY e.lot_id
+    ),
+    lots AS (
+        SELECT l.*, l.amount - l.taken - l.expired AS remaining,
+               coalesce(t.credits, 0) AS taken_by_debits,
+               coalesce(x.credits, 0) AS expired_by_entries
+        FROM public.credit_lots l
+        LEFT JOIN takes t ON t.lot_id = l.id
+        LEFT JOIN expiries x ON x.lot_id = l.id
+    ),
+    lot_sums AS (
+        SELECT uc.user_id, uc.tracked_credits, uc.remaining_credits - uc.tracked_credits AS untracked,
+               coalesce(sum(l.remaining) FILTER (WHERE l.tracked), 0) AS tracked_held,
+               coalesce(sum(l.amount) FILTER (WHERE NOT l.tracked), 0) AS untracked_amount
+        FROM public.user_credits uc
+        LEFT JOIN lots l ON l.user_id = uc.user_id
+        GROUP BY uc.user_id, uc.tracked_credits, uc.remaining_credits
     ),
     pools AS (
         SELECT t.team_admin_id, count(*) AS members, u.role,
@@ -57,7 +91,7 @@ AS $$
                              s.total_credits, s.log_granted)
     FROM sums s WHERE s.total_credits <> s.log_granted
     UNION ALL
-    SELECT s.user_id, format('used_credits %s <> sum of debits %s',
+    SELECT s.user_id, format('used_credits %s <> sum of debits and expiries %s',
                              s.used_credits, s.log_spent)
     FROM sums s WHERE s.used_credits <> s.log_spent
     UNION ALL
@@ -93,6 +127,35 @@ AS $$
        OR coalesce(l.actor_user_id, l.user_id) <> k.owner_user_id
        OR (l.type = 'debit') <> (k.operation = 'debit')
     UNION ALL
+    SELECT s.user_id, format('tracked_credits %s <> what its tracked lots hold %s',
+                             s.tracked_credits, s.tracked_held)
+    FROM lot_sums s WHERE s.tracked_credits <> s.tracked_held
+    UNION ALL
+    SELECT s.user_id, format('untracked credits %s exceed its untracked lots %s',
+                             s.untracked, s.untracked_amount)
+    FROM lot_sums s WHERE s.untracked > s.untracked_amount
+    UNION ALL
+    SELECT l.user_id, format('lot %s: taken %s + expired %s exceed amount %s',
+                             l.id, l.taken, l.expired, l.amount)
+    FROM lots l WHERE l.taken < 0 OR l.expired < 0 OR l.taken + l.expired::bigint > l.amount
+    UNION ALL
+    SELECT l.user_id, format('lot %s: taken %s <> %s taken by debits not refunded',
+                             l.id, l.taken, l.taken_by_debits)
+    FROM lots l WHERE l.tracked AND l.taken <> l.taken_by_debits
+    UNION ALL
+    SELECT l.user_id, format('lot %s: expired %s <> its expiry entries %s',
+                             l.id, l.expired, l.expired_by_entries)
+    FROM lots l WHERE l.expired <> l.expired_by_entries
+    UNION ALL
+    SELECT l.user_id, format('lot %s: %s', l.id,
+                             CASE WHEN e.id IS NULL THEN format('entry %s does not exist', l.log_id)
+                                  ELSE format('entry %s is not a credit of %s to this account',
+                                              l.log_id, l.amount) END)
+    FROM lots l
+    LEFT JOIN public.credit_usage_log e ON e.id = l.log_id
+    WHERE l.log_id IS NOT NULL
+      AND (e.id IS NULL OR e.user_id <> l.user_id OR e.type <> 'credit' OR e.amount <> l.amount)
+    UNION ALL
     SELECT p.team_admin_id, format('team pool has %s members; role %s allows %s',
                                    p.members, coalesce(quote_literal(p.role), 'NULL'),
                                    p.member_limit)
@@ -108,4 +171,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION verify_credit_integrity() FROM PUBLIC;
 
 COMMENT ON FUNCTION verify_credit_integrity() IS
-    'One row per broken invariant (balance vs ledger, allocations, negative values, bad refunds, keys, pools over their cap or without a team role); no rows when all hold.';
+    'One row per broken invariant (balance vs ledger, allocations, negative values, bad refunds, keys, lots, pools over their cap or without a team role); no rows when all hold.';

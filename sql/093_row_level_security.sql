@@ -14,13 +14,13 @@
 -- 'MEMBER'), as in debit_credits: it holds for a NOINHERIT member such as
 -- Supabase's service_role too, which a policy "TO credits_admin" would miss.
 -- For the same reason the policies are for every role (TO PUBLIC): who may
--- read at all is decided by the SELECT privilege (024); the policy decides
+-- read at all is decided by the SELECT privilege (094); the policy decides
 -- which rows.
 --
 -- Only SELECT policies exist: with row level security on and no INSERT,
 -- UPDATE or DELETE policy, a direct write by anyone but the owner touches no
 -- row even where a table privilege was granted (credits_user and
--- credits_admin hold none, see 024).
+-- credits_admin hold none, see 094).
 --
 -- ENABLE, not FORCE: the tables' owner is exempt, and every SECURITY DEFINER
 -- function runs as the owner, so the functions read and write every row they
@@ -64,3 +64,21 @@ CREATE POLICY credits_visible_rows ON credit_allocation_failures
     FOR SELECT
     USING ((SELECT pg_catalog.pg_has_role('credits_admin', 'MEMBER'))
            OR user_id = (SELECT public.credits_current_user_id()));
+
+-- Lots (026): mine and my team pool's, as user_credits; the takes of my
+-- lots. Read through the policy of credit_lots, which shows me only those.
+ALTER TABLE credit_lots ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY credits_visible_rows ON credit_lots
+    FOR SELECT
+    USING ((SELECT pg_catalog.pg_has_role('credits_admin', 'MEMBER'))
+           OR user_id = (SELECT public.credits_current_user_id())
+           OR user_id IN (SELECT t.team_admin_id FROM public.team_credit_sharing t
+                          WHERE t.team_member_id = (SELECT public.credits_current_user_id())));
+
+ALTER TABLE credit_lot_takes ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY credits_visible_rows ON credit_lot_takes
+    FOR SELECT
+    USING ((SELECT pg_catalog.pg_has_role('credits_admin', 'MEMBER'))
+           OR lot_id IN (SELECT l.id FROM public.credit_lots l));

@@ -2,7 +2,7 @@
 -- and people get them by membership (GRANT credits_user TO app_login):
 --   credits_user  - get_credit_balance and debit_credits for its own account
 --                   (credits_current_user_id()), and SELECT of its own rows
---                   (row level security, see 023);
+--                   (row level security, see 093);
 --   credits_admin - everything credits_user may, for every account, plus
 --                   backfill, grant, refund, team membership, the integrity
 --                   check and the allocation report, and SELECT of every row.
@@ -39,7 +39,7 @@ $credits_roles$;
 --
 -- Supabase creates both roles NOINHERIT, so a plain membership would carry no
 -- privileges. PostgreSQL 16+ lets the grant itself inherit (WITH INHERIT
--- TRUE); on 15, 024_grants.sql grants a NOINHERIT role the privileges directly.
+-- TRUE); on 15, 094_grants.sql grants a NOINHERIT role the privileges directly.
 DO $credits_supabase_roles$
 DECLARE
     v_pair text[];
