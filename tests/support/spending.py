@@ -13,20 +13,23 @@ from tests.support.helpers import Conn
 
 T = TypeVar("T")
 
-State = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+Rows = list[tuple[Any, ...]]
+State = tuple[Rows, Rows, Rows, Rows, Rows]
 
 
 def state(conn: Conn) -> State:
-    """Everything a spending call may change: balances, the ledger, team pools."""
+    """Everything a spending call may change: balances, the ledger, team pools, lots and takes."""
     balances = conn.execute(
-        "SELECT user_id, total_credits, used_credits, remaining_credits, last_updated"
-        " FROM user_credits ORDER BY user_id"
+        "SELECT user_id, total_credits, used_credits, remaining_credits, last_updated,"
+        " tracked_credits FROM user_credits ORDER BY user_id"
     ).fetchall()
     ledger = conn.execute("SELECT * FROM credit_usage_log ORDER BY id").fetchall()
     teams = conn.execute(
         "SELECT team_admin_id, team_member_id FROM team_credit_sharing ORDER BY team_member_id"
     ).fetchall()
-    return balances, ledger, teams
+    lots = conn.execute("SELECT * FROM credit_lots ORDER BY id").fetchall()
+    takes = conn.execute("SELECT * FROM credit_lot_takes ORDER BY log_id, lot_id").fetchall()
+    return balances, ledger, teams, lots, takes
 
 
 def fails_cleanly(conn: Conn, sqlstate: str, query: str, params: Any = None) -> psycopg.Error:
