@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy.exc
 
 from credits_db import migrate
 from tests.support.databases import Database
@@ -79,10 +80,10 @@ def test_the_downgrade_refuses_while_credits_with_an_expiry_exist(empty_db: Data
     with empty_db.connect() as conn:
         expires = conn.execute("SELECT now() + interval '1 day'").fetchone()
         grant(conn, before["spender"], 5, expires_at=expires[0] if expires else None)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="cannot downgrade below 0010") as caught:
         migrate.downgrade(empty_db.url, "0009")
-    cause = caught.value.__cause__ or caught.value
-    assert isinstance(cause, psycopg.Error) and cause.sqlstate == "55000", caught.value
+    assert isinstance(caught.value.orig, psycopg.Error)
+    assert caught.value.orig.sqlstate == "55000"
     assert migrate.current(empty_db.url) == "0010"
     with empty_db.connect() as conn:
         assert integrity(conn) == []
