@@ -41,14 +41,24 @@ BEGIN
             SELECT n.id AS user_id,
                    n.role,
                    coalesce(rc.credits, fallback.credits, 0) AS credits,
-                   rc.role IS NULL AS is_fallback
+                   rc.role IS NULL AS is_fallback,
+                   -- A renewing role's allowance expires with the account's first
+                   -- period (030), which starts now.
+                   (now() AT TIME ZONE 'UTC'
+                    + CASE WHEN rc.role IS NULL THEN fallback.renewal_interval
+                           ELSE rc.renewal_interval END) AT TIME ZONE 'UTC' AS period_ends_at
             FROM new_users n
             LEFT JOIN public.role_credits rc ON rc.role = n.role
             LEFT JOIN public.role_credits fallback ON fallback.role = 'member'
         ),
         allocated AS (
-            INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
-            SELECT user_id, credits, credits FROM planned
+            INSERT INTO public.user_credits
+                (user_id, total_credits, allocated_credits, tracked_credits, period_ends_at,
+                 period_allowance)
+            SELECT user_id, credits, credits,
+                   CASE WHEN period_ends_at IS NOT NULL THEN credits ELSE 0 END,
+                   period_ends_at, CASE WHEN period_ends_at IS NOT NULL THEN credits END
+            FROM planned
             ON CONFLICT (user_id) DO NOTHING
             RETURNING user_id
         ),
@@ -67,9 +77,10 @@ BEGIN
             WHERE p.credits > 0
             RETURNING id, user_id, amount, source
         )
-        -- Each allocation is an untracked lot (026).
-        INSERT INTO public.credit_lots (user_id, log_id, source, amount)
-        SELECT g.user_id, g.id, g.source, g.amount FROM logged g;
+        -- Each allocation is a lot (026), expiring with the period if the role renews.
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
+        SELECT g.user_id, g.id, g.source, g.amount, p.period_ends_at
+        FROM logged g JOIN planned p USING (user_id);
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                 v_detail = PG_EXCEPTION_DETAIL;

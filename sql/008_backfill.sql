@@ -109,9 +109,26 @@ BEGIN
         WHERE NOT p_dry_run AND u.id IN (SELECT c.user_id FROM chosen c)
         FOR KEY SHARE OF u
     ),
+    -- A renewing role's allowance expires with the account's first period
+    -- (030), which starts now.
+    renewing AS MATERIALIZED (
+        SELECT c.user_id,
+               (now() AT TIME ZONE 'UTC' + r.renewal_interval) AT TIME ZONE 'UTC' AS period_ends_at
+        FROM chosen c
+        LEFT JOIN public.role_credits rc ON rc.role = c.role
+        JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
+        WHERE r.renewal_interval IS NOT NULL
+    ),
     allocated AS (
-        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
-        SELECT c.user_id, c.credits, c.credits FROM chosen c JOIN locked l ON l.id = c.user_id
+        INSERT INTO public.user_credits
+            (user_id, total_credits, allocated_credits, tracked_credits, period_ends_at,
+             period_allowance)
+        SELECT c.user_id, c.credits, c.credits,
+               CASE WHEN n.user_id IS NOT NULL THEN c.credits ELSE 0 END,
+               n.period_ends_at, CASE WHEN n.user_id IS NOT NULL THEN c.credits END
+        FROM chosen c
+        JOIN locked l ON l.id = c.user_id
+        LEFT JOIN renewing n ON n.user_id = c.user_id
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id
     ),
@@ -138,10 +155,12 @@ BEGIN
         WHERE NOT p_dry_run AND d.credits > 0
         RETURNING id, user_id, amount, source
     ),
-    -- Each allocation is an untracked lot (026).
+    -- Each allocation is a lot (026), expiring with the period if the role renews.
     lots AS (
-        INSERT INTO public.credit_lots (user_id, log_id, source, amount)
-        SELECT g.user_id, g.id, g.source, g.amount FROM logged g
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
+        SELECT g.user_id, g.id, g.source, g.amount, n.period_ends_at
+        FROM logged g
+        LEFT JOIN renewing n ON n.user_id = g.user_id
     ),
     per_role AS (
         SELECT role, count(*) AS users, sum(credits) AS credits,

@@ -16,9 +16,12 @@
 -- SERIALIZABLE: 40001, see debit_credits); the key with a different amount or
 -- source is CR007.
 --
--- The sources 'signup', 'backfill', 'role_change' and 'refund' are reserved:
--- the first three are role allocations (their sum is allocated_credits), the
--- last names a refund. A grant under one of them is 22023.
+-- The sources 'signup', 'backfill', 'role_change', 'renewal', 'rollover',
+-- 'refund', 'expiry' and 'opening_balance' are reserved: the first five are
+-- role allocations (the first three sum to allocated_credits; the renewal
+-- finds an allowance's lots by them), refund names a refund, expiry an
+-- expiration, opening_balance the lot revision 0010 opened each account with.
+-- A grant under one of them is 22023.
 --
 -- The user's row is locked FOR KEY SHARE before anything is written (the lock
 -- the balance row's foreign key check takes): a user deleted while the grant
@@ -66,10 +69,11 @@ BEGIN
             coalesce(p_amount::text, 'NULL') USING ERRCODE = 'CR006';
     ELSIF p_source IS NULL OR p_source = '' THEN
         RAISE EXCEPTION 'p_source must be a non-empty text' USING ERRCODE = '22023';
-    ELSIF p_source IN ('signup', 'backfill', 'role_change', 'refund') THEN
+    ELSIF p_source IN ('signup', 'backfill', 'role_change', 'renewal', 'rollover', 'refund',
+                       'expiry', 'opening_balance') THEN
         RAISE EXCEPTION 'p_source % is reserved', quote_literal(p_source)
             USING ERRCODE = '22023',
-                  HINT = 'signup, backfill and role_change are role allocations, refund is refund_credits().';
+                  HINT = 'signup, backfill, role_change, renewal and rollover are role allocations, refund is refund_credits(), expiry expire_credits(), opening_balance the lots of revision 0010.';
     ELSIF p_idempotency_key = '' OR length(p_idempotency_key) > 255 THEN
         -- A longer key might not fit the key's index (54000): refuse it by name.
         RAISE EXCEPTION 'p_idempotency_key must be NULL or 1 to 255 characters'
@@ -124,11 +128,21 @@ BEGIN
     END IF;
 
     WITH opened AS (
-        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
-        SELECT c.user_id, c.credits, c.credits FROM public.credits_backfill_candidates c
+        INSERT INTO public.user_credits
+            (user_id, total_credits, allocated_credits, tracked_credits, period_ends_at,
+             period_allowance)
+        SELECT c.user_id, c.credits, c.credits,
+               CASE WHEN n.ends_at IS NOT NULL THEN c.credits ELSE 0 END,
+               n.ends_at, CASE WHEN n.ends_at IS NOT NULL THEN c.credits END
+        FROM public.credits_backfill_candidates c
+        LEFT JOIN public.role_credits rc ON rc.role = c.role
+        JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
+        -- A renewing role's allowance expires with the first period (030).
+        CROSS JOIN LATERAL (SELECT (now() AT TIME ZONE 'UTC' + r.renewal_interval)
+                                   AT TIME ZONE 'UTC' AS ends_at) n
         WHERE c.user_id = p_user_id
         ON CONFLICT (user_id) DO NOTHING
-        RETURNING user_id, total_credits
+        RETURNING user_id, total_credits, period_ends_at
     ),
     cleared AS (
         DELETE FROM public.credit_allocation_failures f
@@ -142,8 +156,9 @@ BEGIN
         WHERE o.total_credits > 0
         RETURNING id, user_id, amount, source
     )
-    INSERT INTO public.credit_lots (user_id, log_id, source, amount)
-    SELECT a.user_id, a.id, a.source, a.amount FROM allocated a;
+    INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
+    SELECT a.user_id, a.id, a.source, a.amount, o.period_ends_at
+    FROM allocated a JOIN opened o USING (user_id);
 
     INSERT INTO public.user_credits AS uc (user_id, total_credits, tracked_credits)
     VALUES (p_user_id, p_amount, CASE WHEN v_tracked THEN p_amount ELSE 0 END)

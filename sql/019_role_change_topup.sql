@@ -29,6 +29,11 @@
 -- a lock timeout) is not swallowed: there is no later repair for a lost
 -- top-up, so the UPDATE fails and can be retried whole.
 --
+-- A renewing role (030): the entitlement is per period. The top-up raises
+-- the current period's allowance (period_allowance) to the new role's, as a
+-- lot expiring with the period; it never lowers it, and the next renewal
+-- gives the new role's allowance.
+--
 -- The balance row is locked after the users row (which the UPDATE holds), the
 -- same order every writer of both uses, so this adds no deadlock.
 CREATE FUNCTION credits_internal.topup_on_role_change() RETURNS trigger
@@ -38,32 +43,49 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_credits   integer;
+    v_interval  interval;
     v_allocated integer;
     v_total     integer;
+    v_ends_at   timestamptz;
+    v_allowance integer;
+    v_anchor    timestamptz;
+    v_have      integer;
     v_topup     integer;
     v_opened    uuid;
 BEGIN
-    SELECT coalesce(rc.credits, fallback.credits, 0) INTO v_credits
+    SELECT coalesce(rc.credits, fallback.credits, 0),
+           CASE WHEN rc.role IS NULL THEN fallback.renewal_interval ELSE rc.renewal_interval END
+    INTO v_credits, v_interval
     FROM (SELECT) AS one
     LEFT JOIN public.role_credits rc ON rc.role = NEW.role
     LEFT JOIN public.role_credits fallback ON fallback.role = 'member';
 
-    -- allocated_credits only ever grows: if what is visible covers the new
-    -- role already, the locked row does too, and nothing needs a lock.
-    SELECT uc.allocated_credits INTO v_allocated
+    -- allocated_credits only ever grows, and so does a live period's
+    -- allowance: if what is visible covers the new role already, the locked
+    -- row does too, and nothing needs a lock.
+    SELECT uc.allocated_credits, uc.period_ends_at, uc.period_allowance
+    INTO v_allocated, v_ends_at, v_allowance
     FROM public.user_credits uc WHERE uc.user_id = NEW.id;
-    IF FOUND AND v_allocated >= v_credits THEN
+    IF FOUND AND (CASE WHEN v_interval IS NULL THEN v_allocated >= v_credits
+                       ELSE v_ends_at > now() AND v_allowance >= v_credits END) THEN
         RETURN NULL;
     END IF;
 
     FOR attempt IN 1..2 LOOP
-        SELECT uc.allocated_credits, uc.total_credits INTO v_allocated, v_total
+        SELECT uc.allocated_credits, uc.total_credits, uc.period_ends_at, uc.period_allowance,
+               uc.created_at
+        INTO v_allocated, v_total, v_ends_at, v_allowance, v_anchor
         FROM public.user_credits uc WHERE uc.user_id = NEW.id
         FOR NO KEY UPDATE;
         EXIT WHEN FOUND;
 
-        INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
-        VALUES (NEW.id, v_credits, v_credits)
+        -- A renewing role's allowance expires with the first period (030).
+        v_ends_at := (now() AT TIME ZONE 'UTC' + v_interval) AT TIME ZONE 'UTC';
+        INSERT INTO public.user_credits
+            (user_id, total_credits, allocated_credits, tracked_credits, period_ends_at,
+             period_allowance)
+        VALUES (NEW.id, v_credits, v_credits, CASE WHEN v_ends_at IS NULL THEN 0 ELSE v_credits END,
+                v_ends_at, CASE WHEN v_ends_at IS NOT NULL THEN v_credits END)
         ON CONFLICT (user_id) DO NOTHING
         RETURNING user_id INTO v_opened;
         IF v_opened IS NOT NULL THEN
@@ -76,8 +98,8 @@ BEGIN
                                    coalesce(quote_literal(NEW.role), 'NULL')))
                     RETURNING id
                 )
-                INSERT INTO public.credit_lots (user_id, log_id, source, amount)
-                SELECT NEW.id, g.id, 'backfill', v_credits FROM logged g;
+                INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
+                SELECT NEW.id, g.id, 'backfill', v_credits, v_ends_at FROM logged g;
             END IF;
             RETURN NULL;
         END IF;
@@ -88,34 +110,57 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    v_topup := least(greatest(v_credits - v_allocated, 0), 2147483647 - v_total);
-    IF v_topup < v_credits - v_allocated THEN
-        RAISE WARNING 'credits-db: role change top-up for user % capped at % of % (total_credits limit 2147483647)',
-            NEW.id, v_topup, v_credits - v_allocated;
-    END IF;
-    IF v_topup <= 0 THEN
+    -- What the account holds for its current period: a one-time role's
+    -- allocation lasts forever (allocated_credits); a renewing role's is the
+    -- period's allowance. An account whose role starts renewing now enters
+    -- its current period holding its one-time allocation; one whose period
+    -- ended without a renewal yet gets the new role's allowance from the
+    -- renewal, which is due.
+    IF v_interval IS NULL THEN
+        v_have := v_allocated;
+        v_ends_at := NULL;
+    ELSIF v_ends_at > now() THEN
+        v_have := v_allowance;
+    ELSIF v_ends_at IS NULL THEN
+        v_have := v_allocated;
+        SELECT p.ends_at INTO v_ends_at
+        FROM credits_internal.allowance_period(v_anchor, v_interval, now()) p;
+    ELSE
         RETURN NULL;
+    END IF;
+
+    v_topup := least(greatest(v_credits - v_have, 0), 2147483647 - v_total);
+    IF v_topup < v_credits - v_have THEN
+        RAISE WARNING 'credits-db: role change top-up for user % capped at % of % (total_credits limit 2147483647)',
+            NEW.id, v_topup, v_credits - v_have;
     END IF;
 
     UPDATE public.user_credits
     SET total_credits = total_credits + v_topup,
         allocated_credits = allocated_credits + v_topup,
+        tracked_credits = tracked_credits + CASE WHEN v_ends_at IS NULL THEN 0 ELSE v_topup END,
+        period_ends_at = coalesce(v_ends_at, period_ends_at),
+        period_allowance = CASE WHEN v_ends_at IS NULL THEN period_allowance
+                                ELSE v_have + v_topup END,
         last_updated = now()
-    WHERE user_id = NEW.id;
+    WHERE user_id = NEW.id AND (v_topup > 0 OR v_ends_at IS DISTINCT FROM period_ends_at);
+    IF v_topup <= 0 THEN
+        RETURN NULL;
+    END IF;
 
     WITH logged AS (
         INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
         VALUES (NEW.id, v_topup, 'credit', 'role_change',
-                CASE WHEN v_topup = v_credits - v_allocated
+                CASE WHEN v_topup = v_credits - v_have
                      THEN format('role changed to %s: allocation raised by %s',
                                  coalesce(quote_literal(NEW.role), 'NULL'), v_topup)
                      ELSE format('role changed to %s: allocation raised by %s, capped at %s (total_credits limit)',
-                                 coalesce(quote_literal(NEW.role), 'NULL'), v_credits - v_allocated, v_topup)
+                                 coalesce(quote_literal(NEW.role), 'NULL'), v_credits - v_have, v_topup)
                 END)
         RETURNING id
     )
-    INSERT INTO public.credit_lots (user_id, log_id, source, amount)
-    SELECT NEW.id, g.id, 'role_change', v_topup FROM logged g;
+    INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
+    SELECT NEW.id, g.id, 'role_change', v_topup, v_ends_at FROM logged g;
     RETURN NULL;
 END
 $$;

@@ -64,7 +64,8 @@ BEGIN
         WHERE l.id = ANY (v_lots)
           AND l.expires_at <= p_as_of AND l.taken < l.amount - l.expired
     ), lots AS (
-        UPDATE public.credit_lots l SET expired = l.expired + d.credits
+        UPDATE public.credit_lots l
+        SET expired = l.expired + d.credits, expired_unspent = l.expired_unspent + d.credits
         FROM due d WHERE l.id = d.id
     ), per_account AS MATERIALIZED (
         SELECT d.user_id, sum(d.credits)::integer AS credits FROM due d GROUP BY d.user_id

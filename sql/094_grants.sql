@@ -49,7 +49,10 @@ BEGIN
                        ' public.debit_credits(uuid, integer, text, text, text),'
                        ' public.grant_credits(uuid, integer, text, text, text, timestamptz, integer),'
                        ' public.expire_credits(timestamptz, integer),'
+                       ' public.renew_allowances(timestamptz, integer),'
                        ' public.get_credit_lots(uuid),'
+                       ' credits_internal.allowance_period(timestamptz, interval, timestamptz),'
+                       ' credits_internal.schedule_renewals(),'
                        ' credits_internal.take_from_lots(uuid, uuid, integer, text, text, text),'
                        ' credits_internal.lot_summary(uuid),'
                        ' public.refund_credits(bigint, text),'
@@ -82,6 +85,7 @@ GRANT EXECUTE ON FUNCTION backfill_user_credits(boolean, integer),
                           grant_credits(uuid, integer, text, text, text, timestamptz, integer),
                           refund_credits(bigint, text),
                           expire_credits(timestamptz, integer),
+                          renew_allowances(timestamptz, integer),
                           add_team_member(uuid, uuid),
                           remove_team_member(uuid, uuid),
                           verify_credit_integrity(),
@@ -127,6 +131,7 @@ BEGIN
                                   get_credit_lots(uuid),
                                   refund_credits(bigint, text),
                                   expire_credits(timestamptz, integer),
+                                  renew_allowances(timestamptz, integer),
                                   add_team_member(uuid, uuid),
                                   remove_team_member(uuid, uuid),
                                   verify_credit_integrity(),

@@ -19,7 +19,7 @@ INTERFACE_FUNCTIONS = {
     "backfill_user_credits", "backfill_user_credits_batch", "credit_allocation_report",
     "add_team_member", "remove_team_member", "debit_credits", "grant_credits",
     "refund_credits", "get_credit_balance", "verify_credit_integrity",
-    "credits_current_user_id", "expire_credits", "get_credit_lots",
+    "credits_current_user_id", "expire_credits", "get_credit_lots", "renew_allowances",
 }
 
 
@@ -38,6 +38,7 @@ def test_internal_objects_carry_no_prefix(conn: Conn) -> None:
         "SELECT proname FROM pg_proc WHERE pronamespace = 'credits_internal'::regnamespace"
         " UNION ALL SELECT relname FROM pg_class"
         " WHERE relnamespace = 'credits_internal'::regnamespace AND relkind = 'r'")]
-    assert sorted(names) == ["allocate_on_signup", "backfill", "current_user_id",
-                             "install_record", "lot_summary", "refuse_log_change",
-                             "replayed_result", "take_from_lots", "topup_on_role_change"]
+    assert sorted(names) == ["allocate_on_signup", "allowance_period", "backfill",
+                             "current_user_id", "install_record", "lot_summary",
+                             "refuse_log_change", "replayed_result", "schedule_renewals",
+                             "take_from_lots", "topup_on_role_change"]

@@ -58,7 +58,8 @@ def plant(conn: Conn, callees: list[tuple[str, str, str]]) -> None:
         conn.execute("GRANT INSERT ON public.attacker_marks TO PUBLIC")
         for name, arguments, result in callees:
             extra = f"{arguments}, " if arguments else ""
-            returned = "" if result == "void" or result.startswith("TABLE") else " NULL"
+            returned = "" if result == "void" or result.startswith("TABLE") \
+                or "OUT " in arguments else " NULL"
             conn.execute(
                 f"CREATE FUNCTION public.{name}({extra}x_planted integer DEFAULT 0)"
                 f" RETURNS {result} LANGUAGE plpgsql AS $planted$ BEGIN"

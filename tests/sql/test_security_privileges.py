@@ -27,7 +27,7 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
         " FROM pg_proc p WHERE p.pronamespace IN ('public'::regnamespace,"
         "                                         'credits_internal'::regnamespace)"
     ).fetchall()
-    assert len(functions) == 21
+    assert len(functions) == 24
     for signature, _definer, config, nobody_can, public_can in functions:
         # SECURITY DEFINER or not, every function fixes its search_path, with
         # pg_temp named last so temporary tables cannot shadow ours.
@@ -37,7 +37,8 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
     definers = {s for s, definer, *_ in functions if definer}
     assert definers == {s for s, *_ in functions} - {
         "credits_internal.refuse_log_change()", "credits_current_user_id()",
-        "credits_internal.current_user_id()"}
+        "credits_internal.current_user_id()",
+        "credits_internal.allowance_period(timestamp with time zone,interval,timestamp with time zone)"}
 
 
 def test_execute_is_granted_exactly_as_documented(conn: Conn) -> None:

@@ -28,6 +28,7 @@ ADMIN_FUNCTIONS = USER_FUNCTIONS | {
     GRANT,
     "refund_credits(bigint,text)",
     "expire_credits(timestamp with time zone,integer)",
+    "renew_allowances(timestamp with time zone,integer)",
     "add_team_member(uuid,uuid)",
     "remove_team_member(uuid,uuid)",
     "verify_credit_integrity()",

@@ -1,0 +1,134 @@
+-- Allowances that renew by role. A role with a renewal_interval gives its
+-- credits once per period instead of once: each allowance is a lot expiring
+-- at the end of its period, and renew_allowances() (031) gives the next one.
+-- NULL, the default of every seeded role, is the one-time allocation of
+-- before: installing this changes nothing until an operator sets one.
+-- rollover_cap is how much of an allowance still unspent at its period's end
+-- carries into the next period (as a lot expiring with that period).
+ALTER TABLE role_credits
+    ADD COLUMN renewal_interval interval
+        CONSTRAINT role_credits_renewal_interval_positive CHECK (renewal_interval > interval '0'),
+    ADD COLUMN rollover_cap integer NOT NULL DEFAULT 0
+        CONSTRAINT role_credits_rollover_cap_nonnegative CHECK (rollover_cap >= 0);
+
+COMMENT ON COLUMN role_credits.renewal_interval IS
+    'NULL: the allocation is given once. Else it renews every interval, periods anchored on the account''s opening (user_credits.created_at), computed in UTC.';
+COMMENT ON COLUMN role_credits.rollover_cap IS
+    'At most this much of an allowance unspent at its period''s end carries into the next period.';
+
+-- The account's current allowance period: when it ends (NULL: the account
+-- does not renew) and what its role gave for it so far (the renewal plus any
+-- role-change top-up), which a role change mid-period raises and never lowers.
+ALTER TABLE user_credits
+    ADD COLUMN period_ends_at timestamptz,
+    ADD COLUMN period_allowance integer
+        CONSTRAINT user_credits_period_allowance_nonnegative CHECK (period_allowance >= 0);
+
+COMMENT ON COLUMN user_credits.period_ends_at IS
+    'End of the current allowance period (its allowance lots expire then); NULL if the account''s role does not renew.';
+COMMENT ON COLUMN user_credits.period_allowance IS
+    'What the role gave for the current period: its renewal and any role-change top-up.';
+
+-- The renewal finds the accounts whose period has ended in this order.
+-- The columns are new: every value is NULL, nothing is indexed yet.
+-- squawk-ignore require-concurrent-index-creation
+CREATE INDEX user_credits_period_ends_idx
+    ON user_credits (period_ends_at)
+    WHERE period_ends_at IS NOT NULL;
+
+-- Of a lot's expired credits, those it still held when its expiry was swept
+-- (the rest came back by refunds after it lapsed, and were spent at its end).
+-- What a renewal may roll over is what was unspent at the period's end:
+-- amount - taken - expired + expired_unspent, whether or not a sweep ran.
+ALTER TABLE credit_lots
+    ADD COLUMN expired_unspent integer NOT NULL DEFAULT 0
+        CONSTRAINT credit_lots_expired_unspent_within_expired
+        CHECK (expired_unspent >= 0 AND expired_unspent <= expired);
+
+COMMENT ON COLUMN credit_lots.expired_unspent IS
+    'Of expired: what the lot still held when its expiry was swept (not refunded back onto it afterwards).';
+
+-- The allowance period containing p_at: [anchor + k x interval, anchor +
+-- (k+1) x interval) for the largest k >= 0 whose start is not after p_at,
+-- each boundary computed from the anchor (not from the previous boundary,
+-- so an account opened on 31 January renews on 28 February, then 31 March)
+-- and in UTC, so that no session's TimeZone moves a boundary. k is found
+-- around an estimate from the average length of twelve periods.
+CREATE FUNCTION credits_internal.allowance_period(
+    p_anchor   timestamptz,
+    p_interval interval,
+    p_at       timestamptz,
+    OUT starts_at timestamptz,
+    OUT ends_at   timestamptz
+)
+LANGUAGE sql
+IMMUTABLE
+STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (x.a + k.k * p_interval) AT TIME ZONE 'UTC',
+           (x.a + (k.k + 1) * p_interval) AT TIME ZONE 'UTC'
+    FROM (SELECT p_anchor AT TIME ZONE 'UTC' AS a, p_at AT TIME ZONE 'UTC' AS t) x
+    CROSS JOIN LATERAL (
+        SELECT floor(extract(epoch FROM x.t - x.a) * 12
+                     / extract(epoch FROM (x.a + 12 * p_interval) - x.a))::bigint AS estimate
+    ) e
+    CROSS JOIN LATERAL (
+        SELECT coalesce(max(g.k), 0) AS k
+        FROM generate_series(greatest(e.estimate - 2, 0), greatest(e.estimate + 2, 0)) AS g(k)
+        WHERE x.a + g.k * p_interval <= x.t
+    ) k
+$$;
+
+REVOKE EXECUTE ON FUNCTION credits_internal.allowance_period(timestamptz, interval, timestamptz)
+    FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_internal.allowance_period(timestamptz, interval, timestamptz) IS
+    'Internal: the allowance period [starts_at, ends_at) containing p_at, anchored on p_anchor, in UTC.';
+
+-- An operator who gives a role a renewal_interval starts its accounts'
+-- renewals: each account's current period (from its opening) is recorded,
+-- and its first renewal comes at that period's end. What the account already
+-- holds (its one-time allocation) stays: a change of role_credits never
+-- takes credits back. Removing the interval stops the renewals (the
+-- renewal skips accounts whose role no longer renews); the current period's
+-- lots still expire at its end.
+CREATE FUNCTION credits_internal.schedule_renewals() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    WITH started AS (
+        SELECT n.role, n.renewal_interval
+        FROM new_roles n
+        JOIN old_roles o ON o.role = n.role
+        WHERE o.renewal_interval IS NULL AND n.renewal_interval IS NOT NULL
+    ), planned AS (
+        SELECT uc.user_id, p.ends_at
+        FROM public.user_credits uc
+        JOIN public.users u ON u.id = uc.user_id
+        LEFT JOIN public.role_credits rc ON rc.role = u.role
+        JOIN started s ON s.role = coalesce(rc.role, 'member')
+        CROSS JOIN LATERAL credits_internal.allowance_period(uc.created_at, s.renewal_interval,
+                                                             now()) p
+        WHERE uc.period_ends_at IS NULL
+    )
+    UPDATE public.user_credits uc
+    SET period_ends_at = p.ends_at,
+        period_allowance = coalesce(uc.period_allowance, uc.allocated_credits)
+    FROM planned p
+    WHERE uc.user_id = p.user_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER role_credits_schedule_renewals
+    AFTER UPDATE ON role_credits
+    REFERENCING OLD TABLE AS old_roles NEW TABLE AS new_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal.schedule_renewals();
+
+REVOKE EXECUTE ON FUNCTION credits_internal.schedule_renewals() FROM PUBLIC;
+
+COMMENT ON FUNCTION credits_internal.schedule_renewals() IS
+    'Trigger: when a role starts renewing, record each of its accounts'' current period so that it renews at that period''s end.';

@@ -1,0 +1,170 @@
+-- Renews the allowance of every account whose period has ended by p_as_of
+-- and whose role (users.role, the member row for a NULL or unknown one; a
+-- team admin's for the pool, which is the admin's account) renews:
+--   * the new period is the one containing p_as_of (030): an account whose
+--     renewal was missed for several periods gets the current period's
+--     allowance once, not one per missed period;
+--   * what the ended period's allowance lots (signup, backfill, role_change,
+--     renewal, rollover lots expiring at its end) still hold expires now, one
+--     'expire' entry per lot, unless a sweep expired it already;
+--   * the allowance: one lot of the role's credits (source 'renewal'),
+--     expiring at the new period's end;
+--   * the rollover: at most rollover_cap of what the ended allowance had
+--     unspent at its end (whether or not a sweep ran), as one lot (source
+--     'rollover') expiring with the new period; only into the period right
+--     after it (after a missed period, it had lapsed during that one).
+--
+-- Set-based, p_limit accounts per call (all when NULL), the longest overdue
+-- first; idempotent per account and period (period_ends_at moves past
+-- p_as_of). Concurrency as expire_credits (028): the accounts are locked
+-- first with SKIP LOCKED (one a debit holds now is left for the next run,
+-- accounts_skipped), and the renewal is the next statement, which sees every
+-- change committed before the locks. Two renewals running together therefore
+-- never renew an account twice: the second either skips it, or locks it after
+-- the first committed and finds its period renewed. p_as_of may be any time,
+-- a later one included.
+--
+-- Errors: p_as_of NULL 22004; p_limit below 1 22023.
+CREATE FUNCTION renew_allowances(
+    p_as_of timestamptz DEFAULT now(),
+    p_limit integer DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_accounts uuid[];
+    v_skipped  integer;
+    v_report   jsonb;
+    v_expired  integer;
+BEGIN
+    IF p_as_of IS NULL THEN
+        RAISE EXCEPTION 'p_as_of must be a time, not NULL' USING ERRCODE = '22004';
+    ELSIF p_limit < 1 THEN
+        RAISE EXCEPTION 'p_limit must be a positive number of accounts or NULL, not %', p_limit
+            USING ERRCODE = '22023';
+    END IF;
+
+    WITH due AS MATERIALIZED (
+        SELECT uc.user_id
+        FROM public.user_credits uc
+        JOIN public.users u ON u.id = uc.user_id
+        LEFT JOIN public.role_credits rc ON rc.role = u.role
+        JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
+        WHERE uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
+        ORDER BY uc.period_ends_at, uc.user_id
+        LIMIT p_limit
+    ), locked AS MATERIALIZED (
+        SELECT uc.user_id
+        FROM public.user_credits uc
+        WHERE uc.user_id IN (SELECT d.user_id FROM due d)
+        ORDER BY uc.user_id
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    SELECT coalesce((SELECT array_agg(k.user_id) FROM locked k), '{}'),
+           (SELECT count(*) FROM due) - (SELECT count(*) FROM locked)
+    INTO v_accounts, v_skipped;
+
+    -- What the ended periods' allowance lots still hold expires first, so the
+    -- history reads: the old allowance expires, then the new one comes.
+    WITH ended AS MATERIALIZED (
+        SELECT l.id, l.user_id, l.amount - l.taken - l.expired AS left_over
+        FROM public.user_credits uc
+        JOIN public.credit_lots l
+          ON l.user_id = uc.user_id AND l.expires_at = uc.period_ends_at
+         AND l.source IN ('signup', 'backfill', 'role_change', 'renewal', 'rollover')
+        WHERE uc.user_id = ANY (v_accounts) AND uc.period_ends_at <= p_as_of
+          AND l.taken < l.amount - l.expired
+    ), expired_lots AS (
+        UPDATE public.credit_lots l
+        SET expired = l.expired + e.left_over, expired_unspent = l.expired_unspent + e.left_over
+        FROM ended e
+        WHERE l.id = e.id
+    ), per_account AS (
+        SELECT e.user_id, sum(e.left_over)::integer AS credits FROM ended e GROUP BY e.user_id
+    ), accounts AS (
+        UPDATE public.user_credits uc
+        SET used_credits = uc.used_credits + a.credits,
+            tracked_credits = uc.tracked_credits - a.credits
+        FROM per_account a
+        WHERE uc.user_id = a.user_id
+    ), logged AS (
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description, lot_id)
+        SELECT e.user_id, -e.left_over, 'expire', 'expiry',
+               format('lot %s expired with its allowance period', e.id), e.id
+        FROM ended e
+        ORDER BY e.user_id, e.id
+        RETURNING amount
+    )
+    SELECT coalesce(-sum(g.amount), 0) INTO v_expired FROM logged g;
+
+    -- Then the new period's allowance and rollover. What the ended allowance
+    -- had unspent at its end, amount - taken - expired + expired_unspent, is
+    -- the same before and after its expiry was swept (030).
+    WITH due AS MATERIALIZED (
+        SELECT uc.user_id, uc.period_ends_at AS ended_at, r.credits, r.rollover_cap,
+               p.starts_at, p.ends_at,
+               coalesce((SELECT sum(l.amount - l.taken - l.expired + l.expired_unspent)
+                         FROM public.credit_lots l
+                         WHERE l.user_id = uc.user_id AND l.expires_at = uc.period_ends_at
+                           AND l.source IN ('signup', 'backfill', 'role_change', 'renewal',
+                                            'rollover')), 0) AS unspent
+        FROM public.user_credits uc
+        JOIN public.users u ON u.id = uc.user_id
+        LEFT JOIN public.role_credits rc ON rc.role = u.role
+        JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
+        CROSS JOIN LATERAL credits_internal.allowance_period(uc.created_at, r.renewal_interval,
+                                                             p_as_of) p
+        WHERE uc.user_id = ANY (v_accounts)
+          AND uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
+    ), per_account AS MATERIALIZED (
+        SELECT d.user_id, d.credits, d.ends_at, d.ended_at,
+               CASE WHEN d.ended_at >= d.starts_at THEN least(d.rollover_cap, d.unspent)::integer
+                    ELSE 0 END AS rollover
+        FROM due d
+    ), accounts AS (
+        UPDATE public.user_credits uc
+        SET total_credits = uc.total_credits + a.credits + a.rollover,
+            tracked_credits = uc.tracked_credits + a.credits + a.rollover,
+            period_ends_at = a.ends_at,
+            period_allowance = a.credits,
+            last_updated = now()
+        FROM per_account a
+        WHERE uc.user_id = a.user_id
+    ), credited AS (
+        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+        SELECT a.user_id, c.amount, 'credit', c.source, c.description
+        FROM per_account a
+        CROSS JOIN LATERAL (VALUES
+            (1, a.credits, 'renewal',
+             format('allowance for the period ending %s', a.ends_at)),
+            (2, a.rollover, 'rollover',
+             format('rollover of unspent allowance from the period ended %s', a.ended_at))
+        ) AS c(n, amount, source, description)
+        WHERE c.amount > 0
+        ORDER BY a.user_id, c.n
+        RETURNING id, user_id, amount, source
+    ), lots AS (
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
+        SELECT c.user_id, c.id, c.source, c.amount, a.ends_at
+        FROM credited c
+        JOIN per_account a ON a.user_id = c.user_id
+    )
+    SELECT jsonb_build_object(
+        'accounts_renewed', (SELECT count(*) FROM per_account),
+        'credits_renewed', (SELECT coalesce(sum(credits), 0) FROM per_account),
+        'credits_rolled_over', (SELECT coalesce(sum(rollover), 0) FROM per_account),
+        'credits_expired', v_expired,
+        'accounts_skipped', v_skipped,
+        'as_of', p_as_of)
+    INTO v_report;
+
+    RETURN v_report;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION renew_allowances(timestamptz, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION renew_allowances(timestamptz, integer) IS
+    'Give each account whose allowance period ended by p_as_of its role''s allowance for the current period (and the capped rollover), p_limit accounts per call; busy accounts are skipped (accounts_skipped) for the next run. Idempotent per account and period.';
