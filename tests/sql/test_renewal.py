@@ -263,6 +263,7 @@ def test_the_renewal_skips_an_account_a_transaction_holds(conn: Conn, db: Databa
         holder.execute("SELECT 1 FROM user_credits WHERE user_id = %s FOR NO KEY UPDATE", (busy,))
         report = renew(conn, as_of=later(conn, "1 month 1 day"))
         assert (report["accounts_renewed"], report["accounts_skipped"]) == (1, 1)
+        assert account(conn, idle)[5] == 350 and account(conn, idle)[2] == 700
         holder.execute("ROLLBACK")
     assert renew(conn, as_of=later(conn, "1 month 1 day"))["accounts_renewed"] == 1
     assert integrity(conn) == []
