@@ -135,8 +135,8 @@ def test_the_rollover_is_the_same_whether_or_not_a_sweep_ran_first(
         holder.execute("ROLLBACK")
     assert one(conn, "SELECT count(*) FROM credit_usage_log WHERE type = 'expire'") == 1
     renew(conn)
-    rollovers = dict(conn.execute("SELECT user_id::text, amount FROM credit_usage_log"
-                                  " WHERE source = 'rollover'").fetchall())
+    rollovers: dict[str, int] = dict(conn.execute(
+        "SELECT user_id::text, amount FROM credit_usage_log WHERE source = 'rollover'").fetchall())
     assert rollovers == {swept: 290, unswept: 290}
     assert integrity(conn) == []
 
@@ -263,7 +263,8 @@ def test_the_renewal_skips_an_account_a_transaction_holds(conn: Conn, db: Databa
         holder.execute("SELECT 1 FROM user_credits WHERE user_id = %s FOR NO KEY UPDATE", (busy,))
         report = renew(conn, as_of=later(conn, "1 month 1 day"))
         assert (report["accounts_renewed"], report["accounts_skipped"]) == (1, 1)
-        assert account(conn, idle)[5] == 350 and account(conn, idle)[2] == 700
+        assert one(conn, "SELECT count(*) FROM credit_usage_log WHERE user_id = %s"
+                         " AND source = 'renewal'", (idle,)) == 1
         holder.execute("ROLLBACK")
     assert renew(conn, as_of=later(conn, "1 month 1 day"))["accounts_renewed"] == 1
     assert integrity(conn) == []
