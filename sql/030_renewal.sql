@@ -7,7 +7,15 @@
 -- carries into the next period (as a lot expiring with that period).
 ALTER TABLE role_credits
     ADD COLUMN renewal_interval interval
-        CONSTRAINT role_credits_renewal_interval_positive CHECK (renewal_interval > interval '0'),
+        -- Every part non-negative, so that anchor + k x interval grows with k,
+        -- and at most a century, so that no period end leaves the timestamp range.
+        CONSTRAINT role_credits_renewal_interval_range CHECK (
+            renewal_interval BETWEEN interval '1 hour' AND interval '100 years'
+            AND extract(year FROM renewal_interval) >= 0
+            AND extract(month FROM renewal_interval) >= 0
+            AND extract(day FROM renewal_interval) >= 0
+            AND extract(epoch FROM renewal_interval
+                        - date_trunc('day', renewal_interval)) >= 0),
     ADD COLUMN rollover_cap integer NOT NULL DEFAULT 0
         CONSTRAINT role_credits_rollover_cap_nonnegative CHECK (rollover_cap >= 0);
 

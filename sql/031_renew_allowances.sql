@@ -24,7 +24,8 @@
 -- the first committed and finds its period renewed. p_as_of may be any time,
 -- a later one included.
 --
--- Errors: p_as_of NULL 22004; p_limit below 1 22023.
+-- Errors: p_as_of NULL 22004; p_as_of infinite or from the year 9000 on
+-- 22023; p_limit below 1 22023.
 CREATE FUNCTION renew_allowances(
     p_as_of timestamptz DEFAULT now(),
     p_limit integer DEFAULT NULL
@@ -41,6 +42,10 @@ DECLARE
 BEGIN
     IF p_as_of IS NULL THEN
         RAISE EXCEPTION 'p_as_of must be a time, not NULL' USING ERRCODE = '22004';
+    ELSIF NOT isfinite(p_as_of) OR p_as_of >= '9000-01-01 00:00+00' THEN
+        -- A period ending after it could leave the timestamp range.
+        RAISE EXCEPTION 'p_as_of must be a finite time before the year 9000, not %', p_as_of
+            USING ERRCODE = '22023';
     ELSIF p_limit < 1 THEN
         RAISE EXCEPTION 'p_limit must be a positive number of accounts or NULL, not %', p_limit
             USING ERRCODE = '22023';

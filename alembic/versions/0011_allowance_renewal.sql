@@ -23,7 +23,15 @@
 -- ---- DDL before the functions (sql/030) ----
 ALTER TABLE role_credits
     ADD COLUMN renewal_interval interval
-        CONSTRAINT role_credits_renewal_interval_positive CHECK (renewal_interval > interval '0'),
+        -- Every part non-negative, so that anchor + k x interval grows with k,
+        -- and at most a century, so that no period end leaves the timestamp range.
+        CONSTRAINT role_credits_renewal_interval_range CHECK (
+            renewal_interval BETWEEN interval '1 hour' AND interval '100 years'
+            AND extract(year FROM renewal_interval) >= 0
+            AND extract(month FROM renewal_interval) >= 0
+            AND extract(day FROM renewal_interval) >= 0
+            AND extract(epoch FROM renewal_interval
+                        - date_trunc('day', renewal_interval)) >= 0),
     ADD COLUMN rollover_cap integer NOT NULL DEFAULT 0
         CONSTRAINT role_credits_rollover_cap_nonnegative CHECK (rollover_cap >= 0);
 
@@ -782,6 +790,10 @@ DECLARE
 BEGIN
     IF p_as_of IS NULL THEN
         RAISE EXCEPTION 'p_as_of must be a time, not NULL' USING ERRCODE = '22004';
+    ELSIF NOT isfinite(p_as_of) OR p_as_of >= '9000-01-01 00:00+00' THEN
+        -- A period ending after it could leave the timestamp range.
+        RAISE EXCEPTION 'p_as_of must be a finite time before the year 9000, not %', p_as_of
+            USING ERRCODE = '22023';
     ELSIF p_limit < 1 THEN
         RAISE EXCEPTION 'p_limit must be a positive number of accounts or NULL, not %', p_limit
             USING ERRCODE = '22023';

@@ -276,6 +276,9 @@ def test_the_renewal_skips_an_account_a_transaction_holds(conn: Conn, db: Databa
 @pytest.mark.parametrize(("call", "sqlstate"), [
     ("SELECT renew_allowances(NULL)", "22004"),
     ("SELECT renew_allowances(now(), 0)", "22023"),
+    ("SELECT renew_allowances('infinity')", "22023"),
+    ("SELECT renew_allowances('-infinity')", "22023"),
+    ("SELECT renew_allowances('9000-01-01 00:00+00')", "22023"),
     ("SELECT grant_credits((SELECT id FROM users LIMIT 1), 5, 'renewal')", "22023"),
     ("SELECT grant_credits((SELECT id FROM users LIMIT 1), 5, 'rollover')", "22023"),
     ("SELECT grant_credits((SELECT id FROM users LIMIT 1), 5, 'expiry')", "22023"),
@@ -287,6 +290,8 @@ def test_bad_arguments_of_the_renewal(conn: Conn, call: str, sqlstate: str) -> N
 
 @pytest.mark.parametrize("change", [
     "renewal_interval = interval '0'", "renewal_interval = interval '-1 day'",
+    "renewal_interval = interval '59 minutes'", "renewal_interval = interval '101 years'",
+    "renewal_interval = interval '1 month -1 day'", "renewal_interval = interval '1 day -1 hour'",
     "rollover_cap = -1"])
 def test_role_credits_refuses_a_period_or_cap_that_cannot_be(conn: Conn, change: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
