@@ -390,9 +390,10 @@ BEGIN
 
     -- After the replay, so that a retry of a grant whose expiry has passed
     -- since still replays.
-    IF p_expires_at <= statement_timestamp() THEN
-        RAISE EXCEPTION 'p_expires_at % is not in the future', p_expires_at
-            USING ERRCODE = '22023', HINT = 'Expired credits could never be spent.';
+    IF p_expires_at <= statement_timestamp() OR p_expires_at = 'infinity' THEN
+        RAISE EXCEPTION 'p_expires_at % is not a time in the future', p_expires_at
+            USING ERRCODE = '22023',
+                  HINT = 'Expired credits could never be spent; NULL never expires.';
     END IF;
 
     -- Checked up front because the upsert would report it as a foreign-key

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -81,6 +82,18 @@ def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(st.just(OMIT), strategy)
 
 
+# Times from ten years ago to ten years ahead (never exactly now), and the infinities.
+moments = st.one_of(st.none(), st.sampled_from(["infinity", "-infinity"]),
+                    st.integers(-3650, 3650).map(
+                        lambda days: datetime.now(UTC) + timedelta(days=days, seconds=1)))
+
+
+def is_past(moment: Any) -> bool:
+    """Not a time in the future (infinity is refused too: NULL never expires)."""
+    return moment in ("-infinity", "infinity") or (isinstance(moment, datetime)
+                                                    and moment <= datetime.now(UTC))
+
+
 @dataclass
 class World:
     conn: Conn
@@ -94,7 +107,14 @@ class World:
 
 
 def world(conn: Conn) -> World:
+    # admin renews monthly; some accounts hold expiring and prioritised lots.
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month', rollover_cap = 10"
+                 " WHERE role = 'admin'")
     users = add_users(conn, *ROLES)
+    for user, days in ((users[2], 3), (users[3], 400)):
+        conn.execute("SELECT grant_credits(%s, 40, p_expires_at => now() + %s * interval '1 day')",
+                     (user, days))
+    conn.execute("SELECT grant_credits(%s, 25, p_priority => 5)", (users[3],))
     users += add_users_without_credits(conn, "member", None, "RecruitPro")
     credits_db.add_team_member(conn, users[0], users[2])
     debit_ids = [credits_db.debit(conn, users[2], amount).log_id  # something to refund
@@ -110,7 +130,8 @@ SIGNATURES: dict[str, list[tuple[str, str, bool]]] = {  # (name, type, optional)
                       ("p_idempotency_key", "text", True)],
     "grant_credits": [("p_user_id", "uuid", False), ("p_amount", "integer", False),
                       ("p_source", "text", True), ("p_description", "text", True),
-                      ("p_idempotency_key", "text", True)],
+                      ("p_idempotency_key", "text", True), ("p_expires_at", "timestamptz", True),
+                      ("p_priority", "integer", True)],
     "refund_credits": [("p_log_id", "bigint", False), ("p_description", "text", True)],
     "get_credit_balance": [("p_user_id", "uuid", False)],
     "add_team_member": [("p_team_admin_id", "uuid", False), ("p_team_member_id", "uuid", False)],
@@ -119,6 +140,9 @@ SIGNATURES: dict[str, list[tuple[str, str, bool]]] = {  # (name, type, optional)
     "backfill_user_credits": [("p_dry_run", "boolean", True), ("p_limit", "integer", True)],
     "credit_allocation_report": [],
     "verify_credit_integrity": [],
+    "expire_credits": [("p_as_of", "timestamptz", True), ("p_limit", "integer", True)],
+    "renew_allowances": [("p_as_of", "timestamptz", True), ("p_limit", "integer", True)],
+    "get_credit_lots": [("p_user_id", "uuid", False)],
 }
 
 
@@ -145,7 +169,9 @@ def strategy(function: str, w: World) -> st.SearchStrategy[dict[str, Any]]:
     pair = {"p_team_admin_id": user, "p_team_member_id": user}
     functions: dict[str, Any] = {
         "debit_credits": credit,
-        "grant_credits": credit,
+        "grant_credits": st.tuples(credit, st.fixed_dictionaries({
+            "p_expires_at": optional(moments), "p_priority": optional(ints)})).map(
+                lambda both: {**both[0], **both[1]}),
         "refund_credits": {"p_log_id": st.one_of(st.sampled_from(w.debit_ids),
                                                  st.integers(1, 20), bigints),
                            "p_description": optional(texts)},
@@ -156,6 +182,9 @@ def strategy(function: str, w: World) -> st.SearchStrategy[dict[str, Any]]:
                                   "p_limit": optional(ints)},
         "credit_allocation_report": {},
         "verify_credit_integrity": {},
+        "expire_credits": {"p_as_of": optional(moments), "p_limit": optional(ints)},
+        "renew_allowances": {"p_as_of": optional(moments), "p_limit": optional(ints)},
+        "get_credit_lots": {"p_user_id": user},
     }
     chosen = functions[function]
     return chosen if isinstance(chosen, st.SearchStrategy) else st.fixed_dictionaries(chosen)
@@ -188,13 +217,28 @@ def expected_error(function: str, args: dict[str, Any]) -> tuple[bool, set[str]]
             return True, {"22023"}
         if function == "debit_credits":
             return False, {"CR001", "CR005", "CR007"}
+        priority = args.get("p_priority", OMIT)
+        if isinstance(priority, int) and not 0 <= priority <= 100:
+            return True, {"22023"}
+        if is_past(args.get("p_expires_at", OMIT)):
+            # Only a replay of an earlier grant with this key and expiry may succeed.
+            return key in (None, OMIT), {"22023", "CR005", "CR006", "CR007"}
         return False, {"CR005", "CR006", "CR007"}
     if function == "refund_credits":
         if args["p_log_id"] is None:
             return True, {"CR008"}
         return False, {"CR008", "CR005", "CR006"}
-    if function == "get_credit_balance":
+    if function in ("get_credit_balance", "get_credit_lots"):
         return args["p_user_id"] is None, {"CR005"}
+    if function in ("expire_credits", "renew_allowances"):
+        as_of, limit = args["p_as_of"], args["p_limit"]
+        if as_of is None:
+            return True, {"22004"}
+        if function == "renew_allowances" and as_of in ("infinity", "-infinity"):
+            return True, {"22023"}
+        if isinstance(limit, int) and limit < 1:
+            return True, {"22023"}
+        return False, set()
     if function in ("add_team_member", "remove_team_member"):
         if None in ids:
             return True, {"CR005"}
@@ -287,6 +331,17 @@ def check_success(w: World, function: str, args: dict[str, Any], result: Any,
             result["users_without_credits"]
     elif function == "verify_credit_integrity":
         assert result == []
+    elif function in ("expire_credits", "renew_allowances"):
+        done = result["lots_expired" if function == "expire_credits" else "accounts_renewed"]
+        limit = args["p_limit"]
+        assert 0 <= done <= (limit if isinstance(limit, int) else done)
+        assert result["accounts_skipped"] == 0  # nothing else holds an account here
+    elif function == "get_credit_lots":
+        remaining = balance(conn, str(args["p_user_id"]))
+        assert sum(lot["remaining"] for lot in result) == (remaining[2] if remaining else 0)
+        order = [(lot["priority"], lot["expires_at"] is None, lot["expires_at"] or "",
+                  lot["lot_id"]) for lot in result]
+        assert order == sorted(order)
 
 
 # --------------------------------------------------------------------------- the tests

@@ -264,6 +264,7 @@ def test_a_debit_made_before_lots_is_refunded_into_the_untracked_credits(conn: C
 @pytest.mark.parametrize(("expires", "priority"), [
     ("now() - interval '1 second'", None),
     ("statement_timestamp()", None),
+    ("'infinity'", None),
     (None, -1),
     (None, 101),
 ])
