@@ -744,12 +744,29 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_roles     text[];
+    v_intervals interval[];
 BEGIN
-    WITH started AS (
-        SELECT n.role, n.renewal_interval
+    -- old_roles exists for an UPDATE only (a statement is planned when it
+    -- first runs, so the INSERT branch never names it).
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(n.role), array_agg(n.renewal_interval) INTO v_roles, v_intervals
+        FROM new_roles n
+        WHERE n.renewal_interval IS NOT NULL;
+    ELSE
+        SELECT array_agg(n.role), array_agg(n.renewal_interval) INTO v_roles, v_intervals
         FROM new_roles n
         JOIN old_roles o ON o.role = n.role
-        WHERE o.renewal_interval IS NULL AND n.renewal_interval IS NOT NULL
+        WHERE o.renewal_interval IS NULL AND n.renewal_interval IS NOT NULL;
+    END IF;
+    IF v_roles IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    WITH started AS (
+        SELECT s.role, s.renewal_interval
+        FROM unnest(v_roles, v_intervals) AS s(role, renewal_interval)
     ), planned AS (
         SELECT uc.user_id, p.ends_at
         FROM public.user_credits uc
@@ -927,6 +944,13 @@ COMMENT ON FUNCTION renew_allowances(timestamptz, integer) IS
 CREATE TRIGGER role_credits_schedule_renewals
     AFTER UPDATE ON role_credits
     REFERENCING OLD TABLE AS old_roles NEW TABLE AS new_roles
+    FOR EACH STATEMENT EXECUTE FUNCTION credits_internal.schedule_renewals();
+
+-- A role added with an interval: its users' accounts, opened on the member
+-- fallback, renew from their current period's end with the new role.
+CREATE TRIGGER role_credits_schedule_renewals_of_new_roles
+    AFTER INSERT ON role_credits
+    REFERENCING NEW TABLE AS new_roles
     FOR EACH STATEMENT EXECUTE FUNCTION credits_internal.schedule_renewals();
 
 GRANT EXECUTE ON FUNCTION renew_allowances(timestamptz, integer) TO credits_admin;

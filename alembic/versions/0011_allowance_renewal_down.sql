@@ -19,6 +19,7 @@ END
 $credits_renewal_in_use$;
 
 DROP TRIGGER role_credits_schedule_renewals ON role_credits;
+DROP TRIGGER role_credits_schedule_renewals_of_new_roles ON role_credits;
 
 -- ---- credits_internal.allocate_on_signup(): as revision 0010 defined it ----
 CREATE OR REPLACE FUNCTION credits_internal.allocate_on_signup() RETURNS trigger
@@ -303,9 +304,10 @@ BEGIN
 
     -- After the replay, so that a retry of a grant whose expiry has passed
     -- since still replays.
-    IF p_expires_at <= statement_timestamp() THEN
-        RAISE EXCEPTION 'p_expires_at % is not in the future', p_expires_at
-            USING ERRCODE = '22023', HINT = 'Expired credits could never be spent.';
+    IF p_expires_at <= statement_timestamp() OR p_expires_at = 'infinity' THEN
+        RAISE EXCEPTION 'p_expires_at % is not a time in the future', p_expires_at
+            USING ERRCODE = '22023',
+                  HINT = 'Expired credits could never be spent; NULL never expires.';
     END IF;
 
     -- Checked up front because the upsert would report it as a foreign-key

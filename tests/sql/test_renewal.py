@@ -296,3 +296,13 @@ def test_bad_arguments_of_the_renewal(conn: Conn, call: str, sqlstate: str) -> N
 def test_role_credits_refuses_a_period_or_cap_that_cannot_be(conn: Conn, change: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(f"UPDATE role_credits SET {change} WHERE role = 'member'")
+
+
+def test_a_role_added_with_an_interval_renews_the_accounts_of_its_users(conn: Conn) -> None:
+    (user,) = add_users(conn, "Sourcer")  # unknown: the member fallback, one-time
+    assert account(conn, user)[4] is None
+    conn.execute("INSERT INTO role_credits (role, credits, renewal_interval)"
+                 " VALUES ('Sourcer', 500, '1 month')")
+    assert account(conn, user)[4] is not None
+    assert renew(conn, as_of=later(conn, "1 month 1 day"))["credits_renewed"] == 500
+    assert integrity(conn) == []
