@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Generic, LiteralString, TypeVar
 from uuid import UUID
 
@@ -25,7 +26,9 @@ from credits_db.models import (
     BackfillBatch,
     BackfillSummary,
     Balance,
+    CreditLot,
     CreditOperation,
+    ExpirySummary,
     HistoryPage,
     IntegrityProblem,
     LedgerEntry,
@@ -168,6 +171,15 @@ def _credit_params(user_id: UserId, amount: int, source: str, description: str |
             "description": description, "idempotency_key": idempotency_key}
 
 
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    # A naive datetime would be read in the session's TimeZone, which the caller
+    # may not know (and a pooler may share): refuse it rather than guess.
+    if value is not None and value.utcoffset() is None:
+        raise InvalidArgument(f"{name} must be a timezone-aware datetime (with tzinfo), "
+                              f"not the naive {value.isoformat()}", field=name)
+    return value
+
+
 def debit(user_id: UserId, amount: int, *, source: str, description: str | None,
           idempotency_key: str | None) -> Call[CreditOperation]:
     """``debit_credits(...)``."""
@@ -177,11 +189,13 @@ def debit(user_id: UserId, amount: int, *, source: str, description: str | None,
 
 
 def grant(user_id: UserId, amount: int, *, source: str, description: str | None,
-          idempotency_key: str | None) -> Call[CreditOperation]:
-    """``grant_credits(...)``."""
-    return Call(QUERIES["grant"],
-                _credit_params(user_id, amount, source, description, idempotency_key),
-                CreditOperation.from_json)
+          idempotency_key: str | None, expires_at: datetime | None = None,
+          priority: int | None = None) -> Call[CreditOperation]:
+    """``grant_credits(..., p_expires_at, p_priority)``."""
+    params = _credit_params(user_id, amount, source, description, idempotency_key)
+    params["expires_at"] = _aware(expires_at, "expires_at")
+    params["priority"] = _int4(priority, "priority", InvalidArgument)
+    return Call(QUERIES["grant"], params, CreditOperation.from_json)
 
 
 def refund(log_id: int, *, description: str | None) -> Call[CreditOperation]:
@@ -195,6 +209,78 @@ def refund(log_id: int, *, description: str | None) -> Call[CreditOperation]:
 def balance(user_id: UserId) -> Call[Balance]:
     """``get_credit_balance(p_user_id)``."""
     return Call(QUERIES["balance"], {"user_id": str(user_id)}, Balance.from_json)
+
+
+def lots(user_id: UserId) -> Call[list[CreditLot]]:
+    """``get_credit_lots(p_user_id)``."""
+    return Call(QUERIES["lots"], {"user_id": str(user_id)}, CreditLot.list_from_json)
+
+
+def expire(*, as_of: datetime | None, limit: int | None) -> Call[ExpirySummary]:
+    """``expire_credits(p_as_of, p_limit)``; ``as_of`` None is the server's now()."""
+    return Call(QUERIES["expire"], {"as_of": _aware(as_of, "as_of"),
+                                    "limit": _int4(limit, "limit", InvalidArgument)},
+                ExpirySummary.from_json)
+
+
+def lots_due(*, as_of: datetime | None) -> Call[int]:
+    """How many lots lapsed by ``as_of`` (None: now) still hold credits: what
+    :func:`expire` would expire (a progress bar's total)."""
+    return Call(QUERIES["lots_due"], {"as_of": _aware(as_of, "as_of")}, int)
+
+
+class ExpiryWalk:
+    """A batched expiry under way: the next call to make, and the totals so far.
+
+    :func:`credits_db.expire_all` and :func:`credits_db.aio.expire_all` keep one
+    of these and only run the calls it hands out, each committed on its own::
+
+        walk = ExpiryWalk(batch_size, on_batch, as_of)
+        while (call := walk.next_batch()) is not None:
+            walk.add_batch(run(call))
+        return walk.finish()
+
+    Each call is ``expire_credits(as_of, batch_size)``; the walk stops after a
+    call that expired nothing. The first call's ``as_of`` (the server's now()
+    when none is given) is passed to every later call, so the walk expires what
+    had lapsed by one moment and always ends.
+    """
+
+    def __init__(self, batch_size: int, on_batch: Callable[[int], None] | None = None,
+                 as_of: datetime | None = None) -> None:
+        if not 1 <= batch_size <= INT4_MAX:
+            raise InvalidArgument(f"batch_size must be between 1 and {INT4_MAX}, not {batch_size}",
+                                  field="batch_size")
+        self._batch_size = batch_size
+        self._on_batch = on_batch
+        self._as_of = _aware(as_of, "as_of")
+        self._done = False
+        self._last: ExpirySummary | None = None
+        self._lots = self._credits = self._accounts = 0
+
+    def next_batch(self) -> Call[ExpirySummary] | None:
+        """The next call, or None once a call expired nothing."""
+        return None if self._done else expire(as_of=self._as_of, limit=self._batch_size)
+
+    def add_batch(self, report: ExpirySummary) -> None:
+        """Count what one call did; the walk is over when it expired nothing."""
+        self._as_of = report.as_of
+        self._last = report
+        self._lots += report.lots_expired
+        self._credits += report.credits_expired
+        self._accounts += report.accounts
+        self._done = report.lots_expired == 0
+        if self._on_batch is not None:
+            self._on_batch(report.lots_expired)
+
+    def finish(self) -> ExpirySummary:
+        """The summary of the whole walk: lots, credits and accounts summed; the
+        accounts the last call skipped (still busy, left for the next run)."""
+        assert self._last is not None, "finish() before the first batch"
+        return ExpirySummary(lots_expired=self._lots, credits_expired=self._credits,
+                             accounts=self._accounts,
+                             accounts_skipped=self._last.accounts_skipped,
+                             as_of=self._last.as_of)
 
 
 def add_team_member(team_admin_id: UserId, team_member_id: UserId) -> Call[None]:
@@ -291,11 +377,20 @@ def acting_user() -> Call[str | None]:
 OVERVIEW_ROWS = 10
 """How many usage rows the overview shows."""
 
+EXPIRING_WITHIN = timedelta(days=30)
+"""How far ahead the overview lists the lots that expire."""
+
+EXPIRING_LOTS = 10
+"""How many expiring lots the overview lists at most (soonest first)."""
+
 
 def overview(user_id: UserId, *, limit: int = OVERVIEW_ROWS) -> Call[Overview]:
-    """Balance, last usage rows and allocation failure of one user, in one snapshot."""
+    """Balance, last usage rows, lots expiring soon and allocation failure of one user,
+    in one snapshot."""
     _int4(limit, "limit", InvalidArgument)
-    return Call(QUERIES["overview"], {"user_id": user_id_text(user_id), "limit": limit},
+    return Call(QUERIES["overview"], {"user_id": user_id_text(user_id), "limit": limit,
+                                      "expiring_within": EXPIRING_WITHIN,
+                                      "expiring_lots": EXPIRING_LOTS},
                 Overview.from_json)
 
 

@@ -106,7 +106,8 @@ def _commit_outcome_unknown() -> Iterator[None]:
         _raise_translated(exc, may_have_committed=True)
 
 
-def run_committed(conn: SyncConnection, call: Call[T]) -> T:
+def run_committed(conn: SyncConnection, call: Call[T], *, batched: str = "backfill_all",
+                  single: str = "backfill") -> T:
     """Execute ``call`` in a transaction of its own, committed before this returns.
 
     An Engine, or a connection in autocommit mode and outside any transaction
@@ -116,20 +117,24 @@ def run_committed(conn: SyncConnection, call: Call[T]) -> T:
     commit the caller's own pending work, and not committing would hold every
     batch's rows and locks until the caller commits.
 
+    ``batched`` and ``single`` name, in the refusal, the batched function that
+    runs it and the one to call inside a transaction instead.
+
     Raises:
         InvalidArgument: ``conn`` is inside a transaction.
     """
     if isinstance(conn, sa.Engine) or _may_commit(conn):
         return run(conn, call)
-    _refuse_open_transaction(conn)
+    _refuse_open_transaction(conn, batched, single)
     return _run_and_commit(conn, call)
 
 
-async def arun_committed(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:
+async def arun_committed(conn: psycopg.AsyncConnection[Any], call: Call[T], *,
+                         batched: str = "backfill_all", single: str = "backfill") -> T:
     """:func:`run_committed` on an async psycopg connection."""
     if _may_commit(conn):
         return await arun(conn, call)
-    _refuse_open_transaction(conn)
+    _refuse_open_transaction(conn, batched, single)
     try:
         result = await arun(conn, call)
     except BaseException:
@@ -141,7 +146,7 @@ async def arun_committed(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T
     return result
 
 
-def _refuse_open_transaction(conn: _Connection) -> None:
+def _refuse_open_transaction(conn: _Connection, batched: str, single: str) -> None:
     """InvalidArgument when ``conn`` is inside a transaction (the caller's, or a failed one)."""
     if isinstance(conn, sa.Connection):
         open_ = conn.in_transaction()
@@ -150,9 +155,9 @@ def _refuse_open_transaction(conn: _Connection) -> None:
                                                  TransactionStatus.INERROR)
     if open_:
         raise InvalidArgument(
-            "backfill_all commits each batch in a transaction of its own, so it needs a "
+            f"{batched} commits each batch in a transaction of its own, so it needs a "
             "connection outside any transaction (autocommit, or commit or roll back first) "
-            "or a SQLAlchemy Engine; to join your transaction, use backfill()")
+            f"or a SQLAlchemy Engine; to join your transaction, use {single}()")
 
 
 async def arun(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:

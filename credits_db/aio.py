@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -18,7 +19,9 @@ from credits_db.models import (
     BackfillBatch,
     BackfillSummary,
     Balance,
+    CreditLot,
     CreditOperation,
+    ExpirySummary,
     HistoryPage,
     IntegrityProblem,
     LedgerEntry,
@@ -75,10 +78,12 @@ async def debit(conn: AsyncConnection, user_id: UserId, amount: int, *, source: 
 
 async def grant(conn: AsyncConnection, user_id: UserId, amount: int, *,
                 source: str = "admin_grant", description: str | None = None,
-                idempotency_key: str | None = None) -> CreditOperation:
+                idempotency_key: str | None = None, expires_at: datetime | None = None,
+                priority: int | None = None) -> CreditOperation:
     """Async :func:`credits_db.grant`."""
     return await arun(conn, _calls.grant(user_id, amount, source=source, description=description,
-                                         idempotency_key=idempotency_key))
+                                         idempotency_key=idempotency_key, expires_at=expires_at,
+                                         priority=priority))
 
 
 async def refund(conn: AsyncConnection, log_id: int, *, description: str | None = None
@@ -90,6 +95,32 @@ async def refund(conn: AsyncConnection, log_id: int, *, description: str | None 
 async def balance(conn: AsyncConnection, user_id: UserId) -> Balance:
     """Async :func:`credits_db.balance`."""
     return await arun(conn, _calls.balance(user_id))
+
+
+async def lots(conn: AsyncConnection, user_id: UserId) -> list[CreditLot]:
+    """Async :func:`credits_db.lots`."""
+    return await arun(conn, _calls.lots(user_id))
+
+
+async def expire(conn: AsyncConnection, *, as_of: datetime | None = None,
+                 limit: int | None = None) -> ExpirySummary:
+    """Async :func:`credits_db.expire`."""
+    return await arun(conn, _calls.expire(as_of=as_of, limit=limit))
+
+
+async def expire_all(conn: AsyncConnection, *, as_of: datetime | None = None,
+                     batch_size: int = 10_000, on_batch: Callable[[int], None] | None = None
+                     ) -> ExpirySummary:
+    """Async :func:`credits_db.expire_all`: each call committed on its own.
+
+    A connection inside a transaction is refused (``InvalidArgument``, nothing
+    sent). ``on_batch`` is a plain function, called on the event loop after each
+    call: keep it quick.
+    """
+    walk = _calls.ExpiryWalk(batch_size, on_batch, as_of)
+    while (call := walk.next_batch()) is not None:
+        walk.add_batch(await arun_committed(conn, call, batched="expire_all", single="expire"))
+    return walk.finish()
 
 
 async def add_team_member(conn: AsyncConnection, team_admin_id: UserId, team_member_id: UserId

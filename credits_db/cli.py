@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,9 +20,17 @@ import psycopg
 import sqlalchemy.exc
 
 import credits_db
-from credits_db import demo, embedded, migrate, urls
+from credits_db import _calls, demo, embedded, migrate, urls
+from credits_db._execute import run
 from credits_db.errors import CreditsError, NotInstalled
-from credits_db.models import AllocationReport, BackfillSummary, RoleAllocation
+from credits_db.models import (
+    AllocationReport,
+    BackfillSummary,
+    CreditLot,
+    Expiry,
+    ExpirySummary,
+    RoleAllocation,
+)
 
 
 class UsageError(Exception):
@@ -128,6 +137,29 @@ class Progress:
         else:
             sys.stderr.write(text + "\n")
         sys.stderr.flush()
+
+
+def aware_time(text: str) -> datetime:
+    """An ISO 8601 time with a UTC offset (``2030-01-31T00:00:00Z``, ``...+02:00``): the
+    argparse type of ``--expires-at`` and ``--as-of``."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2030-01-31T00:00:00Z)") from None
+    if value.utcoffset() is None:
+        # Read in which time zone? The server's, the shell's: refuse to guess.
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no UTC offset: add one (Z, +00:00, +02:00 ...)")
+    return value
+
+
+def _when(value: datetime | None) -> str:
+    return "never" if value is None else value.isoformat(timespec="seconds")
+
+
+def _expiry(expiry: Expiry) -> str:
+    return f"{expiry.credits} credits expire at {_when(expiry.expires_at)}"
 
 
 def _role_table(title: str, by_role: Mapping[str, RoleAllocation]) -> str:
@@ -323,13 +355,25 @@ def _explanation_lines(e: credits_db.UserExplanation) -> list[str]:
                      f"largest allocation given {e.allocated_credits}")
     if balance.team_admin_id is not None:
         lines.append(f"team pool: member of {balance.team_admin_id}'s pool, "
-                     f"{balance.team_pool_remaining} remaining")
+                     f"{balance.team_pool_remaining} remaining"
+                     + _lapsed(balance.team_pool_remaining, balance.team_pool_spendable))
     if e.team_members:
         lines.append(f"team members: {', '.join(map(str, e.team_members))}")
     if e.overview.failure is not None:
         f = e.overview.failure
         lines.append(f"signup allocation failed at {f.failed_at.isoformat(timespec='seconds')}: "
                      f"{f.sqlstate} {_cell(f.message)}")
+    if balance.own is not None and balance.own.spendable_credits != balance.own.remaining_credits:
+        lines.append(f"lapsed, not swept yet: "
+                     f"{balance.own.remaining_credits - balance.own.spendable_credits} credits "
+                     "(not spendable; credits-db expire records their expiry)")
+    if balance.next_expiry is not None:
+        lines.append(f"next expiry: {_expiry(balance.next_expiry)}")
+    if balance.team_pool_next_expiry is not None:
+        lines.append(f"team pool next expiry: {_expiry(balance.team_pool_next_expiry)}")
+    for lot in e.overview.expiring_lots:
+        lines.append(f"  lot #{lot.lot_id} ({_cell(lot.source)}): {lot.remaining} of "
+                     f"{lot.amount} expire at {_when(lot.expires_at)}")
     lines.append(f"spendable now: {balance.spendable}")
     lines.append("overview (GET /api/billing/overview) answers: accountStatus "
                  f"{e.overview.status}, remainingCredits "
@@ -367,7 +411,8 @@ def cmd_grant(args: argparse.Namespace) -> int:
     with _connect(_resolve_url(args)) as conn:
         operation = credits_db.grant(conn, args.user, args.amount, source=args.source,
                                      description=args.description,
-                                     idempotency_key=args.idempotency_key)
+                                     idempotency_key=args.idempotency_key,
+                                     expires_at=args.expires_at, priority=args.priority)
     _print_operation(args, operation)
     return 0
 
@@ -382,11 +427,71 @@ def cmd_balance(args: argparse.Namespace) -> int:
     out(f"user {balance.user_id}")
     out("own: none" if own is None else
         f"own: {own.remaining_credits} remaining of {own.total_credits} "
-        f"({own.used_credits} used)")
+        f"({own.used_credits} used), {own.spendable_credits} spendable"
+        + _lapsed(own.remaining_credits, own.spendable_credits))
+    if own is not None and own.next_expiry is not None:
+        out(f"own next expiry: {_expiry(own.next_expiry)}")
     if balance.team_admin_id is not None:
-        out(f"team pool of {balance.team_admin_id}: {balance.team_pool_remaining} remaining")
+        out(f"team pool of {balance.team_admin_id}: {balance.team_pool_remaining} remaining, "
+            f"{balance.team_pool_spendable} spendable"
+            + _lapsed(balance.team_pool_remaining, balance.team_pool_spendable))
+        if balance.team_pool_next_expiry is not None:
+            out(f"team pool next expiry: {_expiry(balance.team_pool_next_expiry)}")
     out(f"spendable now: {balance.spendable}")
     return 0
+
+
+def _lapsed(remaining: int | None, spendable: int | None) -> str:
+    """What lapsed and waits for the sweep, when something did."""
+    if remaining is None or spendable is None or remaining == spendable:
+        return ""
+    return f" ({remaining - spendable} lapsed: credits-db expire sweeps them)"
+
+
+def cmd_lots(args: argparse.Namespace) -> int:
+    with _connect(_resolve_url(args)) as conn:
+        lots = credits_db.lots(conn, args.user)
+    if args.json:
+        _print_json([asdict(lot) for lot in lots])
+        return 0
+    out(_lots_table(f"Lots of {args.user} (in spending order)", lots))
+    return 0
+
+
+def _lots_table(title: str, lots: Iterable[CreditLot]) -> str:
+    return table(title, ("lot", "source", "amount", "remaining", "expires", "priority", "state"),
+                 ((lot.lot_id, lot.source, lot.amount, lot.remaining, _when(lot.expires_at),
+                   lot.priority, lot.state) for lot in lots), "rlrrlrl")
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    _check_batch_size(args.batch_size)
+    with _connect(_resolve_url(args)) as conn:
+        if args.batch_size is None:
+            summary = credits_db.expire(conn, as_of=args.as_of)
+        else:
+            summary = _expire_in_batches(conn, args.batch_size, args.as_of,
+                                         show_progress=not args.json)
+    if args.json:
+        _print_json(asdict(summary))
+        return 0
+    out(f"expired {summary.credits_expired} credits from {summary.lots_expired} lot(s) of "
+        f"{summary.accounts} account(s), as of {_when(summary.as_of)}")
+    if summary.accounts_skipped:
+        out(f"skipped {summary.accounts_skipped} busy account(s): run credits-db expire again")
+    return 0
+
+
+def _expire_in_batches(conn: psycopg.Connection[Any], batch_size: int, as_of: datetime | None,
+                       *, show_progress: bool) -> ExpirySummary:
+    """``expire_all`` with a progress line on stderr."""
+    due = run(conn, _calls.lots_due(as_of=as_of))
+    progress = Progress("expire: lots", due, enabled=show_progress)
+    try:
+        return credits_db.expire_all(conn, as_of=as_of, batch_size=batch_size,
+                                     on_batch=progress.advance)
+    finally:
+        progress.close()
 
 
 def cmd_team(args: argparse.Namespace) -> int:
@@ -582,8 +687,22 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--source", default=default_source)
         sub.add_argument("--description")
         sub.add_argument("--idempotency-key")
-    add("balance", cmd_balance, "USER's balance, team pool and spendable amount").add_argument(
-        "user")
+        if name == "grant":
+            sub.add_argument("--expires-at", type=aware_time, metavar="ISO8601",
+                             help="the credits expire then (with a UTC offset, e.g. "
+                             "2030-01-31T00:00:00Z); default: never")
+            sub.add_argument("--priority", type=int, metavar="N",
+                             help="0..100, lower spent first (default 50)")
+    add("balance", cmd_balance, "USER's balance, team pool, spendable amount and next "
+        "expiry").add_argument("user")
+    add("lots", cmd_lots, "USER's credit lots in spending order: amount, remaining, expiry, "
+        "priority, state").add_argument("user")
+    expire = add("expire", cmd_expire, "expire what lapsed lots still hold (one expire entry "
+                 "per lot)")
+    expire.add_argument("--as-of", type=aware_time, metavar="ISO8601",
+                        help="expire the lots lapsed by then (default: now)")
+    expire.add_argument("--batch-size", type=int, default=None,
+                        help="commit every N lots, with a progress line (default: one call)")
     team = add("team", cmd_team, "team pools: add|remove ADMIN MEMBER, list ADMIN")
     team.add_argument("action", choices=("add", "remove", "list"))
     team.add_argument("admin")

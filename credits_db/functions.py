@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -24,7 +25,9 @@ from credits_db.models import (
     BackfillBatch,
     BackfillSummary,
     Balance,
+    CreditLot,
     CreditOperation,
+    ExpirySummary,
     HistoryPage,
     IntegrityProblem,
     LedgerEntry,
@@ -156,14 +159,28 @@ def grant(
     source: str = "admin_grant",
     description: str | None = None,
     idempotency_key: str | None = None,
+    expires_at: datetime | None = None,
+    priority: int | None = None,
 ) -> CreditOperation:
-    """Add ``amount`` credits to the user's account (creating it if missing).
+    """Add ``amount`` credits to the user's account (creating it if missing), as one lot.
+
+    Parameters:
+        expires_at: when the lot's unspent credits expire (a timezone-aware
+            datetime in the future); None: never.
+        priority: 0..100, lower spent first; None: the default 50. A lot with an
+            expiry or another priority is tracked (see :func:`lots`).
+        idempotency_key: a retry with the same key (and the same amount, source,
+            expiry and priority) returns the first grant with ``replayed=True``.
 
     Raises:
-        UnknownUser, InvalidAmount (also when the total would pass 2^31-1), IdempotencyConflict.
+        UnknownUser, InvalidAmount (also when the total would pass 2^31-1),
+        IdempotencyConflict (the key with another amount, source, expiry or priority),
+        InvalidArgument: ``expires_at`` is naive (``field="expires_at"``, nothing
+            is sent) or not in the future, ``priority`` outside 0..100.
     """
     return run(conn, _calls.grant(user_id, amount, source=source, description=description,
-                                  idempotency_key=idempotency_key))
+                                  idempotency_key=idempotency_key, expires_at=expires_at,
+                                  priority=priority))
 
 
 def refund(conn: SyncConnection, log_id: int, *, description: str | None = None
@@ -183,6 +200,83 @@ def balance(conn: SyncConnection, user_id: UserId) -> Balance:
         UnknownUser.
     """
     return run(conn, _calls.balance(user_id))
+
+
+def lots(conn: SyncConnection, user_id: UserId) -> list[CreditLot]:
+    """The user's lots in spending order (priority, soonest expiry, oldest), with what
+    is left of each and its state (``open``, ``lapsed``, ``expired``, ``spent``);
+    empty for a user without a balance row.
+
+    Raises:
+        UnknownUser.
+        PermissionDenied: a credits_user asked for another user's lots.
+    """
+    return run(conn, _calls.lots(user_id))
+
+
+def expire(conn: SyncConnection, *, as_of: datetime | None = None, limit: int | None = None
+           ) -> ExpirySummary:
+    """Expire what lapsed lots still hold: one ``expire`` entry per lot, the balance's
+    used credits up by as much. Idempotent (an expired lot holds nothing more).
+
+    Parameters:
+        conn: where to run it; joins the caller's transaction. The database role
+            must be a member of credits_admin.
+        as_of: expire the lots that lapsed at or before this time (timezone-aware;
+            later than now expires early); None: the server's now().
+        limit: at most this many lots, soonest expiry first; None: all.
+
+    Accounts a debit, grant or refund holds at that moment are skipped
+    (``accounts_skipped``), never waited for: run it again later.
+
+    Raises:
+        InvalidArgument: ``as_of`` is naive (``field="as_of"``, nothing sent), or
+            ``limit`` is below 1.
+        PermissionDenied: the role is not a member of credits_admin.
+    """
+    return run(conn, _calls.expire(as_of=as_of, limit=limit))
+
+
+def expire_all(
+    conn: SyncConnection,
+    *,
+    as_of: datetime | None = None,
+    batch_size: int = 10_000,
+    on_batch: Callable[[int], None] | None = None,
+) -> ExpirySummary:
+    """Expire every lapsed lot, ``batch_size`` lots per call, each call committed on its own.
+
+    What ``credits-db expire --batch-size N`` runs. Calls :func:`expire` with
+    ``limit=batch_size`` until a call expires nothing. The first call's
+    ``as_of`` (now when None) is passed to every later one, so the walk expires
+    what had lapsed by that moment. Commits as :func:`backfill_all` does: each
+    call is a transaction of its own, and **a connection inside a transaction is
+    refused** (nothing is sent); to expire inside your transaction, call
+    :func:`expire` there. If it stops half way, the batches before stay
+    committed and running it again carries on.
+
+    Parameters:
+        conn: a psycopg Connection or SQLAlchemy Connection outside any
+            transaction, or a SQLAlchemy Engine.
+        as_of: as for :func:`expire`.
+        batch_size: lots per call (1 .. 2^31-1).
+        on_batch: called after each call with the lots it expired (the last,
+            empty call's 0 too), e.g. to advance a progress bar.
+
+    Returns:
+        The walk as one summary: lots, credits and accounts summed over the
+        calls; ``accounts_skipped`` as the last call found them (busy accounts
+        still holding lapsed lots, left for the next run).
+
+    Raises:
+        InvalidArgument: ``conn`` is inside a transaction, ``as_of`` is naive, or
+            ``batch_size`` is out of range (nothing is sent).
+        PermissionDenied: the role is not a member of credits_admin.
+    """
+    walk = _calls.ExpiryWalk(batch_size, on_batch, as_of)
+    while (call := walk.next_batch()) is not None:
+        walk.add_batch(run_committed(conn, call, batched="expire_all", single="expire"))
+    return walk.finish()
 
 
 def add_team_member(conn: SyncConnection, team_admin_id: UserId, team_member_id: UserId) -> None:
@@ -236,8 +330,9 @@ def history_page(conn: SyncConnection, user_id: UserId, *, limit: int = 50,
 
 
 def overview(conn: SyncConnection, user_id: UserId) -> Overview:
-    """What ``GET /api/billing/overview`` shows for a user: the balance, the last usage
-    rows and, for an account without credits, why (``Overview.status``).
+    """What ``GET /api/billing/overview`` shows for a user: the balance (its next
+    expiry, own and pool), the last usage rows, the own lots expiring within 30 days
+    and, for an account without credits, why (``Overview.status``).
 
     Raises:
         UnknownUser: no such user.

@@ -190,19 +190,51 @@ class CreditOperation:
 
 
 @dataclass(frozen=True)
+class Expiry:
+    """When an account's soonest open lots expire, and the credits they still hold."""
+
+    expires_at: datetime
+    credits: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Expiry | None:
+        """Build from a ``next_expiry`` of ``get_credit_balance()`` (None for none)."""
+        if data is None:
+            return None
+        return cls(datetime.fromisoformat(data["expires_at"]), int(data["credits"]))
+
+
+@dataclass(frozen=True)
 class OwnBalance:
-    """An account's own balance row."""
+    """An account's own balance row.
+
+    Attributes:
+        total_credits: every credit the account received.
+        used_credits: what was spent, and what expired.
+        remaining_credits: total less used: spendable lots, and lapsed lots the
+            expiry sweep (:func:`credits_db.expire`) has not reached yet.
+        spendable_credits: remaining less what lapsed without a sweep yet: the
+            most a debit can take from this account now.
+        next_expiry: the soonest expiry of a lot that still holds credits, and
+            how many credits expire then (None when no open lot expires).
+    """
 
     total_credits: int
     used_credits: int
     remaining_credits: int
+    spendable_credits: int
+    next_expiry: Expiry | None
 
 
 @dataclass(frozen=True)
 class Balance:
     """What a user can spend: own balance, team pool, and ``spendable``.
 
-    ``spendable`` is the largest amount a single debit would accept right now.
+    ``spendable`` is the largest amount a single debit would accept right now:
+    the larger of ``own.spendable_credits`` and ``team_pool_spendable`` (a debit
+    is never split). ``team_pool_spendable`` and ``team_pool_next_expiry`` are
+    the pool's as :class:`OwnBalance` has them for the user's own account (None
+    outside a pool, and for a pool with no open lot that expires).
     """
 
     user_id: UUID
@@ -210,6 +242,13 @@ class Balance:
     team_admin_id: UUID | None
     team_pool_remaining: int | None
     spendable: int
+    team_pool_spendable: int | None
+    team_pool_next_expiry: Expiry | None
+
+    @property
+    def next_expiry(self) -> Expiry | None:
+        """The own account's next expiry (None without an account, or when nothing expires)."""
+        return None if self.own is None else self.own.next_expiry
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Balance:
@@ -218,15 +257,113 @@ class Balance:
         user = _uuid(data["user_id"])
         assert user is not None
         pool = data.get("team_pool_remaining")
+        pool_spendable = data.get("team_pool_spendable")
         return cls(
             user_id=user,
             own=None if own is None else OwnBalance(
-                int(own["total_credits"]), int(own["used_credits"]), int(own["remaining_credits"])
+                int(own["total_credits"]), int(own["used_credits"]), int(own["remaining_credits"]),
+                int(own["spendable_credits"]), Expiry.from_json(own.get("next_expiry")),
             ),
             team_admin_id=_uuid(data.get("team_admin_id")),
             team_pool_remaining=None if pool is None else int(pool),
             spendable=int(data["spendable"]),
+            team_pool_spendable=None if pool_spendable is None else int(pool_spendable),
+            team_pool_next_expiry=Expiry.from_json(data.get("team_pool_next_expiry")),
         )
+
+
+LotState = Literal["open", "lapsed", "expired", "spent"]
+"""Where a lot stands: ``open`` (spendable), ``lapsed`` (past its expiry, not swept
+yet: not spendable), ``expired`` (swept: its unspent credits expired) or ``spent``."""
+
+
+@dataclass(frozen=True)
+class CreditLot:
+    """One lot of an account (``get_credit_lots()``): credits received together.
+
+    Attributes:
+        lot_id: the lot (``credit_lots.id``).
+        source: where its credits came from (``signup``, ``backfill``, a grant's source).
+        log_id: the ledger entry that created it (None for the opening lot of an
+            account that existed before lots).
+        amount: credits it was given.
+        remaining: what is left of it (credits in a lapsed lot still count here
+            until the sweep expires them).
+        taken: what debits took from it.
+        expired: what expired from it.
+        expires_at: when its unspent credits expire (None: never).
+        priority: 0..100, lower spent first (50 by default).
+        created_at: when it was received.
+        state: ``open``, ``lapsed``, ``expired`` or ``spent``.
+    """
+
+    lot_id: int
+    source: str
+    log_id: int | None
+    amount: int
+    remaining: int
+    taken: int
+    expired: int
+    expires_at: datetime | None
+    priority: int
+    created_at: datetime
+    state: LotState
+
+    @classmethod
+    def list_from_json(cls, rows: list[Mapping[str, Any]]) -> list[CreditLot]:
+        """Build the list from the jsonb array ``get_credit_lots()`` returns."""
+        return [
+            cls(lot_id=int(r["lot_id"]), source=str(r["source"]),
+                log_id=None if r["log_id"] is None else int(r["log_id"]),
+                amount=int(r["amount"]), remaining=int(r["remaining"]), taken=int(r["taken"]),
+                expired=int(r["expired"]),
+                expires_at=None if r["expires_at"] is None
+                else datetime.fromisoformat(r["expires_at"]),
+                priority=int(r["priority"]), created_at=datetime.fromisoformat(r["created_at"]),
+                state=_lot_state(r["state"]))
+            for r in rows
+        ]
+
+
+_LOT_STATES: Final = ("open", "lapsed", "expired", "spent")
+
+
+def _lot_state(value: Any) -> LotState:
+    if value not in _LOT_STATES:
+        raise ValueError(f"unknown lot state {value!r}")
+    state: LotState = value
+    return state
+
+
+@dataclass(frozen=True)
+class ExpirySummary:
+    """What ``expire_credits()`` did (or, from :func:`credits_db.expire_all`, every
+    batch together).
+
+    Attributes:
+        lots_expired: lots whose unspent credits expired (one ``expire`` entry each).
+        credits_expired: the credits that expired.
+        accounts: accounts that lost credits (summed over the batches of a walk:
+            an account whose lots fell into two batches counts twice).
+        accounts_skipped: accounts with lots due that were busy (locked by a
+            debit, grant or refund) and so were left for the next run; for a
+            walk, those its last call left.
+        as_of: the time lots were expired as of (lapsed at or before it).
+    """
+
+    lots_expired: int
+    credits_expired: int
+    accounts: int
+    accounts_skipped: int
+    as_of: datetime
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExpirySummary:
+        """Build from the jsonb ``expire_credits()`` returns."""
+        return cls(lots_expired=int(data["lots_expired"]),
+                   credits_expired=int(data["credits_expired"]),
+                   accounts=int(data["accounts"]), accounts_skipped=int(data["accounts_skipped"]),
+                   as_of=datetime.fromisoformat(data["as_of"]))
 
 
 @dataclass(frozen=True)
@@ -262,7 +399,12 @@ class IntegrityProblem:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One row of ``credit_usage_log``."""
+    """One row of ``credit_usage_log``.
+
+    ``type`` is ``credit``, ``debit`` or ``expire`` (a lot's unspent credits
+    expired: a negative amount, source ``expiry``); ``lot_id`` names the lot of an
+    ``expire`` entry (None for the others).
+    """
 
     id: int
     user_id: UUID
@@ -273,6 +415,7 @@ class LedgerEntry:
     description: str | None
     idempotency_key: str | None
     created_at: datetime
+    lot_id: int | None = None
 
     @classmethod
     def list_from_json(cls, rows: list[Mapping[str, Any]]) -> list[LedgerEntry]:
@@ -286,6 +429,7 @@ class LedgerEntry:
                 amount=int(r["amount"]), type=str(r["type"]), source=str(r["source"]),
                 description=r["description"], idempotency_key=r["idempotency_key"],
                 created_at=datetime.fromisoformat(r["created_at"]),
+                lot_id=None if r.get("lot_id") is None else int(r["lot_id"]),
             ))
         return entries
 
@@ -344,12 +488,18 @@ def account_status(own: OwnBalance | None, failure: AllocationFailure | None
 
 @dataclass(frozen=True)
 class Overview:
-    """What ``GET /api/billing/overview`` answers for a user: the balance, the last
-    usage rows (own account, and pool debits made as a member) and the account's status."""
+    """What ``GET /api/billing/overview`` answers for a user: the balance (with the
+    next expiry, own and pool), the last usage rows (own account, and pool debits made
+    as a member), the own account's lots that expire soon and the account's status.
+
+    ``expiring_lots``: the own account's open lots expiring within
+    ``EXPIRING_WITHIN`` (30 days), soonest first, at most ``EXPIRING_LOTS`` (10).
+    """
 
     balance: Balance
     recent_usage: list[LedgerEntry]
     failure: AllocationFailure | None
+    expiring_lots: list[CreditLot]
 
     @property
     def status(self) -> AccountStatus:
@@ -371,7 +521,8 @@ class Overview:
         """Build from the jsonb of the ``overview`` query."""
         return cls(Balance.from_json(data["balance"]),
                    LedgerEntry.list_from_json(data["recent_usage"]),
-                   AllocationFailure.from_json(data.get("failure")))
+                   AllocationFailure.from_json(data.get("failure")),
+                   CreditLot.list_from_json(data["expiring_lots"]))
 
 
 @dataclass(frozen=True)

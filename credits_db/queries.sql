@@ -25,10 +25,13 @@ SELECT public.debit_credits(p_user_id => %(user_id)s::uuid, p_amount => %(amount
                             p_idempotency_key => %(idempotency_key)s::text);
 
 -- name: grant
--- Add credits to an account (creating its balance row if missing).
+-- Add credits to an account (creating its balance row if missing) as one lot,
+-- expiring at expires_at (NULL: never), spent by priority (NULL: 50).
 SELECT public.grant_credits(p_user_id => %(user_id)s::uuid, p_amount => %(amount)s::integer,
                             p_source => %(source)s::text, p_description => %(description)s::text,
-                            p_idempotency_key => %(idempotency_key)s::text);
+                            p_idempotency_key => %(idempotency_key)s::text,
+                            p_expires_at => %(expires_at)s::timestamptz,
+                            p_priority => %(priority)s::integer);
 
 -- name: refund
 -- Reverse one debit onto the account it came from, at most once.
@@ -37,6 +40,23 @@ SELECT public.refund_credits(p_log_id => %(log_id)s::bigint, p_description => %(
 -- name: balance
 -- Own balance, team pool and the largest amount one debit would accept now.
 SELECT public.get_credit_balance(p_user_id => %(user_id)s::uuid);
+
+-- name: lots
+-- One account's lots in spending order, with what is left of each and its state.
+SELECT public.get_credit_lots(p_user_id => %(user_id)s::uuid);
+
+-- name: expire
+-- Expire what lots lapsed by as_of (NULL: now, the function's own default) still
+-- hold, at most limit lots (NULL: all); busy accounts are skipped.
+SELECT public.expire_credits(p_as_of => coalesce(%(as_of)s::timestamptz, now()),
+                             p_limit => %(limit)s::integer);
+
+-- name: lots_due
+-- How many lots lapsed by as_of (NULL: now) still hold credits: what expire_credits
+-- would expire. Reads the partial index of open expiring lots.
+SELECT count(*)
+FROM public.credit_lots l
+WHERE l.expires_at <= coalesce(%(as_of)s::timestamptz, now()) AND l.taken < l.amount - l.expired;
 
 -- name: add_team_member
 -- Put a member into a team admin's pool (a no-op when already there).
@@ -72,7 +92,8 @@ FROM public.verify_credit_integrity();
 -- one row more than it returns.
 SELECT coalesce(jsonb_agg(to_jsonb(entry) ORDER BY entry.created_at DESC, entry.id DESC), '[]'::jsonb)
 FROM (
-    SELECT id, user_id, actor_user_id, amount, type, source, description, idempotency_key, created_at
+    SELECT id, user_id, actor_user_id, amount, type, source, description, idempotency_key,
+           created_at, lot_id
     FROM public.credit_usage_log
     WHERE user_id = %(user_id)s::uuid
       AND (%(after_id)s::bigint IS NULL
@@ -100,7 +121,12 @@ SELECT current_setting('credits.user_id', true);
 -- (get_credit_balance: CR005 for an unknown user, 42501 for another user's as a
 -- credits_user), the last %(limit)s usage rows (their own account's, for a team
 -- admin including the members' pool debits, and the pool debits they made as a
--- member; two branches so each uses its index) and a recorded allocation failure.
+-- member; two branches so each uses its index), the own account's open lots that
+-- expire within %(expiring_within)s (soonest first, at most %(expiring_lots)s; as
+-- get_credit_lots shows them, and only lots with an expiry are read: each is a
+-- tracked lot, whose remainder is amount - taken - expired) and a recorded
+-- allocation failure. credit_lots is read under its row level security: a
+-- credits_user sees their own lots (and another user's balance is 42501 anyway).
 SELECT jsonb_build_object(
     'balance', public.get_credit_balance(%(user_id)s::uuid),
     'recent_usage', (
@@ -110,14 +136,14 @@ SELECT jsonb_build_object(
             SELECT *
             FROM (
                 (SELECT id, user_id, actor_user_id, amount, type, source, description,
-                        idempotency_key, created_at
+                        idempotency_key, created_at, lot_id
                  FROM public.credit_usage_log
                  WHERE user_id = %(user_id)s::uuid
                  ORDER BY created_at DESC, id DESC
                  LIMIT %(limit)s::integer)
                 UNION ALL
                 (SELECT id, user_id, actor_user_id, amount, type, source, description,
-                        idempotency_key, created_at
+                        idempotency_key, created_at, lot_id
                  FROM public.credit_usage_log
                  WHERE actor_user_id = %(user_id)s::uuid AND user_id <> %(user_id)s::uuid
                  ORDER BY created_at DESC, id DESC
@@ -126,6 +152,20 @@ SELECT jsonb_build_object(
             ORDER BY created_at DESC, id DESC
             LIMIT %(limit)s::integer
         ) AS entry),
+    'expiring_lots', (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'lot_id', l.id, 'source', l.source, 'log_id', l.log_id, 'amount', l.amount,
+                   'remaining', l.amount - l.taken - l.expired, 'taken', l.taken,
+                   'expired', l.expired, 'expires_at', l.expires_at, 'priority', l.priority,
+                   'created_at', l.created_at, 'state', 'open')
+                   ORDER BY l.expires_at, l.id), '[]'::jsonb)
+        FROM (SELECT * FROM public.credit_lots
+              WHERE user_id = %(user_id)s::uuid
+                AND expires_at > statement_timestamp()
+                AND expires_at <= statement_timestamp() + %(expiring_within)s::interval
+                AND taken < amount - expired
+              ORDER BY expires_at, id
+              LIMIT %(expiring_lots)s::integer) AS l),
     'failure', (SELECT to_jsonb(f) FROM public.credit_allocation_failures f
                 WHERE f.user_id = %(user_id)s::uuid));
 

@@ -1,5 +1,6 @@
-"""The credits API as a FastAPI router: ``/api/credits/*``, ``/api/billing/overview``
-and ``/api/admin/backfill-credits`` (JSON), with the admin pages (``/admin/*``, HTML).
+"""The credits API as a FastAPI router: ``/api/credits/*``, ``/api/billing/overview``,
+``/api/admin/backfill-credits`` and ``/api/admin/credits/expire`` (JSON), with the admin
+pages (``/admin/*``, HTML).
 
 The API never takes a user id for balances or spending: it always acts for the
 caller, so a user can never read or spend another user's credits.
@@ -27,6 +28,8 @@ from credits_db.http.schemas import (
     CheckResponse,
     CreditsOverview,
     CreditStatus,
+    ExpireRequest,
+    ExpireResult,
     History,
     LedgerRow,
     Operation,
@@ -84,7 +87,8 @@ def create_router(pool: Pool, auth: AuthDependency) -> APIRouter:
             admin page is used.
 
     Routes: ``/api/credits/*``, ``/api/billing/overview``,
-    ``/api/admin/backfill-credits`` (JSON) and ``/admin/*`` (HTML).
+    ``/api/admin/backfill-credits``, ``/api/admin/credits/expire`` (JSON) and
+    ``/admin/*`` (HTML).
     """
     router = APIRouter(route_class=BearerOnlyRoute)
     for add_routes in (_add_credit_routes, _add_team_routes, _add_ledger_routes,
@@ -101,7 +105,7 @@ def _add_credit_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
     @router.get("/api/credits/status", response_model=CreditStatus, tags=["credits"],
                 responses=error_responses(401, 404, 503))
     async def credit_status(caller: CallerDep) -> "CreditStatus":
-        """The caller's own balance, team pool and spendable amount."""
+        """The caller's own balance, team pool, spendable amount and next expiry."""
         async with pool.connection() as conn:
             return CreditStatus.of(await aio.balance(conn, caller.user_id))
 
@@ -201,15 +205,16 @@ def _add_ledger_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> N
     @router.get("/api/billing/overview", response_model=BillingOverview, tags=["billing"],
                 responses=error_responses(401, 404, 503))
     async def billing_overview(caller: CallerDep) -> BillingOverview:
-        """Remaining credits, team pool and the last 10 usage rows (incl. pool usage);
-        for an account without credits yet, ``accountStatus`` and ``accountMessage`` say why."""
+        """Remaining credits, team pool, what expires when (next expiry, own and pool; own
+        lots expiring within 30 days) and the last 10 usage rows (incl. pool usage); for an
+        account without credits yet, ``accountStatus`` and ``accountMessage`` say why."""
         async with pool.connection() as conn:
             overview = await aio.overview(conn, caller.user_id)
         return BillingOverview(credits=CreditsOverview.of(overview))
 
 
 def _add_admin_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> None:
-    """``/api/admin/backfill-credits`` (admins only)."""
+    """``/api/admin/backfill-credits`` and ``/api/admin/credits/expire`` (admins only)."""
     AdminDep = Annotated[Caller, Depends(require_admin(auth))]  # noqa: N806
 
     @router.post("/api/admin/backfill-credits", response_model=BackfillResult, tags=["admin"],
@@ -223,3 +228,19 @@ def _add_admin_routes(router: APIRouter, pool: Pool, auth: AuthDependency) -> No
         async with pool.connection() as conn:
             summary = await aio.backfill(conn, dry_run=request.dry_run, limit=request.limit)
         return BackfillResult.of(summary)
+
+    @router.post("/api/admin/credits/expire", response_model=ExpireResult, tags=["admin"],
+                 responses=error_responses(400, 401, 403, 413, 422, 503))
+    async def expire_credits(
+        _admin: AdminDep,
+        body: Annotated[ExpireRequest | None, Body()] = None,
+    ) -> "ExpireResult":
+        """Expire what lapsed lots still hold, one ``expire`` entry per lot (admins only).
+
+        Idempotent; accounts busy right now are skipped (``accountsSkipped``) for the
+        next call. With ``limit``, call again until ``lotsExpired`` is 0.
+        """
+        request = body or ExpireRequest()
+        async with pool.connection() as conn:
+            summary = await aio.expire(conn, as_of=request.as_of, limit=request.limit)
+        return ExpireResult.of(summary)

@@ -4,11 +4,12 @@ Field names are camelCase in JSON (:class:`CamelModel`); the ``of`` class method
 build a response from the credits-db result it presents.
 """
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -17,8 +18,12 @@ from credits_db.models import (
     AllocationFailure,
     BackfillSummary,
     Balance,
+    CreditLot,
     CreditOperation,
+    Expiry,
+    ExpirySummary,
     LedgerEntry,
+    LotState,
     Overview,
     TeamMember,
 )
@@ -37,6 +42,22 @@ def _json_integer(value: Any) -> Any:
                                   {"kind": type(value).__name__})
     return value
 
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _json_time(value: Any) -> Any:
+    # JSON Schema's date-time: text. pydantic's lax mode would also read a number,
+    # or text of digits, as seconds since 1970.
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise PydanticCustomError("datetime_type",
+                                  "Input should be an RFC 3339 date-time with an offset, "
+                                  "e.g. 2030-01-31T00:00:00Z")
+    return value
+
+
+AwareTime = Annotated[AwareDatetime, BeforeValidator(_json_time)]
+"""A time with a UTC offset, from an RFC 3339 text only (a naive time is refused)."""
 
 Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX), BeforeValidator(_json_integer)]
 """A 32-bit integer field that takes only a JSON number with no fraction."""
@@ -69,16 +90,41 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
+class ExpiryOut(CamelModel):
+    """When the soonest open lots of an account expire, and the credits they still hold."""
+
+    expires_at: datetime
+    credits: int
+
+    @classmethod
+    def of(cls, expiry: Expiry | None) -> "ExpiryOut | None":
+        """From a :class:`credits_db.Expiry` (None for none)."""
+        return None if expiry is None else cls(expires_at=expiry.expires_at,
+                                               credits=expiry.credits)
+
+
+_OWN_SPENDABLE = ("Own account's remaining credits less those of lots past their expiry "
+                  "that the expiry sweep has not recorded yet (they cannot be spent); 0 "
+                  "without an account.")
+_NEXT_EXPIRY = "The soonest expiry of the own account's open lots; null when none expires."
+_POOL_SPENDABLE = "The team pool's remaining credits less its lapsed ones; null outside a pool."
+_POOL_NEXT_EXPIRY = "The soonest expiry of the team pool's open lots; null when none (or no pool)."
+
+
 class CreditStatus(CamelModel):
     """The caller's balance (``GET /api/credits/status``)."""
 
     user_id: UUID
     has_account: bool = Field(description="False until the signup trigger or backfill ran.")
     total_credits: int = Field(description="Own account; 0 without an account.")
-    used_credits: int
+    used_credits: int = Field(description="Own account: spent, and expired.")
     remaining_credits: int = Field(description="Own account's remaining credits.")
+    own_spendable_credits: int = Field(description=_OWN_SPENDABLE)
+    next_expiry: ExpiryOut | None = Field(description=_NEXT_EXPIRY)
     team_admin_id: UUID | None = Field(description="The pool the caller is a member of.")
     team_pool_remaining: int | None
+    team_pool_spendable: int | None = Field(description=_POOL_SPENDABLE)
+    team_pool_next_expiry: ExpiryOut | None = Field(description=_POOL_NEXT_EXPIRY)
     spendable_credits: int = Field(
         description="The largest amount one /use call accepts now (own or pool, never split).")
 
@@ -91,7 +137,11 @@ class CreditStatus(CamelModel):
             total_credits=own.total_credits if own else 0,
             used_credits=own.used_credits if own else 0,
             remaining_credits=own.remaining_credits if own else 0,
+            own_spendable_credits=own.spendable_credits if own else 0,
+            next_expiry=ExpiryOut.of(balance.next_expiry),
             team_admin_id=balance.team_admin_id, team_pool_remaining=balance.team_pool_remaining,
+            team_pool_spendable=balance.team_pool_spendable,
+            team_pool_next_expiry=ExpiryOut.of(balance.team_pool_next_expiry),
             spendable_credits=balance.spendable,
         )
 
@@ -186,12 +236,14 @@ class LedgerRow(CamelModel):
     id: int
     account_user_id: UUID
     actor_user_id: UUID | None = Field(description="Who spent, for a team member's pool debit.")
-    amount: int = Field(description="Signed: credits > 0, debits < 0.")
-    type: Literal["credit", "debit"] | str
+    amount: int = Field(description="Signed: credits > 0, debits and expiries < 0.")
+    type: Literal["credit", "debit", "expire"] | str
     source: str
     description: str | None
     idempotency_key: str | None
     created_at: datetime
+    lot_id: int | None = Field(
+        description="For an expiry (type expire): the lot whose unspent credits expired.")
 
     @classmethod
     def of(cls, entry: LedgerEntry) -> "LedgerRow":
@@ -199,7 +251,7 @@ class LedgerRow(CamelModel):
         return cls(id=entry.id, account_user_id=entry.user_id, actor_user_id=entry.actor_user_id,
                    amount=entry.amount, type=entry.type, source=entry.source,
                    description=entry.description, idempotency_key=entry.idempotency_key,
-                   created_at=entry.created_at)
+                   created_at=entry.created_at, lot_id=entry.lot_id)
 
 
 class History(CamelModel):
@@ -224,11 +276,45 @@ class AllocationFailureOut(CamelModel):
                    message=failure.message)
 
 
+class LotOut(CamelModel):
+    """One lot of the caller's account: credits received together, spent and expiring
+    together."""
+
+    lot_id: int
+    source: str
+    log_id: int | None = Field(description="The ledger entry that created the lot.")
+    amount: int
+    remaining: int
+    taken: int = Field(description="Spent from this lot.")
+    expired: int
+    expires_at: datetime | None = Field(description="null: never expires.")
+    priority: int = Field(description="0..100, lower spent first.")
+    created_at: datetime
+    state: LotState = Field(
+        description="open: spendable. lapsed: past its expiry, not swept yet (not spendable). "
+                    "expired: swept. spent.")
+
+    @classmethod
+    def of(cls, lot: CreditLot) -> "LotOut":
+        """From a :class:`credits_db.CreditLot`."""
+        return cls(lot_id=lot.lot_id, source=lot.source, log_id=lot.log_id, amount=lot.amount,
+                   remaining=lot.remaining, taken=lot.taken, expired=lot.expired,
+                   expires_at=lot.expires_at, priority=lot.priority, created_at=lot.created_at,
+                   state=lot.state)
+
+
 class CreditsOverview(CamelModel):
     """The credits part of the billing overview."""
 
     remaining_credits: int = Field(description="Own account.")
+    own_spendable_credits: int = Field(description=_OWN_SPENDABLE)
+    next_expiry: ExpiryOut | None = Field(description=_NEXT_EXPIRY)
+    expiring_lots: list[LotOut] = Field(
+        description="The own account's open lots expiring within 30 days, soonest first "
+                    "(at most 10).")
     team_pool_remaining: int | None
+    team_pool_spendable: int | None = Field(description=_POOL_SPENDABLE)
+    team_pool_next_expiry: ExpiryOut | None = Field(description=_POOL_NEXT_EXPIRY)
     spendable_credits: int
     team_admin_id: UUID | None
     recent_usage: list[LedgerRow] = Field(
@@ -249,7 +335,12 @@ class CreditsOverview(CamelModel):
         balance = overview.balance
         return cls(
             remaining_credits=balance.own.remaining_credits if balance.own else 0,
+            own_spendable_credits=balance.own.spendable_credits if balance.own else 0,
+            next_expiry=ExpiryOut.of(balance.next_expiry),
+            expiring_lots=[LotOut.of(lot) for lot in overview.expiring_lots],
             team_pool_remaining=balance.team_pool_remaining,
+            team_pool_spendable=balance.team_pool_spendable,
+            team_pool_next_expiry=ExpiryOut.of(balance.team_pool_next_expiry),
             spendable_credits=balance.spendable, team_admin_id=balance.team_admin_id,
             recent_usage=[LedgerRow.of(e) for e in overview.recent_usage],
             account_status=overview.status,
@@ -304,3 +395,34 @@ class BackfillResult(CamelModel):
             by_role={role: RoleAllocationOut(users=a.users, credits=a.credits)
                      for role, a in summary.by_role.items()},
         )
+
+
+class ExpireRequest(CamelModel):
+    """Optional body of ``POST /api/admin/credits/expire``."""
+
+    as_of: AwareTime | None = Field(
+        default=None,
+        description="Expire the lots that lapsed at or before this time (RFC 3339, with an "
+                    "offset; later than now expires early). Default: now.")
+    limit: Positive32 | None = Field(
+        default=None, description="At most this many lots, soonest expiry first (one batch); "
+                                  "call again until lotsExpired is 0.")
+
+
+class ExpireResult(CamelModel):
+    """What the expiry sweep did."""
+
+    lots_expired: int
+    credits_expired: int
+    accounts: int = Field(description="Accounts that lost credits.")
+    accounts_skipped: int = Field(
+        description="Accounts with lapsed lots left alone because a debit, grant or refund "
+                    "held them: call again later.")
+    as_of: datetime
+
+    @classmethod
+    def of(cls, summary: ExpirySummary) -> "ExpireResult":
+        """From a :class:`credits_db.ExpirySummary`."""
+        return cls(lots_expired=summary.lots_expired, credits_expired=summary.credits_expired,
+                   accounts=summary.accounts, accounts_skipped=summary.accounts_skipped,
+                   as_of=summary.as_of)

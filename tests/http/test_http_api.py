@@ -31,8 +31,10 @@ def test_status_check_use_and_history(db: Database, conn: Conn) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         status = (await client.get("/api/credits/status", headers=bearer(user))).json()
         assert status == {"userId": user, "hasAccount": True, "totalCredits": 350,
-                          "usedCredits": 0, "remainingCredits": 350, "teamAdminId": None,
-                          "teamPoolRemaining": None, "spendableCredits": 350}
+                          "usedCredits": 0, "remainingCredits": 350, "ownSpendableCredits": 350,
+                          "nextExpiry": None, "teamAdminId": None, "teamPoolRemaining": None,
+                          "teamPoolSpendable": None, "teamPoolNextExpiry": None,
+                          "spendableCredits": 350}
         check = await client.post("/api/credits/check", json={"requiredCredits": 100},
                                   headers=bearer(user))
         assert check.status_code == 200
@@ -288,6 +290,7 @@ ENDPOINTS = [
     ("get", "/api/credits/history", None),
     ("get", "/api/billing/overview", None),
     ("post", "/api/admin/backfill-credits", None),
+    ("post", "/api/admin/credits/expire", None),
 ]
 
 
@@ -415,7 +418,7 @@ def test_openapi_documents_camel_case_models_and_errors(db: Database) -> None:
         assert {"/api/credits/status", "/api/credits/check", "/api/credits/use",
                 "/api/credits/team-members", "/api/credits/team-members/{team_member_id}",
                 "/api/credits/history", "/api/billing/overview",
-                "/api/admin/backfill-credits"} == set(spec["paths"])
+                "/api/admin/backfill-credits", "/api/admin/credits/expire"} == set(spec["paths"])
         schemas = spec["components"]["schemas"]
         assert set(schemas["CheckResponse"]["properties"]) == {
             "hasEnoughCredits", "remainingCredits", "requiredCredits"}

@@ -29,7 +29,7 @@ def test_debit_grant_refund_balance_roundtrip(conn: Conn) -> None:
     assert refunded.remaining_credits == 400
     balance = credits_db.balance(conn, user)
     # A refund is a credit: total rises, used keeps the gross spend.
-    assert balance.own == credits_db.OwnBalance(500, 100, 400)
+    assert balance.own == credits_db.OwnBalance(500, 100, 400, 400, None)
     assert (balance.team_admin_id, balance.team_pool_remaining, balance.spendable) == (
         None, None, 400)
     history = credits_db.history(conn, user, limit=2)
