@@ -51,7 +51,10 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
 
-    WITH due AS MATERIALIZED (
+    -- A busy account is skipped before the limit applies, so that a batch
+    -- moves whenever a free account is due; accounts_skipped counts the busy
+    -- ones among the first p_limit due.
+    WITH taken AS MATERIALIZED (
         SELECT uc.user_id
         FROM public.user_credits uc
         JOIN public.users u ON u.id = uc.user_id
@@ -60,15 +63,19 @@ BEGIN
         WHERE uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
         ORDER BY uc.period_ends_at, uc.user_id
         LIMIT p_limit
-    ), locked AS MATERIALIZED (
+        FOR NO KEY UPDATE OF uc SKIP LOCKED
+    ), due AS (
         SELECT uc.user_id
         FROM public.user_credits uc
-        WHERE uc.user_id IN (SELECT d.user_id FROM due d)
-        ORDER BY uc.user_id
-        FOR NO KEY UPDATE SKIP LOCKED
+        JOIN public.users u ON u.id = uc.user_id
+        LEFT JOIN public.role_credits rc ON rc.role = u.role
+        JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
+        WHERE uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
+        ORDER BY uc.period_ends_at, uc.user_id
+        LIMIT p_limit
     )
-    SELECT coalesce((SELECT array_agg(k.user_id) FROM locked k), '{}'),
-           (SELECT count(*) FROM due) - (SELECT count(*) FROM locked)
+    SELECT coalesce((SELECT array_agg(t.user_id) FROM taken t), '{}'),
+           (SELECT count(*) FROM due d WHERE d.user_id NOT IN (SELECT t.user_id FROM taken t))
     INTO v_accounts, v_skipped;
 
     -- What the ended periods' allowance lots still hold expires first, so the

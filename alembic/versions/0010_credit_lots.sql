@@ -1181,23 +1181,28 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
 
-    WITH due AS MATERIALIZED (
+    -- A busy account is skipped before the limit applies, so that a batch
+    -- moves whenever a free account has a lot due. accounts_skipped counts the
+    -- busy accounts among those of the first p_limit lots due.
+    WITH taken AS MATERIALIZED (
         SELECT l.id, l.user_id
+        FROM public.credit_lots l
+        JOIN public.user_credits uc ON uc.user_id = l.user_id
+        WHERE l.expires_at <= p_as_of AND l.taken < l.amount - l.expired
+        ORDER BY l.expires_at, l.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE OF uc SKIP LOCKED
+    ), due AS (
+        SELECT l.user_id
         FROM public.credit_lots l
         WHERE l.expires_at <= p_as_of AND l.taken < l.amount - l.expired
         ORDER BY l.expires_at, l.id
         LIMIT p_limit
-    ), locked AS MATERIALIZED (
-        SELECT uc.user_id
-        FROM public.user_credits uc
-        WHERE uc.user_id IN (SELECT d.user_id FROM due d)
-        ORDER BY uc.user_id
-        FOR NO KEY UPDATE SKIP LOCKED
     )
-    SELECT coalesce(array_agg(d.id) FILTER (WHERE k.user_id IS NOT NULL), '{}'),
-           count(DISTINCT d.user_id) FILTER (WHERE k.user_id IS NULL)
-    INTO v_lots, v_skipped
-    FROM due d LEFT JOIN locked k ON k.user_id = d.user_id;
+    SELECT coalesce((SELECT array_agg(t.id) FROM taken t), '{}'),
+           (SELECT count(DISTINCT d.user_id) FROM due d
+            WHERE d.user_id NOT IN (SELECT t.user_id FROM taken t))
+    INTO v_lots, v_skipped;
 
     WITH due AS MATERIALIZED (
         SELECT l.id, l.user_id, l.amount - l.taken - l.expired AS credits, l.expires_at

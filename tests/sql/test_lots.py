@@ -378,3 +378,16 @@ def test_concurrent_debits_of_an_account_with_lots_never_overdraw(conn: Conn, db
     assert len(done) == 4 and all(r.sqlstate == "CR001" for r in refused)
     assert credit_balance(conn, user)["own"]["remaining_credits"] == 0
     assert integrity(conn) == []
+
+
+def test_a_limited_sweep_moves_past_a_busy_account(conn: Conn, db: Database) -> None:
+    busy, idle = add_users(conn, "member", "member")
+    lapse(conn, lot_of(conn, expiring_grant(conn, busy, 100)))  # due first
+    lapse(conn, lot_of(conn, expiring_grant(conn, idle, 100)))
+    with db.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM user_credits WHERE user_id = %s FOR NO KEY UPDATE", (busy,))
+        report = expire(conn, limit=1)
+        assert (report["lots_expired"], report["accounts_skipped"]) == (1, 1)
+        assert one(conn, "SELECT user_id::text FROM credit_usage_log WHERE type = 'expire'") == idle
+        holder.execute("ROLLBACK")

@@ -306,3 +306,20 @@ def test_a_role_added_with_an_interval_renews_the_accounts_of_its_users(conn: Co
     assert account(conn, user)[4] is not None
     assert renew(conn, as_of=later(conn, "1 month 1 day"))["credits_renewed"] == 500
     assert integrity(conn) == []
+
+
+def test_a_limited_renewal_moves_past_a_busy_account(conn: Conn, db: Database) -> None:
+    renewing(conn, "member")
+    busy, idle = add_users(conn, "member", "member")
+    conn.execute("UPDATE user_credits SET period_ends_at = period_ends_at - interval '1 second'"
+                 " WHERE user_id = %s", (busy,))  # due first
+    conn.execute("UPDATE credit_lots SET expires_at = expires_at - interval '1 second'"
+                 " WHERE user_id = %s", (busy,))
+    with db.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM user_credits WHERE user_id = %s FOR NO KEY UPDATE", (busy,))
+        report = renew(conn, as_of=later(conn, "1 month 1 day"), limit=1)
+        assert (report["accounts_renewed"], report["accounts_skipped"]) == (1, 1)
+        assert one(conn, "SELECT user_id::text FROM credit_usage_log"
+                         " WHERE source = 'renewal'") == idle
+        holder.execute("ROLLBACK")
