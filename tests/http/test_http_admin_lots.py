@@ -15,6 +15,7 @@ from credits_db._execute import run as run_call
 from credits_db.http import _admin_queries
 from credits_db.http._queries import QUERIES
 from credits_db.http.templates import EXPIRY_DAYS, RENEWAL_DAYS, SOONEST_SHOWN
+from scripts.admin_screenshots import seed_history
 from tests.support.admin_page import sign_in
 from tests.support.databases import Database
 from tests.support.helpers import Conn, add_users
@@ -237,6 +238,29 @@ def test_renewals_due_coming_stopped_and_per_role(db: Database, conn: Conn) -> N
         assert '<p id="renewals-due">No renewal is due.</p>' in after
         assert 'id="renewals-stopped">The periods of 1 accounts' in after
         assert '<p class="stat" id="renewals-coming">3</p>' in after
+
+    run(db, scenario)
+
+
+def test_the_screenshot_data_fills_both_sections(db: Database, conn: Conn) -> None:
+    # The browser test takes the docs' screenshots on this data (and is skipped without
+    # Chromium): its monthly renewals spread over the month and its promotions show in
+    # both sections, on a ledger that still verifies.
+    seed_history(conn)
+    [operator] = add_users(conn, "super_admin")
+    lots = run_call(conn, _admin_queries.expiring_lots(EXPIRY_DAYS, SOONEST_SHOWN))
+    renewals = run_call(conn, _admin_queries.renewals(RENEWAL_DAYS, SOONEST_SHOWN))
+    assert lots.lapsed.lots == 0 and len(lots.by_day) >= 5
+    assert {lot.source for lot in lots.soonest} >= {"signup", "promo"}
+    assert renewals.due_accounts == 0 and renewals.coming_accounts >= 1
+    assert conn.execute("SELECT count(*) FROM verify_credit_integrity()").fetchone() == (0,)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        await sign_in(client, token(operator, admin=True))
+        page = (await client.get("/admin/credits")).text
+        assert f'<p class="stat" id="expiring-credits">{lots.coming.credits:,}</p>' in page
+        assert f'<p class="stat" id="renewals-coming">{renewals.coming_accounts}</p>' in page
+        assert 'role="alert"' not in page
 
     run(db, scenario)
 
