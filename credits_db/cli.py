@@ -552,14 +552,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(server_url: str, *, json_output: bool) -> int:
     """Run the demo in a database of its own, dropped afterwards."""
-    summary, report = demo.run(server_url, say=note)
+    summary, report, month = demo.run(server_url, say=note)
     if json_output:
-        _print_json({"backfill": asdict(summary), "allocation": asdict(report)})
+        _print_json({"backfill": asdict(summary), "allocation": asdict(report),
+                     "renewal": asdict(month)})
     else:
         _print_backfill(summary)
         out()
         _print_report(report)
+        out()
+        _print_renewal_month(month)
     return 0
+
+
+def _print_renewal_month(month: demo.RenewalMonth) -> None:
+    out(table(f"A month of renewals: {month.email} ({month.role} renews every "
+              f"{month.renewal_interval}, rollover cap {month.rollover_cap})",
+              ("amount", "type", "source", "description"),
+              ((f"{e.amount:+d}", e.type, e.source, e.description or "")
+               for e in month.entries), "rlll"))
+    out(f"a month and a day later: {month.remaining_credits} credits until "
+        f"{month.next_period_ends_at:%Y-%m-%d %H:%M} UTC (the allowance and the rollover); "
+        f"renew_allowances() renewed {month.renewal['accounts_renewed']} accounts of the "
+        f"role, expire_credits() swept {month.expiry['credits_expired']} lapsed credits")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ with ``CREDITS_DB_SCREENSHOTS=docs`` they rewrite the committed ones::
 
 **Demo data only**: to give the daily chart thirty days, :func:`seed_history`
 backdates ``credit_usage_log.created_at`` with the append-only guard trigger
-disabled for that one statement. Never do this to a real ledger.
+disabled for that one statement; to spread the monthly renewals over the month, it
+moves the members' accounts' openings, period ends and allowance expiries back
+together. Never do this to a real ledger.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def seed_history(conn: psycopg.Connection[Any], *, seed: int = 15) -> list[str]:
     database owner).
     """
     rng = random.Random(seed)  # noqa: S311 (demo data, not secrets)
+    # Members renew monthly (signups after this get an allowance expiring with the period).
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month', rollover_cap = 100"
+                 " WHERE role = 'member'")
     ids = [row[0] for row in conn.execute(
         "INSERT INTO users (email, role) SELECT 'user' || n || '@example.com', r"
         " FROM unnest(%s::text[]) WITH ORDINALITY AS t(r, n) ORDER BY n RETURNING id::text",
@@ -66,6 +71,11 @@ def seed_history(conn: psycopg.Connection[Any], *, seed: int = 15) -> list[str]:
     with conn.transaction(), _guard_off(conn):  # signups spread by a hash of the user
         conn.execute("UPDATE credit_usage_log SET created_at = created_at - make_interval("
                      "days => abs(hashtext(user_id::text)) % 30) WHERE source = 'signup'")
+    _spread_renewals(conn)
+    for _ in range(6):  # promotions that lapse within the month
+        conn.execute("SELECT grant_credits(%s, %s, 'promo', 'a promotion', NULL,"
+                     " p_expires_at => now() + make_interval(days => %s))",
+                     (rng.choice(ids), rng.choice((50, 100, 250)), rng.randint(2, 25)))
     with conn.transaction():
         conn.execute("ALTER TABLE users DISABLE TRIGGER users_allocate_credits")
         waiting = [row[0] for row in conn.execute(
@@ -74,6 +84,22 @@ def seed_history(conn: psycopg.Connection[Any], *, seed: int = 15) -> list[str]:
             " RETURNING id::text", (list(WAITING_ROLES),))]
         conn.execute("ALTER TABLE users ENABLE TRIGGER users_allocate_credits")
     return waiting
+
+
+def _spread_renewals(conn: psycopg.Connection[Any]) -> None:
+    """Move each member account's opening back by a hash of its id (as its signup row
+    was), with its period end and the allowance lots expiring then: their renewals
+    spread over the coming month instead of all falling on one day."""
+    with conn.transaction():
+        conn.execute(
+            "WITH moved AS (SELECT user_id, period_ends_at AS ends_at,"
+            " make_interval(days => abs(hashtext(user_id::text)) % 30) AS back"
+            " FROM user_credits WHERE period_ends_at IS NOT NULL),"
+            " lots AS (UPDATE credit_lots l SET expires_at = l.expires_at - m.back"
+            " FROM moved m WHERE l.user_id = m.user_id AND l.expires_at = m.ends_at)"
+            " UPDATE user_credits uc SET created_at = uc.created_at - m.back,"
+            " period_ends_at = uc.period_ends_at - m.back"
+            " FROM moved m WHERE uc.user_id = m.user_id")
 
 
 @contextmanager

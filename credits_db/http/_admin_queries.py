@@ -1,4 +1,5 @@
-"""The reads of the admin page: chart data, the ledger's backfills, the user lookup.
+"""The reads of the admin page: chart data, the ledger's backfills, expiring lots,
+renewals, the user lookup.
 
 The statements are the ``admin_*`` sections of ``credits_db/http/queries.sql``;
 each reader returns one jsonb value, parsed here into a frozen dataclass.
@@ -74,6 +75,157 @@ class LedgerBackfills:
         last = data["last_at"]
         return cls(None if last is None else datetime.fromisoformat(last),
                    int(data["allocations"]), int(data["credits"]))
+
+
+def _time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class LotTotals:
+    """Open lots (still holding credits) of a span of expiry times.
+
+    Attributes:
+        oldest: the earliest expiry among them (only for the lapsed lots).
+    """
+
+    lots: int
+    credits: int
+    accounts: int
+    oldest: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ExpiryDay:
+    """The open lots expiring on one UTC day."""
+
+    day: date
+    lots: int
+    credits: int
+    accounts: int
+
+
+@dataclass(frozen=True)
+class ExpiringLot:
+    """One open lot, its account and what it still holds."""
+
+    lot_id: int
+    user_id: UUID
+    email: str | None
+    role: str | None
+    source: str
+    amount: int
+    remaining: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpiringLots:
+    """Credits expiring within ``days`` of ``as_of``, and those lapsed but not swept.
+
+    Attributes:
+        lapsed: lots past their expiry that still hold credits: ``expire_credits()``
+            has not run since they lapsed.
+        coming: lots expiring after ``as_of`` and within ``days``.
+        by_day: ``coming`` per UTC day (days without lots left out).
+        soonest: the first of ``coming``, soonest first.
+    """
+
+    as_of: datetime
+    days: int
+    lapsed: LotTotals
+    coming: LotTotals
+    by_day: list[ExpiryDay]
+    soonest: list[ExpiringLot]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExpiringLots:
+        """Build from ``admin_expiring_lots``'s jsonb."""
+        lapsed, coming = data["lapsed"], data["coming"]
+        return cls(
+            as_of=datetime.fromisoformat(data["as_of"]), days=int(data["days"]),
+            lapsed=LotTotals(int(lapsed["lots"]), int(lapsed["credits"]),
+                             int(lapsed["accounts"]), _time(lapsed["oldest"])),
+            coming=LotTotals(int(coming["lots"]), int(coming["credits"]),
+                             int(coming["accounts"])),
+            by_day=[ExpiryDay(date.fromisoformat(d["day"]), int(d["lots"]), int(d["credits"]),
+                              int(d["accounts"])) for d in coming["by_day"]],
+            soonest=[ExpiringLot(int(r["lot_id"]), UUID(r["user_id"]), r["email"], r["role"],
+                                 str(r["source"]), int(r["amount"]), int(r["remaining"]),
+                                 datetime.fromisoformat(r["expires_at"]))
+                     for r in data["soonest"]],
+        )
+
+
+@dataclass(frozen=True)
+class UpcomingRenewal:
+    """An account whose allowance period ends soon.
+
+    Attributes:
+        role: the user's role (``users.role``); ``renews_as`` is the
+            ``role_credits`` row that renews it (``member`` for a NULL or unknown one).
+        credits: the allowance the renewal will give (without the rollover).
+    """
+
+    user_id: UUID
+    email: str | None
+    role: str | None
+    renews_as: str
+    credits: int
+    period_ends_at: datetime
+
+
+@dataclass(frozen=True)
+class RoleRenewal:
+    """A role's allowance and how it renews (``renewal_interval`` None: given once)."""
+
+    role: str
+    credits: int
+    renewal_interval: str | None
+    rollover_cap: int
+
+
+@dataclass(frozen=True)
+class Renewals:
+    """Renewals due at ``as_of`` and coming within ``days``, and each role's renewal.
+
+    Attributes:
+        due_accounts: accounts whose period ended and whose role renews, not renewed
+            yet (``renew_allowances()`` has not run since); ``due_credits`` their
+            allowances, ``oldest_due`` the earliest period end among them.
+        stopped_accounts: accounts whose period ended but whose role no longer
+            renews (the renewal skips them).
+        coming_accounts: periods ending after ``as_of`` within ``days`` whose role
+            renews; ``coming_credits`` their allowances; ``next`` the soonest.
+    """
+
+    as_of: datetime
+    days: int
+    due_accounts: int
+    due_credits: int
+    oldest_due: datetime | None
+    stopped_accounts: int
+    coming_accounts: int
+    coming_credits: int
+    next: list[UpcomingRenewal]
+    roles: list[RoleRenewal]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Renewals:
+        """Build from ``admin_renewals``'s jsonb."""
+        due, coming = data["due"], data["coming"]
+        return cls(
+            as_of=datetime.fromisoformat(data["as_of"]), days=int(data["days"]),
+            due_accounts=int(due["accounts"]), due_credits=int(due["credits"]),
+            oldest_due=_time(due["oldest"]), stopped_accounts=int(data["stopped"]),
+            coming_accounts=int(coming["accounts"]), coming_credits=int(coming["credits"]),
+            next=[UpcomingRenewal(UUID(r["user_id"]), r["email"], r["role"],
+                                  str(r["renews_as"]), int(r["credits"]),
+                                  datetime.fromisoformat(r["period_ends_at"]))
+                  for r in data["next"]],
+            roles=[RoleRenewal(str(r["role"]), int(r["credits"]), r["renewal_interval"],
+                               int(r["rollover_cap"])) for r in data["roles"]],
+        )
 
 
 @dataclass(frozen=True)
@@ -162,6 +314,19 @@ def fullest_pools(limit: int) -> Call[list[PoolFill]]:
 def last_backfill() -> Call[LedgerBackfills]:
     """The ledger's backfill rows: the newest one's time, their count and credits."""
     return Call(QUERIES["admin_last_backfill"], {}, LedgerBackfills.from_json)
+
+
+def expiring_lots(days: int, limit: int) -> Call[ExpiringLots]:
+    """Open lots lapsed but not swept, and those expiring within ``days`` (the
+    ``limit`` soonest listed)."""
+    return Call(QUERIES["admin_expiring_lots"], {"days": days, "limit": limit},
+                ExpiringLots.from_json)
+
+
+def renewals(days: int, limit: int) -> Call[Renewals]:
+    """Renewals due now and within ``days`` (the ``limit`` soonest listed), and the
+    roles' renewal settings."""
+    return Call(QUERIES["admin_renewals"], {"days": days, "limit": limit}, Renewals.from_json)
 
 
 def user_id_by_email(email: str) -> Call[UUID | None]:

@@ -1,5 +1,6 @@
-"""The admin pages: sign-in, the overview with its charts, the backfill as a job with
-progress, and a user lookup (server-rendered HTML, no JavaScript).
+"""The admin pages: sign-in, the overview with its charts, expiring credits and
+renewals, the backfill as a job with progress, and a user lookup (server-rendered
+HTML, no JavaScript).
 
 Security, on every ``/admin`` response: :data:`SECURITY_HEADERS` (no framing, no
 sniffing, no caching, no referrer; CSP ``default-src 'self'``). Every POST is
@@ -280,12 +281,17 @@ def _add_backfill_routes(router: APIRouter, pool: Pool, auth: AuthDependency,
                 pools=await arun(conn, _admin_queries.fullest_pools(POOLS_SHOWN)),
                 problems=await aio.verify(conn),
                 backfills=await arun(conn, _admin_queries.last_backfill()),
+                expiring=await arun(conn, _admin_queries.expiring_lots(
+                    templates.EXPIRY_DAYS, templates.SOONEST_SHOWN)),
+                renewals=await arun(conn, _admin_queries.renewals(
+                    templates.RENEWAL_DAYS, templates.SOONEST_SHOWN)),
                 running=_job_link(request, jobs.running),
                 last_job=_job_link(request, jobs.latest_finished))
 
     @router.get("/admin/credits", name="credits_admin_page", response_class=HTMLResponse)
     async def admin_page(request: Request, _admin: AdminDep) -> HTMLResponse:
-        """Users without credits, the backfill, integrity, the lookup and the charts."""
+        """Users without credits, the backfill, integrity, expiring credits, renewals,
+        the lookup and the charts."""
         return HTMLResponse(templates.admin_page(_links(request), _csrf_token(request),
                                                  await overview(request)))
 

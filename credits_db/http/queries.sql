@@ -112,3 +112,112 @@ SELECT (
     LEFT JOIN role_credits AS fallback ON fallback.role = 'member'
     WHERE u.id = %(user_id)s
 );
+
+-- name: admin_expiring_lots
+-- The lots that still hold credits and expire within %(days)s days, on
+-- credit_lots_open_expiry_idx (the WHERE repeats its predicate so that the
+-- planner may use it; a lot with an expiry is tracked, so what it holds is
+-- amount - taken - expired):
+--   lapsed:  expired already but not swept (expire_credits() has not run since):
+--            debits do not spend them, but the balances still count them;
+--   coming:  expiring from now to %(days)s days on, in total and per UTC day,
+--            one scan for both (the empty grouping set is the total);
+--   soonest: the %(limit)s coming first, with their account (an index scan that
+--            stops after them).
+-- Reads every open lot of the window: with allowances renewing monthly, that is
+-- about one lot per renewing account.
+SELECT jsonb_build_object(
+    'as_of', now(),
+    'days', %(days)s::integer,
+    'lapsed', (
+        SELECT jsonb_build_object('lots', count(*),
+                                  'credits', coalesce(sum(l.amount - l.taken - l.expired), 0),
+                                  'accounts', count(DISTINCT l.user_id),
+                                  'oldest', min(l.expires_at))
+        FROM credit_lots AS l
+        WHERE l.expires_at IS NOT NULL AND l.taken < l.amount - l.expired
+          AND l.expires_at <= now()),
+    'coming', (
+        SELECT jsonb_build_object(
+            'lots', coalesce(max(w.lots) FILTER (WHERE w.day IS NULL), 0),
+            'credits', coalesce(max(w.credits) FILTER (WHERE w.day IS NULL), 0),
+            'accounts', coalesce(max(w.accounts) FILTER (WHERE w.day IS NULL), 0),
+            'by_day', coalesce(jsonb_agg(jsonb_build_object(
+                          'day', w.day, 'lots', w.lots, 'credits', w.credits,
+                          'accounts', w.accounts) ORDER BY w.day)
+                          FILTER (WHERE w.day IS NOT NULL), '[]'::jsonb))
+        FROM (
+            SELECT (l.expires_at AT TIME ZONE 'UTC')::date AS day, count(*) AS lots,
+                   sum(l.amount - l.taken - l.expired) AS credits,
+                   count(DISTINCT l.user_id) AS accounts
+            FROM credit_lots AS l
+            WHERE l.expires_at IS NOT NULL AND l.taken < l.amount - l.expired
+              AND l.expires_at > now()
+              AND l.expires_at <= now() + make_interval(days => %(days)s::integer)
+            GROUP BY GROUPING SETS (((l.expires_at AT TIME ZONE 'UTC')::date), ())
+        ) AS w),
+    'soonest', (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'lot_id', s.id, 'user_id', s.user_id, 'email', to_jsonb(u) ->> 'email',
+                   'role', u.role, 'source', s.source, 'amount', s.amount,
+                   'remaining', s.remaining, 'expires_at', s.expires_at)
+                   ORDER BY s.expires_at, s.id), '[]'::jsonb)
+        FROM (
+            SELECT l.id, l.user_id, l.source, l.amount,
+                   l.amount - l.taken - l.expired AS remaining, l.expires_at
+            FROM credit_lots AS l
+            WHERE l.expires_at IS NOT NULL AND l.taken < l.amount - l.expired
+              AND l.expires_at > now()
+              AND l.expires_at <= now() + make_interval(days => %(days)s::integer)
+            ORDER BY l.expires_at, l.id
+            LIMIT %(limit)s
+        ) AS s
+        LEFT JOIN users AS u ON u.id = s.user_id));
+
+-- name: admin_renewals
+-- Renewals, as renew_allowances() finds them (an account renews by its user's
+-- role, the member row for a NULL or unknown one), on user_credits_period_ends_idx:
+--   due:     the period ended and the role renews, but renew_allowances() has not
+--            run since: the account has no allowance for its current period yet;
+--   stopped: the period ended, but the role no longer renews (the renewal skips it);
+--   coming:  the periods ending from now to %(days)s days on whose role renews,
+--            and the %(limit)s soonest with their account;
+--   roles:   every role_credits row with its renewal (NULL interval: given once).
+-- Reads the accounts whose period ends within the window (about a quarter of the
+-- renewing accounts for a week of monthly periods) and all role_credits rows.
+WITH ending AS MATERIALIZED (
+    SELECT uc.user_id, uc.period_ends_at, u.role AS user_role, to_jsonb(u) ->> 'email' AS email,
+           r.role, r.credits, r.renewal_interval IS NOT NULL AS renews
+    FROM user_credits AS uc
+    JOIN users AS u ON u.id = uc.user_id
+    LEFT JOIN role_credits AS rc ON rc.role = u.role
+    JOIN role_credits AS r ON r.role = coalesce(rc.role, 'member')
+    WHERE uc.period_ends_at IS NOT NULL
+      AND uc.period_ends_at <= now() + make_interval(days => %(days)s::integer)
+)
+SELECT jsonb_build_object(
+    'as_of', now(),
+    'days', %(days)s::integer,
+    'due', (SELECT jsonb_build_object('accounts', count(*),
+                                      'credits', coalesce(sum(e.credits), 0),
+                                      'oldest', min(e.period_ends_at))
+            FROM ending AS e WHERE e.renews AND e.period_ends_at <= now()),
+    'stopped', (SELECT count(*) FROM ending AS e
+                WHERE NOT e.renews AND e.period_ends_at <= now()),
+    'coming', (SELECT jsonb_build_object('accounts', count(*),
+                                         'credits', coalesce(sum(e.credits), 0))
+               FROM ending AS e WHERE e.renews AND e.period_ends_at > now()),
+    'next', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'user_id', n.user_id, 'email', n.email, 'role', n.user_role,
+                        'renews_as', n.role, 'credits', n.credits,
+                        'period_ends_at', n.period_ends_at)
+                        ORDER BY n.period_ends_at, n.user_id), '[]'::jsonb)
+             FROM (SELECT e.* FROM ending AS e
+                   WHERE e.renews AND e.period_ends_at > now()
+                   ORDER BY e.period_ends_at, e.user_id
+                   LIMIT %(limit)s) AS n),
+    'roles', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                         'role', rc.role, 'credits', rc.credits,
+                         'renewal_interval', rc.renewal_interval::text,
+                         'rollover_cap', rc.rollover_cap) ORDER BY rc.role), '[]'::jsonb)
+              FROM role_credits AS rc));

@@ -14,9 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from html import escape
+from urllib.parse import urlencode
+from uuid import UUID
 
 from credits_db.http import charts
-from credits_db.http._admin_queries import DailyLedger, LedgerBackfills, PoolFill, UserRecord
+from credits_db.http._admin_queries import (
+    DailyLedger,
+    ExpiringLots,
+    LedgerBackfills,
+    PoolFill,
+    Renewals,
+    UserRecord,
+)
 from credits_db.http.backfill_jobs import BackfillJob
 from credits_db.models import AllocationReport, BackfillSummary, IntegrityProblem, LedgerEntry
 from credits_db.models import Overview as UserOverview
@@ -59,6 +68,12 @@ dd { margin: 0; }
 """The admin pages' stylesheet (served as ``/admin/static/admin.css``)."""
 
 CHART_DAYS = 30
+EXPIRY_DAYS = 30
+"""The admin page shows the credits expiring within this many days."""
+RENEWAL_DAYS = 7
+"""The admin page shows the renewals coming within this many days."""
+SOONEST_SHOWN = 10
+"""Lots expiring soonest, and renewals coming first, listed by the admin page."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,8 @@ class Overview:
     pools: list[PoolFill]
     problems: list[IntegrityProblem]
     backfills: LedgerBackfills
+    expiring: ExpiringLots
+    renewals: Renewals
     running: JobLink | None
     last_job: JobLink | None
 
@@ -126,15 +143,27 @@ def _when(value: datetime | None) -> str:
 
 
 def _table(caption: str, head: Sequence[str], rows: Sequence[Sequence[str]], *,
-           empty: str, table_id: str = "") -> str:
-    """A table; the first cell of each row is its header, the others are numbers."""
+           empty: str, table_id: str = "", text_columns: Sequence[int] = ()) -> str:
+    """A table; the first cell of each row is its header, the others are numbers but
+    those of ``text_columns``. Every cell is escaped."""
+    return _html_table(caption, head, [[escape(cell) for cell in row] for row in rows],
+                       empty=empty, table_id=table_id, text_columns=text_columns)
+
+
+def _html_table(caption: str, head: Sequence[str], rows: Sequence[Sequence[str]], *,
+                empty: str, table_id: str = "", text_columns: Sequence[int] = ()) -> str:
+    """:func:`_table` of cells that are HTML already (escaped by the caller)."""
     ident = f" id=\"{table_id}\"" if table_id else ""
-    numeric = " class=\"num\""
-    cols = "".join(f"<th scope=\"col\"{numeric if i else ''}>{escape(h)}</th>"
+
+    def numeric(i: int) -> str:
+        return " class=\"num\"" if i and i not in text_columns else ""
+
+    cols = "".join(f"<th scope=\"col\"{numeric(i)}>{escape(h)}</th>"
                    for i, h in enumerate(head))
     body = "".join(
-        f"<tr><th scope=\"row\">{escape(row[0])}</th>"
-        + "".join(f"<td class=\"num\">{escape(cell)}</td>" for cell in row[1:]) + "</tr>"
+        f"<tr><th scope=\"row\">{row[0]}</th>"
+        + "".join(f"<td{numeric(i)}>{cell}</td>" for i, cell in enumerate(row[1:], 1))
+        + "</tr>"
         for row in rows
     ) or f"<tr><td colspan=\"{len(head)}\">{escape(empty)}</td></tr>"
     return (f"<table{ident}><caption>{escape(caption)}</caption><thead><tr>{cols}</tr></thead>"
@@ -243,6 +272,90 @@ def _integrity(problems: list[IntegrityProblem]) -> str:
                     f"<code>verify_credit_integrity()</code>:<ul>{items}</ul>{more}</div>")
 
 
+def _account(links: Links, user_id: UUID, email: str | None) -> str:
+    """An account's email (else its id), linked to its lookup; escaped HTML."""
+    href = f"{links.lookup}?{urlencode({'who': str(user_id)})}"
+    return f"<a href=\"{escape(href)}\">{escape(email or str(user_id))}</a>"
+
+
+def _expiring(links: Links, lots: ExpiringLots) -> str:
+    lapsed, coming = lots.lapsed, lots.coming
+    if lapsed.lots:
+        sweep = (f"<div role=\"alert\" class=\"status error\" id=\"lapsed-lots\">"
+                 f"{_num(lapsed.credits)} credits in {_num(lapsed.lots)} lots of "
+                 f"{_num(lapsed.accounts)} accounts lapsed (the first "
+                 f"{escape(_when(lapsed.oldest))}) and were not swept: "
+                 "<code>expire_credits()</code> has not run since. Debits do not spend them, "
+                 "but the balances count them until it runs: schedule it (see "
+                 "docs/admin.md).</div>")
+    else:
+        sweep = "<p id=\"lapsed-lots\">No lapsed credits wait for the sweep.</p>"
+    days = [(d.day.isoformat(), _num(d.lots), _num(d.accounts), _num(d.credits))
+            for d in lots.by_day]
+    per_day = _table(f"Credits expiring per UTC day, next {lots.days} days (days without "
+                     "expiries left out)", ("Day (UTC)", "Lots", "Accounts", "Credits"), days,
+                     empty=f"No credits expire in the next {lots.days} days.",
+                     table_id="expiry-days")
+    soonest = [[escape(_when(lot.expires_at)), _account(links, lot.user_id, lot.email),
+                escape(lot.role if lot.role is not None else "(none)"), escape(lot.source),
+                _num(lot.amount), _num(lot.remaining)] for lot in lots.soonest]
+    first = _html_table(f"The {SOONEST_SHOWN} lots expiring first",
+                        ("Expires", "Account", "Role", "Source", "Amount", "Unspent"), soonest,
+                        empty="No lot expires in this window.", table_id="expiring-lots",
+                        text_columns=(1, 2, 3))
+    return _section(
+        "expiring", f"Credits expiring, next {lots.days} days",
+        f"<p class=\"stat\" id=\"expiring-credits\">{_num(coming.credits)}</p>"
+        f"<p id=\"expiring-summary\">credits in {_num(coming.lots)} lots of "
+        f"{_num(coming.accounts)} accounts expire in the next {lots.days} days, unless "
+        f"spent first.</p>{sweep}<div class=\"pair\"><div class=\"scroll\">{first}</div>"
+        f"<div class=\"scroll\">{per_day}</div></div>")
+
+
+def _interval(value: str | None) -> str:
+    return "once (no renewal)" if value is None else value
+
+
+def _renewals(links: Links, renewals: Renewals) -> str:
+    r = renewals
+    if r.due_accounts:
+        due = (f"<div role=\"alert\" class=\"status error\" id=\"renewals-due\">"
+               f"The allowance periods of {_num(r.due_accounts)} accounts ended (the first "
+               f"{escape(_when(r.oldest_due))}) and were not renewed: "
+               "<code>renew_allowances()</code> has not run since. Until it runs they have "
+               f"no allowance for their current period ({_num(r.due_credits)} credits to "
+               "give, rollovers aside): schedule it (see docs/admin.md).</div>")
+    elif any(role.renewal_interval is not None for role in r.roles):
+        due = "<p id=\"renewals-due\">No renewal is due.</p>"
+    else:
+        due = ("<p id=\"renewals-due\">No role renews: every allocation is given once "
+               "(set <code>role_credits.renewal_interval</code> to renew one).</p>")
+    stopped = (f"<p class=\"status note\" id=\"renewals-stopped\">"
+               f"The periods of {_num(r.stopped_accounts)} accounts ended but their role no "
+               "longer renews: the renewal leaves them as they are.</p>"
+               if r.stopped_accounts else "")
+    upcoming = [[escape(_when(n.period_ends_at)), _account(links, n.user_id, n.email),
+                 escape((n.role if n.role is not None else "(none)")
+                        + ("" if n.role == n.renews_as else f" (as {n.renews_as})")),
+                 _num(n.credits)] for n in r.next]
+    first = _html_table(f"The {SOONEST_SHOWN} renewals coming first",
+                        ("Period ends", "Account", "Role", "Allowance"), upcoming,
+                        empty=f"No renewal in the next {r.days} days.",
+                        table_id="renewals-next", text_columns=(1, 2))
+    roles = [(role.role, _num(role.credits), _interval(role.renewal_interval),
+              _num(role.rollover_cap)) for role in r.roles]
+    per_role = _table("Allowance and renewal per role (role_credits)",
+                      ("Role", "Allowance", "Renews every", "Rollover cap"), roles,
+                      empty="No role_credits rows.", table_id="role-renewals",
+                      text_columns=(2,))
+    return _section(
+        "renewals", "Renewals",
+        f"<p class=\"stat\" id=\"renewals-coming\">{_num(r.coming_accounts)}</p>"
+        f"<p id=\"renewals-summary\">accounts renew in the next {r.days} days: "
+        f"{_num(r.coming_credits)} credits of allowance, rollovers aside.</p>{due}{stopped}"
+        f"<div class=\"pair\"><div class=\"scroll\">{first}</div><div>{per_role}</div></div>")
+
+
 def _last_backfill(view: Overview) -> str:
     ledger = view.backfills
     text = (f"Last backfill allocation in the ledger: {escape(_when(ledger.last_at))}. "
@@ -283,13 +396,15 @@ def _lookup_form(links: Links, who: str = "") -> str:
 
 
 def admin_page(links: Links, csrf: str, view: Overview) -> str:
-    """The admin page: waiting users, the backfill, integrity, lookup and the charts."""
+    """The admin page: waiting users, the backfill, integrity, expiring credits,
+    renewals, lookup and the charts."""
     return _layout(
         links, "Credits administration",
         _header(links, "Credits administration", csrf)
         + f"<div role=\"status\" aria-live=\"polite\" class=\"status note\" id=\"result\">"
         f"{'A backfill is running.' if view.running is not None else ''}</div>"
         + _waiting(view.report) + _backfill(links, view) + _integrity(view.problems)
+        + _expiring(links, view.expiring) + _renewals(links, view.renewals)
         + _section("lookup", "Look up a user", _lookup_form(links))
         + _roles(view.report) + _daily(view.daily) + _pools(view.pools),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 
@@ -98,6 +99,28 @@ def test_demo_on_a_given_server_cleans_up(server: Server) -> None:
     assert by_role["team_admin"] == {"users": 2, "users_with_credits": 2,
                                      "total_credits": 10000, "remaining_credits": 10000}
     assert data["allocation"]["users_without_credits"] == 0
+    # A month of renewals: member renews monthly, rollover cap 100. The new member's
+    # 350 (spent 200) expires with the period, the next 350 and a rollover of 100
+    # come; the promo grant (7 days) lapses and is swept.
+    month = data["renewal"]
+    assert (month["role"], month["renewal_interval"], month["rollover_cap"]) == \
+        ("member", "1 mon", 100)
+    assert [(e["amount"], e["type"], e["source"]) for e in month["entries"]] == [
+        (350, "credit", "signup"), (-200, "debit", "search"), (50, "credit", "promo"),
+        (-150, "expire", "expiry"), (350, "credit", "renewal"), (100, "credit", "rollover"),
+        (-50, "expire", "expiry")]
+    assert month["remaining_credits"] == 450
+    # Every account of member (and the fallbacks: a NULL and an unknown role), before
+    # and after the install, and the new one renews once; only the new one rolls over.
+    assert {k: month["renewal"][k] for k in ("accounts_renewed", "credits_renewed",
+                                             "credits_rolled_over", "credits_expired")} == \
+        {"accounts_renewed": 7, "credits_renewed": 7 * 350, "credits_rolled_over": 100,
+         "credits_expired": 150}
+    assert (month["expiry"]["lots_expired"], month["expiry"]["credits_expired"]) == (1, 50)
+    ends, next_ends, promo = (datetime.fromisoformat(month[k]) for k in (
+        "period_ends_at", "next_period_ends_at", "promo_expires_at"))
+    assert promo < ends < next_ends
+    assert (next_ends.year * 12 + next_ends.month) - (ends.year * 12 + ends.month) == 1
 
 
 def test_demo_without_a_url_uses_an_embedded_server() -> None:
@@ -106,6 +129,15 @@ def test_demo_without_a_url_uses_an_embedded_server() -> None:
     assert "embedded PostgreSQL" in result.stderr
     for expected in ("member", "350", "team_admin", "5000", "super_admin", "10000"):
         assert expected in result.stdout
+    assert "A month of renewals: monthly-member@example.com (member renews every 1 mon, " \
+        "rollover cap 100)" in result.stdout
+    for entry in ("+350  credit  signup", "-200  debit   search", "+50  credit  promo",
+                  "-150  expire  expiry", "+350  credit  renewal", "+100  credit  rollover",
+                  "-50  expire  expiry"):
+        assert entry in result.stdout, entry
+    assert "a month and a day later: 450 credits until" in result.stdout
+    assert "expire_credits() swept 50 lapsed credits" in result.stdout
+    assert "1 month 1 day later: renew_allowances() renewed 7 accounts" in result.stderr
 
 
 def test_spending_commands_end_to_end(db: Database) -> None:
