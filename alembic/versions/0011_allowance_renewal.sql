@@ -23,15 +23,19 @@
 -- ---- DDL before the functions (sql/030) ----
 ALTER TABLE role_credits
     ADD COLUMN renewal_interval interval
-        -- Every part non-negative, so that anchor + k x interval grows with k,
-        -- and at most a century, so that no period end leaves the timestamp range.
+        -- Months (and years), or a fixed length (days, hours), never both
+        -- nor a negative part: then anchor + k x interval grows with k and the
+        -- period of a time is found exactly (030). At most a century, so that
+        -- no period end leaves the timestamp range.
         CONSTRAINT role_credits_renewal_interval_range CHECK (
             renewal_interval BETWEEN interval '1 hour' AND interval '100 years'
             AND extract(year FROM renewal_interval) >= 0
             AND extract(month FROM renewal_interval) >= 0
             AND extract(day FROM renewal_interval) >= 0
             AND extract(epoch FROM renewal_interval
-                        - date_trunc('day', renewal_interval)) >= 0),
+                        - date_trunc('day', renewal_interval)) >= 0
+            AND (date_trunc('month', renewal_interval) = interval '0'
+                 OR date_trunc('month', renewal_interval) = renewal_interval)),
     ADD COLUMN rollover_cap integer NOT NULL DEFAULT 0
         CONSTRAINT role_credits_rollover_cap_nonnegative CHECK (rollover_cap >= 0);
 
@@ -726,15 +730,22 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT (x.a + k.k * p_interval) AT TIME ZONE 'UTC',
            (x.a + (k.k + 1) * p_interval) AT TIME ZONE 'UTC'
-    FROM (SELECT p_anchor AT TIME ZONE 'UTC' AS a, p_at AT TIME ZONE 'UTC' AS t) x
+    FROM (SELECT p_anchor AT TIME ZONE 'UTC' AS a, p_at AT TIME ZONE 'UTC' AS t,
+                 (extract(year FROM p_interval) * 12 + extract(month FROM p_interval))::bigint
+                     AS months) x
     CROSS JOIN LATERAL (
-        SELECT floor(extract(epoch FROM x.t - x.a) * 12
-                     / extract(epoch FROM (x.a + 12 * p_interval) - x.a))::bigint AS estimate
+        -- k exactly: by calendar months for an interval of months (the start
+        -- of period k0 is then in p_at's month or the one before), else by its
+        -- fixed length (in UTC a day is always 24 hours).
+        SELECT CASE WHEN x.months > 0
+                    THEN floor(((extract(year FROM x.t) - extract(year FROM x.a)) * 12
+                                + extract(month FROM x.t) - extract(month FROM x.a))
+                               / x.months)::bigint
+                    ELSE floor(extract(epoch FROM x.t - x.a) / extract(epoch FROM p_interval))::bigint
+               END AS k0
     ) e
     CROSS JOIN LATERAL (
-        SELECT coalesce(max(g.k), 0) AS k
-        FROM generate_series(greatest(e.estimate - 2, 0), greatest(e.estimate + 2, 0)) AS g(k)
-        WHERE x.a + g.k * p_interval <= x.t
+        SELECT greatest(e.k0 - (x.a + e.k0 * p_interval > x.t)::integer, 0) AS k
     ) k
 $$;
 

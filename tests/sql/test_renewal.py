@@ -158,6 +158,7 @@ def test_periods_are_anchored_on_the_opening_and_computed_in_utc(conn: Conn) -> 
                 ("2026-03-01 00:00+00", "2026-02-28 10:00+00", "2026-03-31 10:00+00"),
                 ("2036-03-31 09:59+00", "2036-02-29 10:00+00", "2036-03-31 10:00+00"),
                 ("2036-03-31 10:00+00", "2036-03-31 10:00+00", "2036-04-30 10:00+00"),
+                ("8999-03-31 09:59+00", "8999-02-28 10:00+00", "8999-03-31 10:00+00"),
                 ("2025-12-31 00:00+00", "2026-01-31 10:00+00", "2026-02-28 10:00+00")]
     for zone in ("UTC", "Pacific/Auckland", "America/New_York"):
         conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
@@ -292,6 +293,7 @@ def test_bad_arguments_of_the_renewal(conn: Conn, call: str, sqlstate: str) -> N
     "renewal_interval = interval '0'", "renewal_interval = interval '-1 day'",
     "renewal_interval = interval '59 minutes'", "renewal_interval = interval '101 years'",
     "renewal_interval = interval '1 month -1 day'", "renewal_interval = interval '1 day -1 hour'",
+    "renewal_interval = interval '1 month 15 days'",
     "rollover_cap = -1"])
 def test_role_credits_refuses_a_period_or_cap_that_cannot_be(conn: Conn, change: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
@@ -323,3 +325,13 @@ def test_a_limited_renewal_moves_past_a_busy_account(conn: Conn, db: Database) -
         assert one(conn, "SELECT user_id::text FROM credit_usage_log"
                          " WHERE source = 'renewal'") == idle
         holder.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize(("every", "at", "starts"), [
+    ("3 months", "2026-05-01 00:00+00", "2026-04-30 10:00+00"),
+    ("1 year", "2028-02-29 12:00+00", "2028-01-31 10:00+00"),
+    ("36 hours", "2026-02-03 09:59+00", "2026-02-01 22:00+00"),
+])
+def test_periods_of_other_lengths(conn: Conn, every: str, at: str, starts: str) -> None:
+    assert one(conn, "SELECT starts_at = %s::timestamptz FROM credits_internal.allowance_period("
+                     "'2026-01-31 10:00+00', %s::interval, %s)", (starts, every, at)) is True
