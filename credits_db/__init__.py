@@ -40,6 +40,8 @@ from credits_db.functions import (
     overview,
     refund,
     remove_team_member,
+    renew,
+    renew_all,
     verify,
 )
 from credits_db.models import (
@@ -54,6 +56,7 @@ from credits_db.models import (
     LedgerEntry,
     Overview,
     OwnBalance,
+    RenewalSummary,
     RoleAllocation,
     RoleReport,
     TeamMember,
@@ -84,6 +87,7 @@ __all__ = [
     "Overview",
     "OwnBalance",
     "PermissionDenied",
+    "RenewalSummary",
     "RetryableError",
     "RoleAllocation",
     "RoleReport",
@@ -109,5 +113,7 @@ __all__ = [
     "overview",
     "refund",
     "remove_team_member",
+    "renew",
+    "renew_all",
     "verify",
 ]
