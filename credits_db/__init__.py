@@ -43,6 +43,8 @@ from credits_db.functions import (
     overview,
     refund,
     remove_team_member,
+    renew,
+    renew_all,
     verify,
 )
 from credits_db.models import (
@@ -60,6 +62,7 @@ from credits_db.models import (
     LedgerEntry,
     Overview,
     OwnBalance,
+    RenewalSummary,
     RoleAllocation,
     RoleReport,
     TeamMember,
@@ -93,6 +96,7 @@ __all__ = [
     "Overview",
     "OwnBalance",
     "PermissionDenied",
+    "RenewalSummary",
     "RetryableError",
     "RoleAllocation",
     "RoleReport",
@@ -121,5 +125,7 @@ __all__ = [
     "overview",
     "refund",
     "remove_team_member",
+    "renew",
+    "renew_all",
     "verify",
 ]

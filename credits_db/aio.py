@@ -13,6 +13,8 @@ from psycopg.pq import TransactionStatus
 from credits_db import _calls
 from credits_db._calls import UserId
 from credits_db._execute import arun, arun_committed
+from credits_db._renewal_aio import renew as renew
+from credits_db._renewal_aio import renew_all as renew_all
 from credits_db.models import (
     AllocationFailure,
     AllocationReport,

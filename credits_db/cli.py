@@ -20,7 +20,7 @@ import psycopg
 import sqlalchemy.exc
 
 import credits_db
-from credits_db import _calls, demo, embedded, migrate, urls
+from credits_db import _calls, _renewal, demo, embedded, migrate, scheduling, urls
 from credits_db._execute import run
 from credits_db.errors import CreditsError, NotInstalled
 from credits_db.models import (
@@ -540,6 +540,89 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--as-of {text!r} is not an ISO 8601 time "
+                         "(e.g. 2025-03-01T00:00:00Z)") from None
+    if value.tzinfo is None:
+        raise UsageError(f"--as-of {text!r} has no time zone offset: add one (Z, +00:00)")
+    return value
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    _check_batch_size(args.batch_size)
+    as_of = _parse_as_of(args.as_of)
+    with _connect(_resolve_url(args)) as conn:
+        try:
+            due = _renewal.renewals_due(conn, as_of=as_of)
+        except psycopg.errors.UndefinedColumn as exc:
+            # user_credits from before revision 0011 has no period_ends_at.
+            raise NotInstalled(detail=exc.diag.message_primary) from exc
+        progress = Progress("renew: accounts", due, enabled=not args.json)
+        try:
+            summary = credits_db.renew_all(conn, as_of=as_of, on_batch=progress.advance,
+                                           batch_size=args.batch_size
+                                           or _renewal.DEFAULT_BATCH_SIZE)
+        finally:
+            progress.close()
+    if args.json:
+        _print_json(asdict(summary))
+        return 0
+    out(f"renewed {summary.accounts_renewed} account(s) as of {summary.as_of.isoformat()}: "
+        f"{summary.credits_renewed} credits, {summary.credits_rolled_over} rolled over, "
+        f"{summary.credits_expired} expired with their periods")
+    if summary.accounts_skipped:
+        out(f"{summary.accounts_skipped} busy account(s) skipped: the next run renews them")
+    return 0
+
+
+PG_CRON_UNAVAILABLE = 4
+"""``credits-db schedule``'s exit code where pg_cron is not available."""
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    url = _resolve_url(args)
+    if args.unschedule and (args.renew_cron or args.expire_cron):
+        raise UsageError("--unschedule takes no --renew-cron or --expire-cron")
+    try:
+        if args.unschedule:
+            result = scheduling.unschedule(url, database=args.database)
+        else:
+            result = scheduling.schedule(
+                url, database=args.database,
+                renew_cron=args.renew_cron or scheduling.DEFAULT_RENEW_CRON,
+                expire_cron=args.expire_cron or scheduling.DEFAULT_EXPIRE_CRON)
+    except scheduling.PgCronUnavailable as exc:
+        _fail(f"{exc}; {scheduling.EXTERNAL_SCHEDULER_HINT}")
+        return PG_CRON_UNAVAILABLE
+    except scheduling.SchedulingError as exc:
+        _fail(str(exc))
+        return 1
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise UsageError(f"pg_cron refused a schedule ({exc.diag.message_primary}): give "
+                         "--renew-cron and --expire-cron in cron syntax, e.g. '0 * * * *'"
+                         ) from exc
+    if args.json:
+        _print_json({"action": "unscheduled" if args.unschedule else "scheduled",
+                     **asdict(result)})
+        return 0
+    for job in result.jobs:
+        verb = "unscheduled" if args.unschedule else "scheduled"
+        out(f"{verb} {job.jobname} (job {job.jobid}): {job.schedule!r} in database "
+            f"{job.database}: {job.command}")
+    if args.unschedule and not result.jobs:
+        out(f"no credits-db jobs to unschedule in database {result.database}")
+    elif not args.unschedule:
+        out(f"pg_cron {result.pg_cron_version} runs them (its jobs are in database "
+            f"{result.cron_database}: SELECT * FROM cron.job_run_details); remove them with "
+            "credits-db schedule --unschedule")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     url = args.url or urls.from_environment()
     if url is None:
@@ -727,6 +810,24 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20, help="rows per page (default 20)")
     history.add_argument("--cursor", help="start after the page that printed this cursor")
     history.add_argument("--all", action="store_true", help="every page, to the oldest row")
+    renew = add("renew", cmd_renew, "renew the allowances of the accounts whose period has "
+                "ended (renew_allowances), in committed batches: for any scheduler")
+    renew.add_argument("--as-of", help="judge the periods at this ISO 8601 time with an offset "
+                       "(default: now)")
+    renew.add_argument("--batch-size", type=int, default=None,
+                       help=f"accounts per committed batch (default: "
+                       f"{_renewal.DEFAULT_BATCH_SIZE})")
+    schedule = add("schedule", cmd_schedule, "create or update the pg_cron jobs that run "
+                   f"renew_allowances() and expire_credits() (exit {PG_CRON_UNAVAILABLE} "
+                   "where pg_cron is not available)")
+    schedule.add_argument("--renew-cron", help="when the renewal runs "
+                          f"(default: '{scheduling.DEFAULT_RENEW_CRON}')")
+    schedule.add_argument("--expire-cron", help="when the expiry sweep runs "
+                          f"(default: '{scheduling.DEFAULT_EXPIRE_CRON}')")
+    schedule.add_argument("--database", help="the database the jobs run in, where credits-db "
+                          "is installed (default: the URL's)")
+    schedule.add_argument("--unschedule", action="store_true",
+                          help="remove the two jobs of that database instead")
     add("demo", cmd_demo, "run a demo (embedded PostgreSQL, from the demo extra, unless "
         "--url/DATABASE_URL)")
     commands.add_parser("bench", add_help=False,

@@ -18,6 +18,8 @@ from psycopg.pq import TransactionStatus
 from credits_db import _calls
 from credits_db._calls import UserId
 from credits_db._execute import SyncConnection, run, run_committed
+from credits_db._renewal import renew as renew
+from credits_db._renewal import renew_all as renew_all
 from credits_db.errors import InvalidArgument
 from credits_db.models import (
     AllocationFailure,

@@ -104,6 +104,42 @@ class BackfillBatch:
 
 
 @dataclass(frozen=True)
+class RenewalSummary:
+    """What ``renew_allowances()`` did: one call, or a batched run summed.
+
+    Attributes:
+        accounts_renewed: accounts given their current period's allowance.
+        credits_renewed: credits of those allowances.
+        credits_rolled_over: credits carried over from the periods that ended
+            (at most each role's ``rollover_cap`` per account).
+        credits_expired: what the ended periods' allowances still held, expired.
+        accounts_skipped: accounts due but busy (another transaction held them),
+            left for the next run; of a batched run, those its last call left.
+        as_of: the time the renewal was judged at (every call of a batched run
+            uses the first call's).
+    """
+
+    accounts_renewed: int
+    credits_renewed: int
+    credits_rolled_over: int
+    credits_expired: int
+    accounts_skipped: int
+    as_of: datetime
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RenewalSummary:
+        """Build from the jsonb ``renew_allowances()`` returns."""
+        return cls(
+            accounts_renewed=int(data["accounts_renewed"]),
+            credits_renewed=int(data["credits_renewed"]),
+            credits_rolled_over=int(data["credits_rolled_over"]),
+            credits_expired=int(data["credits_expired"]),
+            accounts_skipped=int(data["accounts_skipped"]),
+            as_of=datetime.fromisoformat(data["as_of"]),
+        )
+
+
+@dataclass(frozen=True)
 class RoleReport:
     """Users of one role and the credits they hold."""
 

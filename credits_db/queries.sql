@@ -14,6 +14,19 @@ SELECT public.backfill_user_credits(p_dry_run => %(dry_run)s::boolean, p_limit =
 -- primary-key order after `after` (NULL: from the first).
 SELECT public.backfill_user_credits_batch(p_after_user_id => %(after)s::uuid, p_limit => %(limit)s::integer);
 
+-- name: renew
+-- Give the accounts whose allowance period ended by `as_of` (NULL: now(), the
+-- function's own default) their current period's allowance, `limit` at most.
+SELECT public.renew_allowances(p_as_of => coalesce(%(as_of)s::timestamptz, now()),
+                               p_limit => %(limit)s::integer);
+
+-- name: renewals_due
+-- For a progress line: accounts whose allowance period ended by `as_of`. Read from
+-- user_credits alone (credits_admin may not read the host's users table), so an
+-- account whose role stopped renewing is counted though the renewal skips it.
+SELECT count(*) FROM public.user_credits
+WHERE period_ends_at <= coalesce(%(as_of)s::timestamptz, now());
+
 -- name: allocation_report
 -- Users with and without credits, and credits per role.
 SELECT public.credit_allocation_report();
