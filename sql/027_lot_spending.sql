@@ -33,9 +33,21 @@ DECLARE
     v_result    jsonb;
     v_key_taken boolean;
 BEGIN
+    -- Locked only if it can pay, judged at least as strictly as the plan
+    -- below does: a debit the own account refuses holds no lock on its way to
+    -- the team pool (own, then pool, would deadlock with mutual pools, or with
+    -- one DELETE of an admin and member). The lapsed sum here may come from a
+    -- snapshot older than the locked row; every change since then moved
+    -- remaining_credits down at least as much as it moved lapsed credits down
+    -- (a sweep or renewal expires them), so the test never passes wrongly.
     SELECT uc.remaining_credits - uc.tracked_credits INTO v_untracked
-    FROM public.user_credits uc WHERE uc.user_id = p_account
-    FOR NO KEY UPDATE;
+    FROM public.user_credits uc
+    WHERE uc.user_id = p_account
+      AND uc.remaining_credits - coalesce((
+              SELECT sum(l.amount - l.taken - l.expired) FROM public.credit_lots l
+              WHERE l.user_id = uc.user_id AND l.expires_at <= statement_timestamp()
+                AND l.taken < l.amount - l.expired), 0) >= p_amount
+    FOR NO KEY UPDATE OF uc;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
