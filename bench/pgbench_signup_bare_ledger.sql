@@ -32,7 +32,12 @@ balance AS (
     INSERT INTO user_credits (user_id, total_credits, allocated_credits)
     SELECT id, credits, credits FROM planned
     RETURNING user_id
+),
+logged AS (
+    INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+    SELECT p.id, p.credits, 'credit', 'signup', p.description
+    FROM planned p JOIN balance b ON b.user_id = p.id
+    RETURNING id, user_id, amount, source
 )
-INSERT INTO credit_usage_log (user_id, amount, type, source, description)
-SELECT p.id, p.credits, 'credit', 'signup', p.description
-FROM planned p JOIN balance b ON b.user_id = p.id;
+INSERT INTO credit_lots (user_id, log_id, source, amount)
+SELECT g.user_id, g.id, g.source, g.amount FROM logged g;

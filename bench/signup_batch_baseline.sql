@@ -23,14 +23,19 @@ allocated AS (
     INSERT INTO user_credits (user_id, total_credits, allocated_credits)
     SELECT user_id, credits, credits FROM planned
     RETURNING user_id
+),
+logged AS (
+    INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+    SELECT p.user_id, p.credits, 'credit', 'signup',
+           CASE
+               WHEN NOT p.is_fallback THEN format('signup allocation for role %%s', p.role)
+               WHEN p.role IS NULL THEN 'signup allocation: no role, member allocation (fallback)'
+               ELSE format('signup allocation: unknown role %%L, member allocation (fallback)', p.role)
+           END
+    FROM planned p
+    JOIN allocated a USING (user_id)
+    WHERE p.credits > 0
+    RETURNING id, user_id, amount, source
 )
-INSERT INTO credit_usage_log (user_id, amount, type, source, description)
-SELECT p.user_id, p.credits, 'credit', 'signup',
-       CASE
-           WHEN NOT p.is_fallback THEN format('signup allocation for role %%s', p.role)
-           WHEN p.role IS NULL THEN 'signup allocation: no role, member allocation (fallback)'
-           ELSE format('signup allocation: unknown role %%L, member allocation (fallback)', p.role)
-       END
-FROM planned p
-JOIN allocated a USING (user_id)
-WHERE p.credits > 0
+INSERT INTO credit_lots (user_id, log_id, source, amount)
+SELECT g.user_id, g.id, g.source, g.amount FROM logged g

@@ -41,10 +41,14 @@ BEGIN
             INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
             SELECT id, credits, credits FROM planned
             RETURNING user_id
+        ), logged AS (
+            INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+            SELECT p.id, p.credits, 'credit', 'signup', p.description
+            FROM planned p JOIN balance b ON b.user_id = p.id
+            RETURNING id, user_id, amount, source
         )
-        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-        SELECT p.id, p.credits, 'credit', 'signup', p.description
-        FROM planned p JOIN balance b ON b.user_id = p.id;
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+        SELECT g.user_id, g.id, g.source, g.amount FROM logged g;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'bench: signup allocation failed (%: %)', SQLSTATE, SQLERRM;
     END;

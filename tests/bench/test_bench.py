@@ -230,12 +230,13 @@ def test_signup_contract_floor_writes_what_the_trigger_writes(
 
 
 def _accounts(conn: Conn, emails: str) -> list[tuple[Any, ...]]:
-    """Balance and log rows of the users whose email is LIKE ``emails``, by email."""
+    """Balance, log and lot rows of the users whose email is LIKE ``emails``, by email."""
     return conn.execute(
         "SELECT u.email, u.role, c.total_credits, c.used_credits, c.allocated_credits,"
-        " l.amount, l.type, l.source, l.description"
+        " l.amount, l.type, l.source, l.description, k.amount, k.source, k.expires_at"
         " FROM users u JOIN user_credits c ON c.user_id = u.id"
         " LEFT JOIN credit_usage_log l ON l.user_id = u.id AND l.id > c.opened_after_log_id"
+        " LEFT JOIN credit_lots k ON k.log_id = l.id"
         " WHERE u.email LIKE %s ORDER BY u.email, l.id", (emails,)).fetchall()
 
 
