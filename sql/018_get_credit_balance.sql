@@ -4,8 +4,10 @@
 -- accept: debits are never split, so it is the larger of the two balances,
 -- not their sum. Lots (026): what lapsed without a sweep yet is not
 -- spendable (own.spendable_credits, team_pool_spendable), and next_expiry
--- says when the soonest open lot expires and how much it still holds. A NULL
--- id is an unknown user (CR005).
+-- says when the soonest open lot expires and how much it still holds;
+-- next_renewal (own and pool) when the current allowance period ends and what
+-- the role then gives, for a role that renews (030). A NULL id is an unknown
+-- user (CR005).
 --
 -- Permission: as debit_credits, a caller outside credits_admin
 -- may read only their own balance, credits_current_user_id(), else 42501.
@@ -34,11 +36,24 @@ BEGIN
                                             'used_credits', own.used_credits,
                                             'remaining_credits', own.remaining_credits)
                          || own_lots.summary
+                         || jsonb_build_object('next_renewal', CASE
+                                WHEN own_role.renewal_interval IS NOT NULL
+                                     AND own.period_ends_at IS NOT NULL
+                                THEN jsonb_build_object('renews_at', own.period_ends_at,
+                                                        'credits', own_role.credits,
+                                                        'rollover_cap', own_role.rollover_cap)
+                                END)
                END,
         'team_admin_id', t.team_admin_id,
         'team_pool_remaining', pool.remaining_credits,
         'team_pool_spendable', (pool_lots.summary->>'spendable_credits')::integer,
         'team_pool_next_expiry', pool_lots.summary->'next_expiry',
+        'team_pool_next_renewal', CASE
+            WHEN pool_role.renewal_interval IS NOT NULL AND pool.period_ends_at IS NOT NULL
+            THEN jsonb_build_object('renews_at', pool.period_ends_at,
+                                    'credits', pool_role.credits,
+                                    'rollover_cap', pool_role.rollover_cap)
+            END,
         'spendable', coalesce(greatest((own_lots.summary->>'spendable_credits')::integer,
                                        (pool_lots.summary->>'spendable_credits')::integer), 0)
     )
@@ -51,6 +66,21 @@ BEGIN
            ON own.user_id IS NOT NULL
     LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(pool.user_id) AS summary) pool_lots
            ON pool.user_id IS NOT NULL
+    -- The role that renews an account: its user's, the member row for a NULL
+    -- or unknown one; the pool's is its admin's (031).
+    LEFT JOIN LATERAL (
+        SELECT r.credits, r.renewal_interval, r.rollover_cap
+        FROM public.role_credits r
+        WHERE r.role = coalesce((SELECT rc.role FROM public.role_credits rc WHERE rc.role = u.role),
+                                'member')
+    ) own_role ON own.user_id IS NOT NULL
+    LEFT JOIN public.users admin ON admin.id = t.team_admin_id
+    LEFT JOIN LATERAL (
+        SELECT r.credits, r.renewal_interval, r.rollover_cap
+        FROM public.role_credits r
+        WHERE r.role = coalesce((SELECT rc.role FROM public.role_credits rc
+                                 WHERE rc.role = admin.role), 'member')
+    ) pool_role ON pool.user_id IS NOT NULL
     WHERE u.id = p_user_id;
 
     IF v_result IS NULL THEN
@@ -63,4 +93,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION get_credit_balance(uuid) FROM PUBLIC;
 
 COMMENT ON FUNCTION get_credit_balance(uuid) IS
-    'Own balance, team pool, spendable (the largest single debit accepted now) and the next expiry of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';
+    'Own balance, team pool, spendable (the largest single debit accepted now), the next expiry and the next renewal of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';

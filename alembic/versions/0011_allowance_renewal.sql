@@ -7,11 +7,13 @@
 -- allowance with a capped rollover; the allocation paths (signup, backfill,
 -- a grant or role change opening an account) give a renewing role's
 -- allowance as a lot expiring with the first period; a role change raises
--- the current period's allowance; giving a role an interval schedules its
+-- the current period's allowance; get_credit_balance() says when the next
+-- renewal comes and what it gives; giving a role an interval schedules its
 -- accounts (a trigger on role_credits). expire_credits() records what a lot
 -- still held when swept (credit_lots.expired_unspent), which the rollover
 -- needs. Written by scripts/new_revision.py from sql/007_signup_allocation.sql,
--- sql/008_backfill.sql, sql/016_grant_credits.sql, sql/019_role_change_topup.sql,
+-- sql/008_backfill.sql, sql/016_grant_credits.sql, sql/018_get_credit_balance.sql,
+-- sql/019_role_change_topup.sql,
 -- sql/028_expire_credits.sql, sql/030_renewal.sql, sql/031_renew_allowances.sql,
 -- sql/094_grants.sql.
 --
@@ -495,6 +497,89 @@ REVOKE EXECUTE ON FUNCTION grant_credits(uuid, integer, text, text, text, timest
 
 COMMENT ON FUNCTION grant_credits(uuid, integer, text, text, text, timestamptz, integer) IS
     'Add p_amount to the account''s total_credits as a lot, expiring at p_expires_at (NULL: never), spent by p_priority (NULL: 50; lower first). CR006 if the total would exceed 2^31-1; keyed calls replay.';
+
+-- ---- 018_get_credit_balance.sql ----
+CREATE OR REPLACE FUNCTION get_credit_balance(p_user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
+                       'credits_admin'::name, 'MEMBER'::text)
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
+        RAISE EXCEPTION 'permission denied: may not read the balance of user %',
+            coalesce(p_user_id::text, 'NULL')
+            USING ERRCODE = '42501',
+                  HINT = 'A credits_user may read only its own balance (credits_current_user_id()).';
+    END IF;
+
+    SELECT jsonb_build_object(
+        'user_id', u.id,
+        'own', CASE WHEN own.user_id IS NULL THEN NULL
+                    ELSE jsonb_build_object('total_credits', own.total_credits,
+                                            'used_credits', own.used_credits,
+                                            'remaining_credits', own.remaining_credits)
+                         || own_lots.summary
+                         || jsonb_build_object('next_renewal', CASE
+                                WHEN own_role.renewal_interval IS NOT NULL
+                                     AND own.period_ends_at IS NOT NULL
+                                THEN jsonb_build_object('renews_at', own.period_ends_at,
+                                                        'credits', own_role.credits,
+                                                        'rollover_cap', own_role.rollover_cap)
+                                END)
+               END,
+        'team_admin_id', t.team_admin_id,
+        'team_pool_remaining', pool.remaining_credits,
+        'team_pool_spendable', (pool_lots.summary->>'spendable_credits')::integer,
+        'team_pool_next_expiry', pool_lots.summary->'next_expiry',
+        'team_pool_next_renewal', CASE
+            WHEN pool_role.renewal_interval IS NOT NULL AND pool.period_ends_at IS NOT NULL
+            THEN jsonb_build_object('renews_at', pool.period_ends_at,
+                                    'credits', pool_role.credits,
+                                    'rollover_cap', pool_role.rollover_cap)
+            END,
+        'spendable', coalesce(greatest((own_lots.summary->>'spendable_credits')::integer,
+                                       (pool_lots.summary->>'spendable_credits')::integer), 0)
+    )
+    INTO v_result
+    FROM public.users u
+    LEFT JOIN public.user_credits own ON own.user_id = u.id
+    LEFT JOIN public.team_credit_sharing t ON t.team_member_id = u.id
+    LEFT JOIN public.user_credits pool ON pool.user_id = t.team_admin_id
+    LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(own.user_id) AS summary) own_lots
+           ON own.user_id IS NOT NULL
+    LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(pool.user_id) AS summary) pool_lots
+           ON pool.user_id IS NOT NULL
+    -- The role that renews an account: its user's, the member row for a NULL
+    -- or unknown one; the pool's is its admin's (031).
+    LEFT JOIN LATERAL (
+        SELECT r.credits, r.renewal_interval, r.rollover_cap
+        FROM public.role_credits r
+        WHERE r.role = coalesce((SELECT rc.role FROM public.role_credits rc WHERE rc.role = u.role),
+                                'member')
+    ) own_role ON own.user_id IS NOT NULL
+    LEFT JOIN public.users admin ON admin.id = t.team_admin_id
+    LEFT JOIN LATERAL (
+        SELECT r.credits, r.renewal_interval, r.rollover_cap
+        FROM public.role_credits r
+        WHERE r.role = coalesce((SELECT rc.role FROM public.role_credits rc
+                                 WHERE rc.role = admin.role), 'member')
+    ) pool_role ON pool.user_id IS NOT NULL
+    WHERE u.id = p_user_id;
+
+    IF v_result IS NULL THEN
+        RAISE EXCEPTION 'unknown user %', coalesce(p_user_id::text, 'NULL') USING ERRCODE = 'CR005';
+    END IF;
+    RETURN v_result;
+END
+$$;
+
+COMMENT ON FUNCTION get_credit_balance(uuid) IS
+    'Own balance, team pool, spendable (the largest single debit accepted now), the next expiry and the next renewal of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';
 
 -- ---- 019_role_change_topup.sql ----
 CREATE OR REPLACE FUNCTION credits_internal.topup_on_role_change() RETURNS trigger

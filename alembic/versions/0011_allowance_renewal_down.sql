@@ -566,6 +566,61 @@ $$;
 COMMENT ON FUNCTION expire_credits(timestamptz, integer) IS
     'Expire what lots lapsed by p_as_of still hold (one expire entry per lot), p_limit lots per call; accounts busy right now are skipped (accounts_skipped) for the next run. Idempotent.';
 
+-- ---- get_credit_balance(uuid): as revision 0010 defined it ----
+CREATE OR REPLACE FUNCTION get_credit_balance(p_user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    IF NOT pg_has_role(coalesce(nullif(current_setting('role'), 'none'), session_user)::name,
+                       'credits_admin'::name, 'MEMBER'::text)
+       AND (p_user_id = credits_internal.current_user_id()) IS NOT TRUE THEN
+        RAISE EXCEPTION 'permission denied: may not read the balance of user %',
+            coalesce(p_user_id::text, 'NULL')
+            USING ERRCODE = '42501',
+                  HINT = 'A credits_user may read only its own balance (credits_current_user_id()).';
+    END IF;
+
+    SELECT jsonb_build_object(
+        'user_id', u.id,
+        'own', CASE WHEN own.user_id IS NULL THEN NULL
+                    ELSE jsonb_build_object('total_credits', own.total_credits,
+                                            'used_credits', own.used_credits,
+                                            'remaining_credits', own.remaining_credits)
+                         || own_lots.summary
+               END,
+        'team_admin_id', t.team_admin_id,
+        'team_pool_remaining', pool.remaining_credits,
+        'team_pool_spendable', (pool_lots.summary->>'spendable_credits')::integer,
+        'team_pool_next_expiry', pool_lots.summary->'next_expiry',
+        'spendable', coalesce(greatest((own_lots.summary->>'spendable_credits')::integer,
+                                       (pool_lots.summary->>'spendable_credits')::integer), 0)
+    )
+    INTO v_result
+    FROM public.users u
+    LEFT JOIN public.user_credits own ON own.user_id = u.id
+    LEFT JOIN public.team_credit_sharing t ON t.team_member_id = u.id
+    LEFT JOIN public.user_credits pool ON pool.user_id = t.team_admin_id
+    LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(own.user_id) AS summary) own_lots
+           ON own.user_id IS NOT NULL
+    LEFT JOIN LATERAL (SELECT credits_internal.lot_summary(pool.user_id) AS summary) pool_lots
+           ON pool.user_id IS NOT NULL
+    WHERE u.id = p_user_id;
+
+    IF v_result IS NULL THEN
+        RAISE EXCEPTION 'unknown user %', coalesce(p_user_id::text, 'NULL') USING ERRCODE = 'CR005';
+    END IF;
+    RETURN v_result;
+END
+$$;
+
+COMMENT ON FUNCTION get_credit_balance(uuid) IS
+    'Own balance, team pool, spendable (the largest single debit accepted now) and the next expiry of one user; CR005 if unknown. Only credits_admin members may read another user''s balance (else 42501).';
+
 -- ---- new in 0011: dropped ----
 DROP FUNCTION renew_allowances(timestamp with time zone, integer);
 DROP FUNCTION credits_internal.schedule_renewals();

@@ -335,3 +335,15 @@ def test_a_limited_renewal_moves_past_a_busy_account(conn: Conn, db: Database) -
 def test_periods_of_other_lengths(conn: Conn, every: str, at: str, starts: str) -> None:
     assert one(conn, "SELECT starts_at = %s::timestamptz FROM credits_internal.allowance_period("
                      "'2026-01-31 10:00+00', %s::interval, %s)", (starts, every, at)) is True
+
+
+def test_the_balance_says_when_the_next_renewal_comes_and_what_it_gives(conn: Conn) -> None:
+    renewing(conn, "team_admin", cap=500)
+    admin, member = add_users(conn, "team_admin", "member")
+    add_member(conn, admin, member)
+    ends_at = account(conn, admin)[4]
+    balance = credit_balance(conn, member)
+    assert balance["own"]["next_renewal"] is None  # member: one-time
+    assert balance["team_pool_next_renewal"] == {
+        "renews_at": ends_at.isoformat(), "credits": 5000, "rollover_cap": 500}
+    assert credit_balance(conn, admin)["own"]["next_renewal"]["credits"] == 5000

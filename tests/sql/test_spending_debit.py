@@ -333,11 +333,12 @@ def test_balance_of_a_team_member(conn: Conn, team: tuple[str, str, str]) -> Non
     assert credit_balance(conn, member) == {
         "user_id": member,
         "own": {"total_credits": 350, "used_credits": 0, "remaining_credits": 350,
-                "spendable_credits": 350, "next_expiry": None},
+                "spendable_credits": 350, "next_expiry": None, "next_renewal": None},
         "team_admin_id": admin,
         "team_pool_remaining": 1000,
         "team_pool_spendable": 1000,
         "team_pool_next_expiry": None,
+        "team_pool_next_renewal": None,
         "spendable": 1000,
     }
     debit(conn, admin, 900)
@@ -345,11 +346,12 @@ def test_balance_of_a_team_member(conn: Conn, team: tuple[str, str, str]) -> Non
     assert credit_balance(conn, outsider) == {
         "user_id": outsider,
         "own": {"total_credits": 350, "used_credits": 0, "remaining_credits": 350,
-                "spendable_credits": 350, "next_expiry": None},
+                "spendable_credits": 350, "next_expiry": None, "next_renewal": None},
         "team_admin_id": None,
         "team_pool_remaining": None,
         "team_pool_spendable": None,
         "team_pool_next_expiry": None,
+        "team_pool_next_renewal": None,
         "spendable": 350,
     }
 

@@ -356,11 +356,13 @@ class Ledger:
                                              "used_credits": own.used,
                                              "remaining_credits": own.remaining,
                                              "spendable_credits": own.remaining,
-                                             "next_expiry": None},
+                                             "next_expiry": None,
+                                             "next_renewal": None},
             "team_admin_id": admin,
             "team_pool_remaining": None if pool is None else pool.remaining,
             "team_pool_spendable": None if pool is None else pool.remaining,
             "team_pool_next_expiry": None,
+            "team_pool_next_renewal": None,
             "spendable": max(choices, default=0),
         }
 
