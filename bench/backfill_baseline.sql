@@ -3,8 +3,8 @@
 -- fallback, the same balance rows (allocated_credits = the allocation since
 -- revision 0007; opened_after_log_id left to its default, a draw from the log's
 -- sequence, as the package leaves it), one log row per credited user with the
--- same description. Nothing else: no advisory lock, no ON CONFLICT arbiter, no
--- jsonb report.
+-- same description and, since revision 0010, its untracked lot. Nothing else:
+-- no advisory lock, no ON CONFLICT arbiter, no jsonb report.
 --
 -- Nor the package's explicit FOR KEY SHARE lock on the chosen users (revision
 -- 0007), chosen on purpose: a row lock is no row left behind, and what it
@@ -30,14 +30,20 @@ ins AS (
     INSERT INTO user_credits (user_id, total_credits, allocated_credits)
     SELECT user_id, credits, credits FROM planned
     RETURNING user_id
+),
+logged AS (
+    INSERT INTO credit_usage_log (user_id, amount, type, source, description)
+    SELECT p.user_id, p.credits, 'credit', 'backfill',
+           CASE
+               WHEN NOT p.is_fallback THEN format('backfill allocation for role %%s', p.role)
+               WHEN p.role IS NULL THEN 'backfill allocation: no role, member allocation (fallback)'
+               ELSE format('backfill allocation: unknown role %%L, member allocation (fallback)', p.role)
+           END
+    FROM planned p
+    JOIN ins USING (user_id)
+    WHERE p.credits > 0
+    RETURNING id, user_id, amount, source
 )
-INSERT INTO credit_usage_log (user_id, amount, type, source, description)
-SELECT p.user_id, p.credits, 'credit', 'backfill',
-       CASE
-           WHEN NOT p.is_fallback THEN format('backfill allocation for role %%s', p.role)
-           WHEN p.role IS NULL THEN 'backfill allocation: no role, member allocation (fallback)'
-           ELSE format('backfill allocation: unknown role %%L, member allocation (fallback)', p.role)
-       END
-FROM planned p
-JOIN ins USING (user_id)
-WHERE p.credits > 0
+-- Each allocation is an untracked lot (revision 0010), as the package writes it.
+INSERT INTO credit_lots (user_id, log_id, source, amount)
+SELECT user_id, id, source, amount FROM logged

@@ -9,7 +9,8 @@
 -- trigger writes (the role's allocation, the member fallback, the same
 -- descriptions; since revision 0007 the balance row carries allocated_credits =
 -- the allocation, and opened_after_log_id is left to its default, a draw from
--- the log's sequence, as the package leaves it), without the package's ON
+-- the log's sequence, as the package leaves it; since revision 0010 each
+-- allocation's untracked lot), without the package's ON
 -- CONFLICT (a user inserted while a backfill runs) or its MATERIALIZED plan.
 -- The log rows join the inserted balance rows (RETURNING), as the package's do:
 -- since revision 0007 an account's entries are those above its watermark, so
@@ -41,10 +42,15 @@ BEGIN
             INSERT INTO public.user_credits (user_id, total_credits, allocated_credits)
             SELECT id, credits, credits FROM planned
             RETURNING user_id
+        ), logged AS (
+            INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
+            SELECT p.id, p.credits, 'credit', 'signup', p.description
+            FROM planned p JOIN balance b ON b.user_id = p.id
+            RETURNING id, user_id, amount, source
         )
-        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-        SELECT p.id, p.credits, 'credit', 'signup', p.description
-        FROM planned p JOIN balance b ON b.user_id = p.id;
+        -- Each allocation is an untracked lot (revision 0010), as the package's is.
+        INSERT INTO public.credit_lots (user_id, log_id, source, amount)
+        SELECT g.user_id, g.id, g.source, g.amount FROM logged g;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'bench: signup allocation failed (%: %)', SQLSTATE, SQLERRM;
     END;
