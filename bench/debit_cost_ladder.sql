@@ -12,7 +12,7 @@
 --   package    debit_credits() itself
 --   0009       debit_credits() as revision 0009 had it, before lots
 --              (bench_debit_credits_0009, bench/debit_0009_function.sql;
---              workload 7 compares it with package)
+--              not a rung: for comparisons with package)
 -- Every rung names our objects qualified public. (revision 0007), as the
 -- package does: the name is resolved when the statement is planned, so it
 -- costs no rung anything per call, and the rungs differ only by their piece.

@@ -22,7 +22,7 @@ from tests.support.helpers import Conn, add_users, balance
 from tests.support.security import acting, refused
 
 BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "debit_cost_ladder",
-                   "debit_0009_function")
+                   "debit_0009_function", "debit_interleaved")
 
 WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth",
              "7. lots")
@@ -256,6 +256,20 @@ def test_cost_ladder_rungs_each_debit_once(conn: Conn) -> None:
     logged = conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'debit'").fetchone()
     assert spent == (3 * len(rungs),)
     assert logged == (3 * len(rungs),)
+
+
+def test_interleaved_session_debits_each_side_as_often(conn: Conn) -> None:
+    """The one-session row of workload 7 runs p_calls debits through each of the two
+    functions (committed one by one) and reports a time per call for each."""
+    _install_bench_functions(conn)
+    add_users(conn, *["member"] * 4)
+    conn.execute("CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY user_id)::int"
+                 " AS n, user_id AS id FROM user_credits")
+    row = conn.execute("CALL bench_debit_interleaved(6, 4, 2)").fetchone()
+    assert row is not None and row[0] > 0 and row[1] > 0
+    assert conn.execute("SELECT count(*), sum(-amount) FROM credit_usage_log"
+                        " WHERE type = 'debit'").fetchone() == (12, 12)
+    assert _integrity_problems(conn) == []
 
 
 def test_signup_contract_floor_writes_what_the_trigger_writes(
@@ -508,3 +522,23 @@ def test_expire_baseline_writes_what_expire_credits_writes(conn: Conn) -> None:
     assert function["integrity"] == []
     assert conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'expire'"
                         ).fetchone() == (0,)
+
+
+def test_plans_keep_apart_statements_that_share_a_first_line(conn: Conn, tmp_path: Path) -> None:
+    """expire_credits() runs two statements that both begin WITH due AS MATERIALIZED (:
+    the plan file shows both; a statement run once per row is still shown once."""
+    conn.execute("""
+        CREATE FUNCTION two_plans() RETURNS integer LANGUAGE plpgsql AS $$
+        DECLARE v integer;
+        BEGIN
+            WITH due AS MATERIALIZED (
+                SELECT 1 AS a) SELECT a INTO v FROM due;
+            WITH due AS MATERIALIZED (
+                SELECT 2 AS a) SELECT a + v INTO v FROM due;
+            RETURN v;
+        END $$""")
+    context = cast(workloads.Context, SimpleNamespace(plans_dir=tmp_path, facts={}))
+    workloads.plan_statements(context, conn, "test", {"two": b"SELECT two_plans()"})
+    text = (tmp_path / "two.txt").read_text()
+    assert "SELECT 1 AS a" in text and "SELECT 2 AS a" in text
+    assert "run 2 times" not in text
