@@ -1,4 +1,5 @@
-"""``python -m bench [--url URL] [--quick] [--out DIR]``: run every workload, write the results."""
+"""``python -m bench [--url URL] [--quick] [--out DIR] [--only W,...]``: run the workloads,
+write the results."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench import report, workloads
-from bench.core import FULL, HERE, QUICK
+from bench.core import FULL, HERE, QUICK, WORKLOADS
 from bench.pgb import Pgbench
 from bench.server import find_pgbench, provide
 
@@ -22,9 +23,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "(default: a throwaway embedded PostgreSQL)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (about a minute): for CI, so the bench cannot rot")
-    parser.add_argument("--out", type=Path, default=HERE,
+    parser.add_argument("--out", type=Path, default=None,
                         help="where results.md, results.json and plans/ go (default: bench/)")
-    return parser.parse_args(argv)
+    parser.add_argument("--only", type=_workloads, default=WORKLOADS,
+                        help="run only these workloads, comma-separated, of "
+                        f"{','.join(WORKLOADS)} (python needs debit); needs --out, so that "
+                        "a partial table never replaces bench/results.md")
+    args = parser.parse_args(argv)
+    if args.only != WORKLOADS and args.out is None:
+        parser.error("--only needs --out")
+    if "python" in args.only and "debit" not in args.only:
+        parser.error("--only python needs debit too (it debits workload 3's accounts)")
+    if args.out is None:
+        args.out = HERE
+    return args
+
+
+def _workloads(text: str) -> tuple[str, ...]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = names - set(WORKLOADS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload(s) {', '.join(sorted(unknown)) or '(none)'}; "
+            f"choose from {', '.join(WORKLOADS)}")
+    return tuple(name for name in WORKLOADS if name in names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,18 +65,28 @@ def main(argv: list[str] | None = None) -> int:
         log(f"server PostgreSQL {major}, pgbench {pgbench.binary}, mode {sizes.mode}")
         ctx = workloads.Context(server, sizes, pgbench, args.out / "plans", log)
         machine = server.machine()
-        workloads.backfill(ctx)
-        workloads.signup(ctx)
-        debit_db = workloads.debit(ctx)
-        workloads.python_wrapper(ctx, debit_db)
-        server.drop(debit_db)
-        workloads.hot_pool(ctx)
-        workloads.growth(ctx)
+        only = args.only
+        if "backfill" in only:
+            workloads.backfill(ctx)
+        if "signup" in only:
+            workloads.signup(ctx)
+        if "debit" in only:
+            debit_db = workloads.debit(ctx)
+            if "python" in only:
+                workloads.python_wrapper(ctx, debit_db)
+            server.drop(debit_db)
+        if "pool" in only:
+            workloads.hot_pool(ctx)
+        if "growth" in only:
+            workloads.growth(ctx)
+        if "lots" in only:
+            workloads.lots(ctx)
     meta = {
         "mode": sizes.mode,
         "started": stamp,
         "seconds": time.perf_counter() - started,
         "server": "embedded" if args.url is None else "--url",
+        "workloads": list(only),
         "pgbench": str(pgbench.binary),
         "reps": sizes.reps,
         "sizes": sizes.__dict__,

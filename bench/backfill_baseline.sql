@@ -3,8 +3,8 @@
 -- fallback, the same balance rows (allocated_credits = the allocation since
 -- revision 0007; opened_after_log_id left to its default, a draw from the log's
 -- sequence, as the package leaves it), one log row per credited user with the
--- same description. Nothing else: no advisory lock, no ON CONFLICT arbiter, no
--- jsonb report.
+-- same description and, since revision 0010, its untracked lot. Nothing else:
+-- no advisory lock, no ON CONFLICT arbiter, no jsonb report.
 --
 -- Nor the package's explicit FOR KEY SHARE lock on the chosen users (revision
 -- 0007), chosen on purpose: a row lock is no row left behind, and what it
@@ -44,5 +44,6 @@ logged AS (
     WHERE p.credits > 0
     RETURNING id, user_id, amount, source
 )
+-- Each allocation is an untracked lot (revision 0010), as the package writes it.
 INSERT INTO credit_lots (user_id, log_id, source, amount)
-SELECT g.user_id, g.id, g.source, g.amount FROM logged g
+SELECT user_id, id, source, amount FROM logged

@@ -14,6 +14,9 @@ HERE = Path(__file__).resolve().parent
 
 JsonDict = dict[str, Any]
 
+WORKLOADS = ("backfill", "signup", "debit", "python", "pool", "growth", "lots")
+"""The workloads ``--only`` may name, in the order they run."""
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -31,6 +34,10 @@ class Sizes:
     clients: tuple[int, ...]
     keyed_clients: tuple[int, ...]
     ladder_calls: int = 3000
+    expire_lots: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    """Workload 7: lots expired by one sweep (LOTS_PER_ACCOUNT on each account)."""
+    span_transactions: int = 2000
+    """Workload 7: debits per client of the two-of-five-lots rows, each on a fresh account."""
     reps: int = 3
     short_reps: int = 5
     """Repetitions of the rows whose runs take seconds at most: one slow run moves a median of 3."""
@@ -41,7 +48,8 @@ FULL = Sizes("full", 1_000_000, 100_000, 100_000, 4000, (10_000, 100_000, 1_000_
              keyed_clients=(8, 32))
 QUICK = Sizes("quick", 20_000, 10_000, 10_000, 200, (1_000, 5_000, 10_000), (10_000, 50_000),
               pgbench_seconds=1, growth_seconds=1, clients=(1, 8, 32),
-              keyed_clients=(8,), ladder_calls=200, short_reps=3)
+              keyed_clients=(8,), ladder_calls=200, short_reps=3,
+              expire_lots=(1_000, 5_000), span_transactions=50)
 
 
 def sql_text(name: str) -> str:

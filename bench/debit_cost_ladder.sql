@@ -10,6 +10,9 @@
 --              (bench_debit_ladder_definer)
 --   contract   + the permission check = bench_debit_contract_floor
 --   package    debit_credits() itself
+--   0009       debit_credits() as revision 0009 had it, before lots
+--              (bench_debit_credits_0009, bench/debit_0009_function.sql;
+--              not a rung: for comparisons with package)
 -- Every rung names our objects qualified public. (revision 0007), as the
 -- package does: the name is resolved when the statement is planned, so it
 -- costs no rung anything per call, and the rungs differ only by their piece.
@@ -101,6 +104,8 @@ BEGIN
             PERFORM public.bench_debit_contract_floor((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         WHEN 'package' THEN
             PERFORM public.debit_credits((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
+        WHEN '0009' THEN
+            PERFORM public.bench_debit_credits_0009((SELECT id FROM public.bench_ids WHERE n = v_n), 1);
         END CASE;
         COMMIT;
     END LOOP;

@@ -1,14 +1,15 @@
 -- Workload 2, C: the durable work of one signup with credits (the user, its
--- balance and its log row) in one bare statement, on a copy with the trigger
--- disabled: the floor any signup allocation can reach. Its distance from the
--- one-row INSERT (B) is the price of the two extra rows alone. The balance row
--- carries allocated_credits = the allocation (revision 0007) and takes its
--- opened_after_log_id from the column's default, as the package's trigger does;
--- the log row joins the inserted balance row (RETURNING), so the account is
--- opened (its watermark drawn from the log's sequence) before its entry is
--- written, as in the trigger. An unreferenced data-modifying CTE would run
--- after the log INSERT, and the account would not own its allocation. The
--- descriptions are the trigger's (no role, unknown role).
+-- balance, its log row and, since revision 0010, its lot) in one bare
+-- statement, on a copy with the trigger disabled: the floor any signup
+-- allocation can reach. Its distance from the one-row INSERT (B) is the price
+-- of the extra rows alone. The balance row carries allocated_credits = the
+-- allocation (revision 0007) and takes its opened_after_log_id from the
+-- column's default, as the package's trigger does; the log row joins the
+-- inserted balance row (RETURNING), so the account is opened (its watermark
+-- drawn from the log's sequence) before its entry is written, as in the
+-- trigger. An unreferenced data-modifying CTE would run after the log INSERT,
+-- and the account would not own its allocation. The descriptions are the
+-- trigger's (no role, unknown role).
 \set r random(1, 8)
 WITH new_user AS (
     INSERT INTO users (email, role)
@@ -39,5 +40,6 @@ logged AS (
     FROM planned p JOIN balance b ON b.user_id = p.id
     RETURNING id, user_id, amount, source
 )
+-- The allocation is an untracked lot (revision 0010), as the trigger writes it.
 INSERT INTO credit_lots (user_id, log_id, source, amount)
-SELECT g.user_id, g.id, g.source, g.amount FROM logged g;
+SELECT user_id, id, source, amount FROM logged;

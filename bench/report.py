@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from bench.core import JsonDict, Result
+from bench.core import WORKLOADS, JsonDict, Result
 
 
 def _fmt(value: float | None) -> str:
@@ -47,11 +47,14 @@ def markdown(results: list[Result], meta: JsonDict) -> str:
         "",
         f"A is credits-db, B the bare-SQL baseline, run alternately (A B A B ...), "
         f"{meta['reps']} repetitions each ({meta['sizes']['short_reps']} for the rows whose runs "
-        f"take seconds: bulk signup, ANALYZE hazard, cost ladder, Python): "
+        f"take seconds: bulk signup, ANALYZE hazard, cost ladder, Python, the one-session "
+        f"debit of workload 7): "
         f"median [min - max]. Ratio = median A / median B "
         f"(for tps higher is better, for times lower is better). "
         f"Method: docs/performance.md.",
         "",
+        *([f"Partial run (--only): workloads {', '.join(meta['workloads'])} only.", ""]
+          if meta.get("workloads") not in (None, list(WORKLOADS)) else []),
         "| workload | measure | unit | A: credits-db | B: baseline | ratio | target | met |",
         "|---|---|---|---|---|---:|---:|---|",
     ]

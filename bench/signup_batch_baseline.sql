@@ -2,7 +2,8 @@
 -- log rows written set-based in the same statement (data-modifying CTEs): the
 -- least SQL that leaves the same rows behind (the balance rows with
 -- allocated_credits = the allocation since revision 0007, opened_after_log_id
--- from its default as in the package's trigger).
+-- from its default as in the package's trigger; since revision 0010 each
+-- allocation's untracked lot).
 WITH new_users AS (
     INSERT INTO users (email, role)
     SELECT 's' || g || '@bench.invalid',
@@ -37,5 +38,6 @@ logged AS (
     WHERE p.credits > 0
     RETURNING id, user_id, amount, source
 )
+-- Each allocation is an untracked lot (revision 0010), as the trigger writes it.
 INSERT INTO credit_lots (user_id, log_id, source, amount)
-SELECT g.user_id, g.id, g.source, g.amount FROM logged g
+SELECT user_id, id, source, amount FROM logged

@@ -9,7 +9,8 @@
 -- trigger writes (the role's allocation, the member fallback, the same
 -- descriptions; since revision 0007 the balance row carries allocated_credits =
 -- the allocation, and opened_after_log_id is left to its default, a draw from
--- the log's sequence, as the package leaves it), without the package's ON
+-- the log's sequence, as the package leaves it; since revision 0010 each
+-- allocation's untracked lot), without the package's ON
 -- CONFLICT (a user inserted while a backfill runs) or its MATERIALIZED plan.
 -- The log rows join the inserted balance rows (RETURNING), as the package's do:
 -- since revision 0007 an account's entries are those above its watermark, so
@@ -47,6 +48,7 @@ BEGIN
             FROM planned p JOIN balance b ON b.user_id = p.id
             RETURNING id, user_id, amount, source
         )
+        -- Each allocation is an untracked lot (revision 0010), as the package's is.
         INSERT INTO public.credit_lots (user_id, log_id, source, amount)
         SELECT g.user_id, g.id, g.source, g.amount FROM logged g;
     EXCEPTION WHEN OTHERS THEN

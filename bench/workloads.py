@@ -1,11 +1,13 @@
-"""The six workloads, each measured next to its baseline (A B A B ...)."""
+"""The seven workloads, each measured next to its baseline (A B A B ...)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import credits_db
 from bench.core import JsonDict, Result, Sample, Series, Sizes, alternate, sql_bytes, sql_text
 from bench.pgb import Pgbench
 from bench.server import BenchServer, Conn, execute_script
-from credits_db import aio
+from credits_db import aio, migrate
 
 REPLACED_SLEEP_SECONDS = 0.1
 """The replaced system slept 100 ms per user in its backfill loop."""
@@ -333,17 +335,9 @@ def _debit_ladder(ctx: Context, database: str) -> None:
     ctx.log(f"  cost ladder: {calls} committed calls per rung, one session")
     with ctx.server.connect(database) as conn:
         conn.execute(b"SET synchronous_commit = off")
-
-        def rung(name: str) -> Callable[[], Sample]:
-            def action() -> Sample:
-                row = conn.execute(b"CALL bench_debit_ladder(%s, %s, %s)",
-                                   (name, calls, accounts)).fetchone()
-                assert row is not None
-                return Sample(float(row[0]))
-            return action
-
-        series = alternate(ctx.sizes.short_reps, [(name, rung(name)) for name, _ in DEBIT_LADDER],
-                           ctx.log)
+        series = alternate(ctx.sizes.short_reps,
+                           [(name, _ladder_rung(conn, name, calls, accounts))
+                            for name, _ in DEBIT_LADDER], ctx.log)
     bare = series[0]
     for (name, label), one, below in zip(DEBIT_LADDER[1:], series[1:], series[:-1],
                                          strict=True):
@@ -353,6 +347,16 @@ def _debit_ladder(ctx: Context, database: str) -> None:
                        one, bare, None,
                        [f"{step:+.1f} us per call over the rung above "
                         "(bench/debit_cost_ladder.sql)"]))
+
+
+def _ladder_rung(conn: Conn, name: str, calls: int, accounts: int) -> Callable[[], Sample]:
+    """One rung of bench/debit_cost_ladder.sql: mean microseconds per committed call."""
+    def action() -> Sample:
+        row = conn.execute(b"CALL bench_debit_ladder(%s, %s, %s)",
+                           (name, calls, accounts)).fetchone()
+        assert row is not None
+        return Sample(float(row[0]))
+    return action
 
 
 DEBIT_LADDER = (
@@ -636,6 +640,10 @@ def _record(ctx: Context, rep: int, series: tuple[Series, Series], spent: list[f
 # ---------------------------------------------------------------------- 6. growth
 
 
+PLAN_LINE = 400
+"""Longest line kept whole in a plan file."""
+
+
 def plan_statements(ctx: Context, conn: Conn, prefix: str, statements: dict[str, bytes]) -> None:
     """Write EXPLAIN (ANALYZE, BUFFERS) of each statement and its nested ones (auto_explain)."""
     messages: list[str] = []
@@ -653,15 +661,18 @@ def plan_statements(ctx: Context, conn: Conn, prefix: str, statements: dict[str,
         plans: dict[str, list[str]] = {}
         for message in messages:
             if "plan:" in message or "Query Text" in message:
-                query = next((line for line in message.splitlines()
-                              if line.startswith("Query Text")), message)
-                plans.setdefault(query, []).append(message)
+                plans.setdefault(_query_text(message), []).append(message)
         # A statement run once per row (the foreign-key check of each inserted
         # balance row) is shown once, with its count.
         text = "\n\n".join(
             found[0] if len(found) == 1 else
             f"(run {len(found)} times; the first shown)\n{found[0]}"
             for found in plans.values())
+        # A custom plan shows its array parameters whole (expire_credits() passes
+        # the ids of every lot it expires): cut such lines short.
+        text = "\n".join(line if len(line) <= PLAN_LINE else
+                         f"{line[:PLAN_LINE]} ... ({len(line):,} characters)"
+                         for line in text.splitlines())
         path = ctx.plans_dir / f"{name}.txt"
         path.write_text(f"-- {prefix}: {name} (auto_explain, ANALYZE, BUFFERS, nested)\n\n"
                         + text + "\n")
@@ -669,6 +680,18 @@ def plan_statements(ctx: Context, conn: Conn, prefix: str, statements: dict[str,
         ctx.facts.setdefault("plans", {})[name] = {"file": f"plans/{path.name}",
                                                     "seq_scans": seq}
     conn.execute(b"SET client_min_messages = notice")
+
+
+def _query_text(message: str) -> str:
+    """The whole query text of an auto_explain message (up to the plan's root node):
+    two statements of one function may share their first line (expire_credits())."""
+    lines = message.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Query Text")), None)
+    if start is None:
+        return message
+    end = next((i for i in range(start + 1, len(lines))
+                if re.match(r"\S.*\(cost=\d", lines[i])), len(lines))
+    return "\n".join(lines[start:end])
 
 
 def _named_statements(text: str) -> dict[str, bytes]:
@@ -781,3 +804,352 @@ def _per_unit(series: Series, units: int, scale: float) -> Series:
 def _latency(series: Series) -> Series:
     """tps samples as ms per operation (1 client)."""
     return Series(series.label, [Sample(1000.0 / s.value, dict(s.extra)) for s in series.samples])
+
+
+# ---------------------------------------------------------------------- 7. lots (issue 16)
+
+LOT_CLIENTS = 8
+"""Clients of the lot-debit rows (issue 16 states their target at 8)."""
+
+LOTS_PER_ACCOUNT = 5
+"""Lots on each account of the expiry sweep (bench/lots_expiring.sql)."""
+
+EXPIRE_AHEAD = "2 days"
+"""The sweep's p_as_of, ahead of now: every bulk lot (expiring within a day) is due by then."""
+
+
+def lots(ctx: Context) -> None:
+    """Workload 7 (issue 16): what lots cost the debits that do not use them, the
+    debits that spend them, and the expiry sweep, each next to its bare SQL."""
+    _untracked_debit(ctx)
+    _lot_debit_one(ctx)
+    _lot_debit_span(ctx)
+    _expiry(ctx)
+
+
+def _integrity_problems(ctx: Context, database: str) -> int:
+    with ctx.server.connect(database) as conn:
+        row = conn.execute(b"SELECT count(*) FROM verify_credit_integrity()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _untracked_debit(ctx: Context) -> None:
+    """The package's debit vs revision 0009's (bench_debit_credits_0009) on accounts
+    without tracked lots: pgbench at the keyed rows' client counts, then one session."""
+    server, sizes = ctx.server, ctx.sizes
+    n = sizes.accounts
+    ctx.log(f"7. lots: debit without tracked lots vs revision 0009's, {n:,} accounts")
+    database = accounts_db(ctx, n, "lots_plain")
+    with server.connect(database) as conn:
+        # Without parameters: the copied body's RAISE formats keep their bare %.
+        for script in ("debit_0009_function", "debit_interleaved"):
+            conn.execute(sql_bytes(script))
+    before_db = _accounts_at_0009(ctx, n)
+    defines = {"accounts": str(n)}
+
+    def side(db: str, script: str, clients: int) -> Callable[[], Sample]:
+        def action() -> Sample:
+            server.checkpoint()
+            return ctx.pgbench.run(server.url(db), script=script, clients=clients,
+                                   seconds=sizes.pgbench_seconds, defines=defines)
+        return action
+
+    for clients in sizes.keyed_clients:
+        ctx.log(f"  {clients} clients")
+        package, copy, schema = alternate(sizes.reps, [
+            ("pgbench_debit", side(database, "pgbench_debit", clients)),
+            ("pgbench_debit_0009", side(database, "pgbench_debit_0009", clients)),
+            ("pgbench_debit on a revision-0009 database",
+             side(before_db, "pgbench_debit", clients)),
+        ], ctx.log)
+        ctx.add(Result(f"lots_untracked_c{clients}", "7. lots",
+                       f"debit_credits(), account without tracked lots, vs revision 0009's "
+                       f"debit_credits(), {clients} clients", "tps", "higher",
+                       package, copy, 0.95, [*_p99_note([package, copy]), UNTRACKED_NOTE]))
+        ctx.add(Result(f"lots_untracked_schema_c{clients}", "7. lots",
+                       f"debit_credits(), account without tracked lots, vs revision 0009 "
+                       f"(function and schema), {clients} clients", "tps", "higher",
+                       package, schema, 0.95,
+                       [*_p99_note([schema]),
+                        "B: the same accounts built on a database at revision 0009 (its "
+                        "debit_credits(), and its tables: no tracked_credits column and its "
+                        "CHECK, no credit_lots), the same script: what lots cost an account "
+                        "that never uses them, schema included; the row above compares the "
+                        "functions alone on one schema"]))
+    ctx.facts["lots_untracked_0009_integrity_problems"] = _integrity_problems(ctx, before_db)
+    server.drop(before_db)
+    calls = sizes.ladder_calls
+    ctx.log(f"  one session: {calls} committed calls per side, alternating every "
+            f"{SESSION_BLOCK}")
+    package = Series("debit_credits() (one session)")
+    before = Series("revision 0009's debit_credits() (one session)")
+    with server.connect(database) as conn:
+        conn.execute(b"SET synchronous_commit = off")
+        for rep in range(sizes.short_reps):
+            row = conn.execute(b"CALL bench_debit_interleaved(%s, %s, %s)",
+                               (calls, n, SESSION_BLOCK)).fetchone()
+            assert row is not None
+            package.samples.append(Sample(float(row[0])))
+            before.samples.append(Sample(float(row[1])))
+            ctx.log(f"    rep {rep + 1}/{sizes.short_reps}: {row[0]:.4g} vs {row[1]:.4g} us")
+    step = statistics.median(package.values) - statistics.median(before.values)
+    ctx.add(Result("lots_untracked_session", "7. lots",
+                   "one session: debit_credits(), account without tracked lots, vs revision "
+                   "0009's, per committed call", "us/call", "lower", package, before, 1 / 0.95,
+                   [f"{step:+.1f} us per call; {calls} calls per side and repetition, the "
+                    f"sides alternating every {SESSION_BLOCK} calls, synchronous_commit=off "
+                    "(bench/debit_interleaved.sql; the target is 0.95 of throughput, so "
+                    "1/0.95 of time)", UNTRACKED_NOTE]))
+    ctx.facts["lots_untracked_integrity_problems"] = _integrity_problems(ctx, database)
+    server.drop(database)
+
+
+def _accounts_at_0009(ctx: Context, users: int) -> str:
+    """:func:`accounts_db` on a database migrated to revision 0009 (before lots)."""
+    server = ctx.server
+    name = server.name("lots_plain_at_0009")
+    migrate.upgrade(server.create(name), "0009")
+    with server.connect(name) as conn:
+        with conn.transaction():
+            conn.execute(b"ALTER TABLE users DISABLE TRIGGER users_allocate_credits")
+            conn.execute(sql_bytes("seed_users"), {"start": 1, "n": users})
+            conn.execute(b"ALTER TABLE users ENABLE TRIGGER users_allocate_credits")
+        conn.execute(b"VACUUM ANALYZE users")
+        conn.execute(sql_bytes("backfill_function"), {})
+        execute_script(conn, "bench_ids")
+    return name
+
+
+SESSION_BLOCK = 50
+"""Calls per block of the one-session untracked row (bench/debit_interleaved.sql)."""
+
+UNTRACKED_NOTE = ("B: revision 0009's debit_credits() (before lots), copied from "
+                  "alembic/versions/0010_credit_lots_down.sql as bench_debit_credits_0009 "
+                  "(bench/debit_0009_function.sql); accounts from the backfill (untracked "
+                  "lots only), the same as workload 3's")
+
+
+def _lots_db(ctx: Context, users: int, suffix: str, grants: str) -> str:
+    """A copy of the users template, backfilled, given the lots of bench/<grants>.sql,
+    with bench_ids naming each account's first two lots (bench/bench_lot_ids.sql)."""
+    server = ctx.server
+    name = server.name(suffix)
+    server.create(name, server.users_template(users))
+    with server.connect(name) as conn:
+        conn.execute(sql_bytes("backfill_function"), {})
+        conn.execute(sql_bytes(grants), {})
+        execute_script(conn, "bench_lot_ids")
+    return name
+
+
+def _add_lot_rows(ctx: Context, prefix: str, what: str, series: list[Series],
+                  notes: list[str]) -> None:
+    """A vs its bare SQL (the target row), the package's statement vs bare, A vs that."""
+    package, bare, statement = series
+    ctx.add(Result(prefix, "7. lots", f"{what} vs the bare SQL leaving the same rows, "
+                   f"{LOT_CLIENTS} clients", "tps", "higher", package, bare, 0.75,
+                   [*_p99_note([package, bare]), *notes]))
+    ctx.add(Result(f"{prefix}_statement", "7. lots",
+                   f"floor: the package's lot statement sent bare vs the bare SQL, {what}, "
+                   f"{LOT_CLIENTS} clients", "tps", "higher", statement, bare, None,
+                   [*_p99_note([statement]),
+                    "what choosing the lots in spending order costs in SQL "
+                    "(take_from_lots()'s statement without the function around it)"]))
+    ctx.add(Result(f"{prefix}_vs_statement", "7. lots",
+                   f"debit_credits() vs the package's lot statement sent bare, {what}, "
+                   f"{LOT_CLIENTS} clients", "tps", "higher", package, statement, None,
+                   ["what the PL/pgSQL around the lot statement costs: the permission "
+                    "check, the hot path's UPDATE that finds tracked credits, the argument "
+                    "check, the tracked-credits probe, the nested SECURITY DEFINER call and "
+                    "its row lock before the statement"]))
+
+
+def _lot_debit_one(ctx: Context) -> None:
+    """A debit of 1 from one expiring lot, random accounts (as workload 3)."""
+    server, sizes = ctx.server, ctx.sizes
+    n = sizes.accounts
+    ctx.log(f"7. lots: debit from one expiring lot, {n:,} accounts, {LOT_CLIENTS} clients")
+    database = _lots_db(ctx, n, "lots_one", "lots_grant_one")
+    series = _debit_pair(ctx, database, "pgbench_debit", "pgbench_lot_one_bare", LOT_CLIENTS,
+                         sizes.pgbench_seconds, {"accounts": str(n)},
+                         also=("pgbench_lot_one_statement",))
+    problems = _integrity_problems(ctx, database)
+    ctx.facts["lot_one_integrity_problems"] = problems
+    with server.connect(database) as conn:
+        plan_statements(ctx, conn, "one expiring lot", {"debit_credits_one_lot": (
+            b"SELECT debit_credits((SELECT id FROM bench_ids WHERE n = 1), 1)")})
+    server.drop(database)
+    _add_lot_rows(ctx, "lot_one", "debit from one expiring lot", series, [
+        "accounts: backfilled, plus one lot of 1,000,000 credits expiring in 10 years by "
+        "grant_credits() (bench/lots_grant_one.sql); debits of 1 on random accounts",
+        "B: bench/pgbench_lot_one_bare.sql (balance with tracked_credits, the lot's "
+        "taken, the entry, its take; the lot id read with the account)",
+        f"verify_credit_integrity() rows after all runs: {problems}"])
+
+
+def _lot_state(conn: Conn) -> JsonDict:
+    """What a run of lot debits left, to check every side did the same work."""
+    row = conn.execute(
+        b"SELECT (SELECT count(*) FROM credit_usage_log WHERE type = 'debit'),"
+        b" (SELECT -sum(amount) FROM credit_usage_log WHERE type = 'debit'),"
+        b" (SELECT count(*) FROM credit_lot_takes), (SELECT sum(taken) FROM credit_lots),"
+        b" (SELECT sum(tracked_credits) FROM user_credits),"
+        b" (SELECT count(*) FROM verify_credit_integrity())").fetchone()
+    assert row is not None
+    return {"debits": int(row[0]), "debited": int(row[1] or 0), "takes": int(row[2]),
+            "taken": int(row[3] or 0), "tracked": int(row[4] or 0),
+            "integrity_problems": int(row[5])}
+
+
+def _lot_debit_span(ctx: Context) -> None:
+    """A debit of 2 that spans two of five lots, each on a fresh account: every
+    repetition of every side starts from a fresh copy of the same accounts and
+    runs the same fixed number of debits per client."""
+    server, sizes = ctx.server, ctx.sizes
+    per_client = sizes.span_transactions
+    users = LOT_CLIENTS * per_client
+    ctx.log(f"7. lots: debit spanning two of five lots, {LOT_CLIENTS} clients x "
+            f"{per_client} debits, each on a fresh account")
+    template = _lots_db(ctx, users, "lots_span_template", "lots_grant_five")
+    run_db = server.name("lots_span")
+    pgbench = dataclasses.replace(ctx.pgbench, transactions=per_client)
+
+    def side(script: str) -> Callable[[], Sample]:
+        def action() -> Sample:
+            server.create(run_db, template)
+            server.checkpoint()
+            sample = pgbench.run(server.url(run_db), script=script, clients=LOT_CLIENTS,
+                                 seconds=sizes.pgbench_seconds,
+                                 defines={"k": "0", "clients": str(LOT_CLIENTS)})
+            with server.connect(run_db) as conn:
+                sample.extra.update(_lot_state(conn))
+            return sample
+        return action
+
+    scripts = ("pgbench_lot_span", "pgbench_lot_span_bare", "pgbench_lot_span_statement")
+    series = alternate(sizes.reps, [(script, side(script)) for script in scripts], ctx.log)
+    server.create(run_db, template)
+    with server.connect(run_db) as conn:
+        plan_statements(ctx, conn, "two of five lots", {"debit_credits_lot_span": (
+            b"SELECT debit_credits((SELECT id FROM bench_ids WHERE n = 1), 2)")})
+    server.drop(run_db)
+    server.drop(template)
+    _add_lot_rows(ctx, "lot_span", "debit spanning two of five lots", series, [
+        *_same_work(series, ("debits", "debited", "takes", "taken", "tracked",
+                             "integrity_problems")),
+        f"accounts: backfilled, plus five lots expiring 10 years and 1..5 days ahead by "
+        f"grant_credits() (bench/lots_grant_five.sql: 1 credit in the soonest, 10 in each "
+        f"other); a debit of 2 takes 1 + 1; {per_client} debits per client, each client "
+        f"walking its own accounts, on a fresh copy per repetition",
+        "B: bench/pgbench_lot_span_bare.sql (balance with tracked_credits, two lots' "
+        "taken, the entry, its two takes; the lot ids read with the account)"])
+
+
+def _expire_state(conn: Conn) -> JsonDict:
+    """What a sweep left: its entries (with a checksum of their ids, accounts, amounts,
+    descriptions and lots), the lots' expired and the balances."""
+    row = conn.execute(
+        b"SELECT count(*), coalesce(-sum(amount), 0),"
+        b" coalesce(sum(hashtext(id || ':' || user_id || ':' || amount || ':' || description"
+        b"     || ':' || lot_id)::bigint), 0),"
+        b" (SELECT sum(expired) FROM credit_lots), (SELECT sum(used_credits) FROM user_credits),"
+        b" (SELECT sum(tracked_credits) FROM user_credits)"
+        b" FROM credit_usage_log WHERE type = 'expire'").fetchone()
+    assert row is not None
+    return {"expire_entries": int(row[0]), "credits_expired": int(row[1]),
+            "entries_checksum": int(row[2]), "lots_expired_sum": int(row[3] or 0),
+            "used": int(row[4] or 0), "tracked": int(row[5] or 0)}
+
+
+def _expire_side(ctx: Context, run_db: str, template: str, as_of: object,
+                 name: str) -> Callable[[], Sample]:
+    """One sweep (bench/<name>.sql) on a fresh copy of ``template``, timed."""
+    def action() -> Sample:
+        ctx.server.create(run_db, template)
+        ctx.server.checkpoint()
+        with ctx.server.connect(run_db) as conn:
+            start = time.perf_counter()
+            cursor = conn.execute(sql_bytes(name), {"as_of": as_of})
+            seconds = time.perf_counter() - start
+            report = cursor.fetchone() if name == "expire_function" else None
+            state = _expire_state(conn)
+        if report is not None:
+            state["accounts_skipped"] = report[0]["accounts_skipped"]
+        return Sample(seconds, state)
+    return action
+
+
+def _expiry(ctx: Context) -> None:
+    """expire_credits() over every due lot, one call, vs the bare statement writing
+    the same rows; then its time per lot, largest size vs smallest."""
+    server, sizes = ctx.server, ctx.sizes
+    keys = ("expire_entries", "credits_expired", "entries_checksum", "lots_expired_sum",
+            "used", "tracked")
+    per_lot: dict[int, list[Series]] = {}
+    largest, middle = max(sizes.expire_lots), sorted(sizes.expire_lots)[
+        len(sizes.expire_lots) // 2]
+    run_db = server.name("expire_run")
+    for lots_n in sizes.expire_lots:
+        accounts = lots_n // LOTS_PER_ACCOUNT
+        ctx.log(f"7. lots: expire_credits() for {lots_n:,} lots on {accounts:,} accounts")
+        template = server.name(f"expire_{lots_n}")
+        server.create(template, server.users_template(accounts))
+        with server.connect(template) as conn:
+            conn.execute(sql_bytes("backfill_function"), {})
+            conn.execute(sql_bytes("lots_expiring"), {"per_account": LOTS_PER_ACCOUNT})
+            conn.execute(b"VACUUM ANALYZE")
+            row = conn.execute(b"SELECT (SELECT count(*) FROM verify_credit_integrity()),"
+                               b" now() + %s::interval", (EXPIRE_AHEAD,)).fetchone()
+        assert row is not None
+        setup_problems, as_of = int(row[0]), row[1]
+
+        fn, bare = alternate(sizes.reps, [
+            ("expire_credits()", _expire_side(ctx, run_db, template, as_of, "expire_function")),
+            ("bare UPDATE lots, INSERT entries, UPDATE balances",
+             _expire_side(ctx, run_db, template, as_of, "expire_baseline")),
+        ], ctx.log)
+        skipped = fn.summary()["extra"].get("accounts_skipped", [])
+        problems = None
+        if lots_n == min(sizes.expire_lots):
+            # The last side that ran was the bare one; then the function once more.
+            problems = [_integrity_problems(ctx, run_db)]
+            _expire_side(ctx, run_db, template, as_of, "expire_function")()
+            problems.append(_integrity_problems(ctx, run_db))
+        if lots_n == middle:
+            server.create(run_db, template)
+            with server.connect(run_db) as conn:
+                plan_statements(ctx, conn, f"{lots_n:,} lots", {"expire_credits": (
+                    b"SELECT expire_credits(now() + interval '" + EXPIRE_AHEAD.encode()
+                    + b"')")})
+        server.drop(run_db)
+        server.drop(template)
+        ctx.facts.setdefault("expire", {})[str(lots_n)] = {
+            "setup_integrity_problems": setup_problems, "accounts_skipped": skipped,
+            "integrity_problems_after_bare_and_function": problems}
+        ctx.add(Result(
+            "expire" if lots_n == largest else f"expire_{lots_n}", "7. lots",
+            f"expire_credits() for {lots_n:,} lots ({accounts:,} accounts), one call",
+            "s", "lower", fn, bare, 1.30 if lots_n == largest else None,
+            [*_same_work([fn, bare], keys),
+             f"lots set up in bulk as grant_credits() writes them (bench/lots_expiring.sql), "
+             f"{LOTS_PER_ACCOUNT} per backfilled account, all due; fresh copy per "
+             f"repetition; verify_credit_integrity() rows after setup: {setup_problems}"
+             + ("" if problems is None else
+                f", after the bare statement and after expire_credits(): {problems}"),
+             f"expire_credits() accounts_skipped per run: {skipped}",
+             "B: bench/expire_baseline.sql"]))
+        per_lot[lots_n] = [_per_unit(fn, lots_n, 1e6), _per_unit(bare, lots_n, 1e6)]
+    smallest = min(per_lot)
+    big, small = per_lot[largest][0], per_lot[smallest][0]
+    big.label = f"expire_credits() at {largest:,} lots"
+    small.label = f"expire_credits() at {smallest:,} lots"
+    ctx.add(Result(
+        "expire_growth", "7. lots",
+        f"expire_credits(): us/lot at {largest:,} vs {smallest:,} lots", "us/lot", "lower",
+        big, small, 1.50,
+        [f"median us/lot by size: "
+         f"{ {n: round(statistics.median(s[0].values), 2) for n, s in per_lot.items()} }",
+         f"baseline us/lot by size: "
+         f"{ {n: round(statistics.median(s[1].values), 2) for n, s in per_lot.items()} }"],
+        {"per_size": {n: [s.summary() for s in v] for n, v in per_lot.items()}}))

@@ -13,15 +13,19 @@ from uuid import uuid4
 import pytest
 
 from bench import workloads
-from bench.__main__ import main
+from bench.__main__ import main, parse
+from bench.core import WORKLOADS as WORKLOADS_RUN
 from bench.core import sql_bytes, sql_text
+from bench.server import execute_script
 from tests.support.databases import Database, Server
 from tests.support.helpers import Conn, add_users, balance
 from tests.support.security import acting, refused
 
-BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "debit_cost_ladder")
+BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "debit_cost_ladder",
+                   "debit_0009_function", "debit_interleaved")
 
-WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth")
+WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth",
+             "7. lots")
 IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "signup_single",
        "signup_single_floor", "signup_single_vs_floor",
        "signup_single_contract_floor", "signup_single_vs_contract", "debit_c1", "debit_c8", "debit_c8_floor",
@@ -30,7 +34,10 @@ IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "sig
        "debit_key_c8_contract_floor", "debit_key_c8_vs_contract", "debit_ladder_function",
        "debit_ladder_result", "debit_ladder_definer", "debit_ladder_contract",
        "debit_ladder_package", "tpcb_c8", "python_sync",
-       "python_async", "python_unprepared", "python_async_unprepared", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit")
+       "python_async", "python_unprepared", "python_async_unprepared", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit",
+       "lots_untracked_c8", "lots_untracked_schema_c8", "lots_untracked_session", "lot_one", "lot_one_statement",
+       "lot_one_vs_statement", "lot_span", "lot_span_statement", "lot_span_vs_statement",
+       "expire", "expire_growth")
 
 
 def _finite_positive(value: Any) -> bool:
@@ -64,11 +71,58 @@ def test_quick_bench_writes_every_workload(server: Server, tmp_path: Path) -> No
     assert results["pool_c32"]["extra"] == {"overdrawn_accounts": 0, "integrity_problems": 0}
     assert data["facts"]["debit_integrity_problems"] == 0
     assert (tmp_path / "plans" / "debit_credits.txt").read_text().count("plan:") >= 1
+    # Workload 7: every side left the same rows, and the ledger held.
+    for row in ("lot_span", "expire", "expire_1000"):
+        assert any(note.startswith("same rows written by every side")
+                   for note in results[row]["notes"])
+    assert results["lot_span"]["a"]["extra"]["integrity_problems"] == [0, 0, 0]
+    expire_facts = data["facts"]["expire"]
+    assert {size["setup_integrity_problems"] for size in expire_facts.values()} == {0}
+    assert expire_facts["1000"]["integrity_problems_after_bare_and_function"] == [0, 0]
+    assert {n for size in expire_facts.values() for n in size["accounts_skipped"]} == {0}
+    assert data["facts"]["lots_untracked_integrity_problems"] == 0
+    assert data["facts"]["lots_untracked_0009_integrity_problems"] == 0
+    assert data["facts"]["lot_one_integrity_problems"] == 0
+    for plan in ("debit_credits_one_lot", "debit_credits_lot_span", "expire_credits"):
+        assert (tmp_path / "plans" / f"{plan}.txt").read_text().count("plan:") >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_only_runs_the_named_workloads(server: Server, tmp_path: Path) -> None:
+    """--only pool: the pool rows alone, and the table says the run was partial."""
+    assert main(["--url", server.admin_url, "--quick", "--only", "pool",
+                 "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["workloads"] == ["pool"]
+    assert [r["id"] for r in data["results"]] == ["pool_c32"]
+    assert "Partial run (--only): workloads pool only." in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--only", "lots"], "--only needs --out"),
+    (["--only", "python", "--out", "x"], "--only python needs debit too"),
+    (["--only", "lots,nope", "--out", "x"], "unknown workload(s) nope"),
+    (["--only", ",", "--out", "x"], "unknown workload(s) (none)"),
+])
+def test_only_refuses_what_it_cannot_run(argv: list[str], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_only_keeps_the_run_order() -> None:
+    args = parse(["--only", "lots, debit,python", "--out", "x"])
+    assert args.only == ("debit", "python", "lots")
+    assert parse([]).only == WORKLOADS_RUN
 
 
 def _install_bench_functions(conn: Conn) -> None:
+    # Without parameters: the copy of 0009's debit keeps its RAISE formats' bare %.
     for script in BENCH_FUNCTIONS:
-        conn.execute(sql_bytes(script), {})
+        conn.execute(sql_bytes(script))
 
 
 def _without_account(result: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +211,7 @@ def test_keyed_contract_floor_finds_an_earlier_entry(conn: Conn) -> None:
 
 DEBIT_SCRIPTS = ("pgbench_debit", "pgbench_debit_bare", "pgbench_debit_floor",
                  "pgbench_debit_contract_floor", "pgbench_debit_key", "pgbench_debit_key_bare",
-                 "pgbench_debit_key_contract_floor")
+                 "pgbench_debit_key_contract_floor", "pgbench_debit_0009")
 
 
 @pytest.mark.parametrize("script", DEBIT_SCRIPTS)
@@ -196,7 +250,7 @@ def test_cost_ladder_rungs_each_debit_once(conn: Conn) -> None:
     add_users(conn, *["member"] * 4)
     conn.execute("CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY user_id)::int"
                  " AS n, user_id AS id FROM user_credits")
-    rungs = ("bare", "function", "result", "definer", "contract", "package")
+    rungs = ("bare", "function", "result", "definer", "contract", "package", "0009")
     for rung in rungs:
         row = conn.execute("CALL bench_debit_ladder(%s, 3, 4)", (rung,)).fetchone()
         assert row is not None and row[0] > 0
@@ -204,6 +258,20 @@ def test_cost_ladder_rungs_each_debit_once(conn: Conn) -> None:
     logged = conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'debit'").fetchone()
     assert spent == (3 * len(rungs),)
     assert logged == (3 * len(rungs),)
+
+
+def test_interleaved_session_debits_each_side_as_often(conn: Conn) -> None:
+    """The one-session row of workload 7 runs p_calls debits through each of the two
+    functions (committed one by one) and reports a time per call for each."""
+    _install_bench_functions(conn)
+    add_users(conn, *["member"] * 4)
+    conn.execute("CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY user_id)::int"
+                 " AS n, user_id AS id FROM user_credits")
+    row = conn.execute("CALL bench_debit_interleaved(6, 4, 2)").fetchone()
+    assert row is not None and row[0] > 0 and row[1] > 0
+    assert conn.execute("SELECT count(*), sum(-amount) FROM credit_usage_log"
+                        " WHERE type = 'debit'").fetchone() == (12, 12)
+    assert _integrity_problems(conn) == []
 
 
 def test_signup_contract_floor_writes_what_the_trigger_writes(
@@ -305,3 +373,190 @@ def test_python_rows_alternate_the_sides_block_by_block() -> None:
     assert order == one_rep * 2
     assert len(a.samples) == len(b.samples) == 2
     assert all(v > 0 for v in a.values + b.values)
+
+
+def test_debit_0009_is_revision_0009s_debit_credits() -> None:
+    """The bench's "today's debit" is the text revision 0010's downgrade restores,
+    but for its name."""
+    down = (Path(__file__).resolve().parents[2] / "alembic" / "versions"
+            / "0010_credit_lots_down.sql").read_text()
+    restored = re.search(r"CREATE OR REPLACE FUNCTION debit_credits\((.*?\n\$\$;)", down, re.S)
+    copy = re.search(r"CREATE FUNCTION bench_debit_credits_0009\((.*?\n\$\$;)",
+                     sql_text("debit_0009_function"), re.S)
+    assert restored is not None and copy is not None
+    assert copy.group(1) == restored.group(1)
+
+
+def _lot_rows(conn: Conn, user_id: str) -> list[tuple[Any, ...]]:
+    """The account's lots in spending order, without ids (two accounts compare)."""
+    return conn.execute(
+        "SELECT source, amount, taken, expired, expires_at, priority, tracked,"
+        " (SELECT array_agg(t.amount ORDER BY t.log_id) FROM credit_lot_takes t"
+        "  WHERE t.lot_id = l.id)"
+        " FROM credit_lots l WHERE user_id = %s"
+        " ORDER BY priority, expires_at NULLS LAST, id", (user_id,)).fetchall()
+
+
+def _balance_row(conn: Conn, user_id: str) -> tuple[Any, ...] | None:
+    return conn.execute(
+        "SELECT total_credits, used_credits, remaining_credits, tracked_credits,"
+        " allocated_credits FROM user_credits WHERE user_id = %s", (user_id,)).fetchone()
+
+
+def _n(conn: Conn, user_id: str) -> int:
+    row = conn.execute("SELECT n FROM bench_ids WHERE id = %s", (user_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+LOT_SCRIPTS = [("lots_grant_one", 1, script)
+               for script in ("pgbench_lot_one_bare", "pgbench_lot_one_statement")] + [
+               ("lots_grant_five", 2, script)
+               for script in ("pgbench_lot_span", "pgbench_lot_span_bare",
+                              "pgbench_lot_span_statement")]
+
+
+@pytest.mark.parametrize(("grants", "amount", "script"), LOT_SCRIPTS)
+def test_lot_scripts_write_what_a_lot_debit_writes(conn: Conn, grants: str, amount: int,
+                                                   script: str) -> None:
+    """Each side of the lot-debit rows leaves what debit_credits() leaves on an
+    account with the same lots: the balance (tracked_credits too), every lot's
+    taken and takes, the entry; and the debit spans the lots it says it does."""
+    package_user, script_user = add_users(conn, "member", "member")
+    conn.execute(sql_bytes(grants))
+    execute_script(conn, "bench_lot_ids")
+    before = _lot_rows(conn, package_user)
+    assert before == _lot_rows(conn, script_user)
+    conn.execute("SELECT debit_credits(%s, %s)", (package_user, amount))
+    n = _n(conn, script_user)
+    # The walking scripts number the accounts by (k - 1) * clients + client_id + 1.
+    conn.execute(_pgbench_sql(script, accounts=n, n=n, k=1, clients=1, client_id=n - 1))
+    after = _lot_rows(conn, package_user)
+    assert _lot_rows(conn, script_user) == after
+    assert _balance_row(conn, script_user) == _balance_row(conn, package_user)
+    assert _log_shape(conn, script_user) == _log_shape(conn, package_user)
+    takes = [row[7] for row in after if row[7] is not None]
+    assert takes == ([[1]] if amount == 1 else [[1], [1]])
+    if amount == 2:
+        # Two of five tracked lots, the soonest emptied; the untracked lot untouched.
+        assert [row[2] for row in after] == [1, 1, 0, 0, 0, 0]
+        assert [row[1] for row in after] == [1, 10, 10, 10, 10, 350]
+    assert _integrity_problems(conn) == []
+
+
+def test_lot_ids_name_the_lots_a_debit_spends_first(conn: Conn) -> None:
+    """bench_ids.lot1, lot2 (what the bare scripts write to) are the first two lots
+    of the account's spending order."""
+    (user,) = add_users(conn, "member")
+    conn.execute(sql_bytes("lots_grant_five"))
+    execute_script(conn, "bench_lot_ids")
+    lots = conn.execute("SELECT lot1, lot2 FROM bench_ids WHERE id = %s", (user,)).fetchone()
+    order = conn.execute(
+        "SELECT lot_id FROM jsonb_to_recordset(get_credit_lots(%s)) AS x(lot_id bigint)",
+        (user,)).fetchall()
+    assert lots is not None and list(lots) == [order[0][0], order[1][0]]
+
+
+def _expiry_rows(conn: Conn) -> dict[str, Any]:
+    """Everything a sweep may write, in a form two sweeps of one state compare by."""
+    return {
+        "entries": conn.execute(
+            "SELECT user_id, actor_user_id, amount, type, source, description,"
+            " idempotency_key, lot_id FROM credit_usage_log WHERE type = 'expire'"
+            " ORDER BY id").fetchall(),
+        "lots": conn.execute("SELECT id, taken, expired FROM credit_lots ORDER BY id").fetchall(),
+        "balances": conn.execute(
+            "SELECT user_id, total_credits, used_credits, tracked_credits, allocated_credits"
+            " FROM user_credits ORDER BY user_id").fetchall(),
+        "takes": conn.execute("SELECT count(*) FROM credit_lot_takes").fetchone(),
+        "integrity": _integrity_problems(conn),
+    }
+
+
+def test_bulk_lots_are_granted_lots(conn: Conn) -> None:
+    """bench/lots_expiring.sql writes, per account, what grant_credits() with the same
+    amounts and expiries writes: the entries, the lots and the balance."""
+    (bulk_user,) = add_users(conn, "member")
+    conn.execute(sql_bytes("lots_expiring"), {"per_account": 3})
+    (granted_user,) = add_users(conn, "member")
+    lots = conn.execute("SELECT amount, expires_at FROM credit_lots"
+                        " WHERE user_id = %s AND tracked ORDER BY id", (bulk_user,)).fetchall()
+    assert [amount for amount, _ in lots] == [11, 12, 13]
+    for amount, expires_at in lots:
+        conn.execute("SELECT grant_credits(%s, %s, 'promo', NULL, NULL, %s)",
+                     (granted_user, amount, expires_at))
+
+    def account(user_id: str) -> tuple[Any, ...]:
+        entries = conn.execute(
+            "SELECT amount, type, source, description, idempotency_key, actor_user_id"
+            " FROM credit_usage_log WHERE user_id = %s ORDER BY id", (user_id,)).fetchall()
+        return (_balance_row(conn, user_id), entries, _lot_rows(conn, user_id))
+
+    assert account(bulk_user) == account(granted_user)
+    assert _integrity_problems(conn) == []
+
+
+def test_expire_baseline_writes_what_expire_credits_writes(conn: Conn) -> None:
+    """The bare sweep and expire_credits() leave the same rows on one state (each in a
+    transaction rolled back afterwards): the entries in the same order with the same
+    descriptions, the lots' expired, the balances; due lots only."""
+    add_users(conn, "member", "admin", None)
+    conn.execute(sql_bytes("lots_expiring"), {"per_account": 4})
+    # One lot partly spent, one not due by as_of: the sweep must get both right.
+    (user,) = add_users(conn, "member")
+    conn.execute("SELECT grant_credits(%s, 10, 'promo', NULL, NULL, now() + interval '1 hour')",
+                 (user,))
+    conn.execute("SELECT grant_credits(%s, 10, 'promo', NULL, NULL, now() + interval '9 days')",
+                 (user,))
+    conn.execute("SELECT debit_credits(%s, 3)", (user,))
+    row = conn.execute("SELECT now() + interval '2 days'").fetchone()
+    assert row is not None
+    as_of = row[0]
+    sides = []
+    for name in ("expire_function", "expire_baseline"):
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql_bytes(name), {"as_of": as_of})
+            sides.append(_expiry_rows(conn))
+    function, bare = sides
+    assert bare == function
+    assert len(function["entries"]) == 3 * 4 + 1
+    # The partly spent lot expired what it held (10 - 3), the later one nothing.
+    assert [e[2] for e in function["entries"] if str(e[0]) == user] == [-7]
+    assert function["integrity"] == []
+    assert conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'expire'"
+                        ).fetchone() == (0,)
+
+
+def test_plans_keep_apart_statements_that_share_a_first_line(conn: Conn, tmp_path: Path) -> None:
+    """expire_credits() runs two statements that both begin WITH due AS MATERIALIZED (:
+    the plan file shows both; a statement run once per row is still shown once."""
+    conn.execute("""
+        CREATE FUNCTION two_plans() RETURNS integer LANGUAGE plpgsql AS $$
+        DECLARE v integer;
+        BEGIN
+            WITH due AS MATERIALIZED (
+                SELECT 1 AS a) SELECT a INTO v FROM due;
+            WITH due AS MATERIALIZED (
+                SELECT 2 AS a) SELECT a + v INTO v FROM due;
+            RETURN v;
+        END $$""")
+    context = cast(workloads.Context, SimpleNamespace(plans_dir=tmp_path, facts={}))
+    workloads.plan_statements(context, conn, "test", {"two": b"SELECT two_plans()"})
+    text = (tmp_path / "two.txt").read_text()
+    assert "SELECT 1 AS a" in text and "SELECT 2 AS a" in text
+    assert "run 2 times" not in text
+
+
+def test_plans_cut_long_lines_short(conn: Conn, tmp_path: Path) -> None:
+    """A custom plan's array parameter (expire_credits() passes every lot id) is cut."""
+    conn.execute("""
+        CREATE FUNCTION many_ids(p_ids bigint[]) RETURNS bigint LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN (SELECT count(*) FROM generate_series(1, 3) g WHERE g = ANY (p_ids));
+        END $$""")
+    context = cast(workloads.Context, SimpleNamespace(plans_dir=tmp_path, facts={}))
+    workloads.plan_statements(context, conn, "test", {
+        "ids": b"SELECT many_ids(ARRAY(SELECT generate_series(1, 5000))::bigint[])"})
+    lines = (tmp_path / "ids.txt").read_text().splitlines()
+    assert max(len(line) for line in lines) < workloads.PLAN_LINE + 40
+    assert any(line.endswith("characters)") for line in lines)
