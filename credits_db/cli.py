@@ -29,6 +29,7 @@ from credits_db.models import (
     CreditLot,
     Expiry,
     ExpirySummary,
+    Renewal,
     RoleAllocation,
 )
 
@@ -160,6 +161,11 @@ def _when(value: datetime | None) -> str:
 
 def _expiry(expiry: Expiry) -> str:
     return f"{expiry.credits} credits expire at {_when(expiry.expires_at)}"
+
+
+def _renewal_text(renewal: Renewal) -> str:
+    return (f"renews at {_when(renewal.renews_at)}: {renewal.credits} credits "
+            f"(rollover up to {renewal.rollover_cap})")
 
 
 def _role_table(title: str, by_role: Mapping[str, RoleAllocation]) -> str:
@@ -371,6 +377,10 @@ def _explanation_lines(e: credits_db.UserExplanation) -> list[str]:
         lines.append(f"next expiry: {_expiry(balance.next_expiry)}")
     if balance.team_pool_next_expiry is not None:
         lines.append(f"team pool next expiry: {_expiry(balance.team_pool_next_expiry)}")
+    if balance.next_renewal is not None:
+        lines.append(f"next renewal: {_renewal_text(balance.next_renewal)}")
+    if balance.team_pool_next_renewal is not None:
+        lines.append(f"team pool next renewal: {_renewal_text(balance.team_pool_next_renewal)}")
     for lot in e.overview.expiring_lots:
         lines.append(f"  lot #{lot.lot_id} ({_cell(lot.source)}): {lot.remaining} of "
                      f"{lot.amount} expire at {_when(lot.expires_at)}")
@@ -431,12 +441,16 @@ def cmd_balance(args: argparse.Namespace) -> int:
         + _lapsed(own.remaining_credits, own.spendable_credits))
     if own is not None and own.next_expiry is not None:
         out(f"own next expiry: {_expiry(own.next_expiry)}")
+    if own is not None and own.next_renewal is not None:
+        out(f"own next renewal: {_renewal_text(own.next_renewal)}")
     if balance.team_admin_id is not None:
         out(f"team pool of {balance.team_admin_id}: {balance.team_pool_remaining} remaining, "
             f"{balance.team_pool_spendable} spendable"
             + _lapsed(balance.team_pool_remaining, balance.team_pool_spendable))
         if balance.team_pool_next_expiry is not None:
             out(f"team pool next expiry: {_expiry(balance.team_pool_next_expiry)}")
+        if balance.team_pool_next_renewal is not None:
+            out(f"team pool next renewal: {_renewal_text(balance.team_pool_next_renewal)}")
     out(f"spendable now: {balance.spendable}")
     return 0
 

@@ -241,6 +241,30 @@ class Expiry:
 
 
 @dataclass(frozen=True)
+class Renewal:
+    """When an account's current allowance period ends, and what its role gives then.
+
+    Attributes:
+        renews_at: the end of the current period, when the next allowance comes.
+        credits: the allowance the role gives for the next period.
+        rollover_cap: at most this much of what the current allowance has left
+            then carries over into the next period (0: nothing does).
+    """
+
+    renews_at: datetime
+    credits: int
+    rollover_cap: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Renewal | None:
+        """Build from a ``next_renewal`` of ``get_credit_balance()`` (None for none)."""
+        if data is None:
+            return None
+        return cls(datetime.fromisoformat(data["renews_at"]), int(data["credits"]),
+                   int(data["rollover_cap"]))
+
+
+@dataclass(frozen=True)
 class OwnBalance:
     """An account's own balance row.
 
@@ -253,6 +277,8 @@ class OwnBalance:
             most a debit can take from this account now.
         next_expiry: the soonest expiry of a lot that still holds credits, and
             how many credits expire then (None when no open lot expires).
+        next_renewal: when the current allowance period ends and what the role
+            gives then (None when the account's role does not renew).
     """
 
     total_credits: int
@@ -260,6 +286,8 @@ class OwnBalance:
     remaining_credits: int
     spendable_credits: int
     next_expiry: Expiry | None
+    # A default, so code that builds an OwnBalance from before renewal keeps working.
+    next_renewal: Renewal | None = None
 
 
 @dataclass(frozen=True)
@@ -268,9 +296,11 @@ class Balance:
 
     ``spendable`` is the largest amount a single debit would accept right now:
     the larger of ``own.spendable_credits`` and ``team_pool_spendable`` (a debit
-    is never split). ``team_pool_spendable`` and ``team_pool_next_expiry`` are
-    the pool's as :class:`OwnBalance` has them for the user's own account (None
-    outside a pool, and for a pool with no open lot that expires).
+    is never split). ``team_pool_spendable``, ``team_pool_next_expiry`` and
+    ``team_pool_next_renewal`` are the pool's as :class:`OwnBalance` has them for
+    the user's own account (None outside a pool, for a pool with no open lot that
+    expires, and for a pool whose admin's role does not renew: a pool renews with
+    its admin's role).
     """
 
     user_id: UUID
@@ -280,11 +310,18 @@ class Balance:
     spendable: int
     team_pool_spendable: int | None
     team_pool_next_expiry: Expiry | None
+    team_pool_next_renewal: Renewal | None = None
 
     @property
     def next_expiry(self) -> Expiry | None:
         """The own account's next expiry (None without an account, or when nothing expires)."""
         return None if self.own is None else self.own.next_expiry
+
+    @property
+    def next_renewal(self) -> Renewal | None:
+        """The own account's next renewal (None without an account, or when its role
+        does not renew)."""
+        return None if self.own is None else self.own.next_renewal
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Balance:
@@ -299,12 +336,14 @@ class Balance:
             own=None if own is None else OwnBalance(
                 int(own["total_credits"]), int(own["used_credits"]), int(own["remaining_credits"]),
                 int(own["spendable_credits"]), Expiry.from_json(own.get("next_expiry")),
+                Renewal.from_json(own.get("next_renewal")),
             ),
             team_admin_id=_uuid(data.get("team_admin_id")),
             team_pool_remaining=None if pool is None else int(pool),
             spendable=int(data["spendable"]),
             team_pool_spendable=None if pool_spendable is None else int(pool_spendable),
             team_pool_next_expiry=Expiry.from_json(data.get("team_pool_next_expiry")),
+            team_pool_next_renewal=Renewal.from_json(data.get("team_pool_next_renewal")),
         )
 
 
@@ -525,8 +564,9 @@ def account_status(own: OwnBalance | None, failure: AllocationFailure | None
 @dataclass(frozen=True)
 class Overview:
     """What ``GET /api/billing/overview`` answers for a user: the balance (with the
-    next expiry, own and pool), the last usage rows (own account, and pool debits made
-    as a member), the own account's lots that expire soon and the account's status.
+    next expiry and the next renewal, own and pool), the last usage rows (own account,
+    and pool debits made as a member), the own account's lots that expire soon and the
+    account's status.
 
     ``expiring_lots``: the own account's open lots expiring within
     ``EXPIRING_WITHIN`` (30 days), soonest first, at most ``EXPIRING_LOTS`` (10).
@@ -541,6 +581,17 @@ class Overview:
     def status(self) -> AccountStatus:
         """``active``, ``awaiting_backfill`` or ``allocation_failed``."""
         return account_status(self.balance.own, self.failure)
+
+    @property
+    def next_renewal(self) -> Renewal | None:
+        """The own account's next renewal (``balance.next_renewal``)."""
+        return self.balance.next_renewal
+
+    @property
+    def team_pool_next_renewal(self) -> Renewal | None:
+        """The team pool's next renewal (``balance.team_pool_next_renewal``; None outside
+        a pool)."""
+        return self.balance.team_pool_next_renewal
 
     @property
     def message(self) -> str | None:

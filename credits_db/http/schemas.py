@@ -25,6 +25,7 @@ from credits_db.models import (
     LedgerEntry,
     LotState,
     Overview,
+    Renewal,
     TeamMember,
 )
 
@@ -103,12 +104,33 @@ class ExpiryOut(CamelModel):
                                                credits=expiry.credits)
 
 
+class RenewalOut(CamelModel):
+    """When an account's current allowance period ends, and what its role gives then."""
+
+    renews_at: datetime = Field(description="The end of the current period.")
+    credits: int = Field(description="The allowance the role gives for the next period.")
+    rollover_cap: int = Field(
+        description="At most this much of what is left of the current allowance then "
+                    "carries over (0: nothing).")
+
+    @classmethod
+    def of(cls, renewal: Renewal | None) -> "RenewalOut | None":
+        """From a :class:`credits_db.Renewal` (None for none)."""
+        return None if renewal is None else cls(renews_at=renewal.renews_at,
+                                                credits=renewal.credits,
+                                                rollover_cap=renewal.rollover_cap)
+
+
 _OWN_SPENDABLE = ("Own account's remaining credits less those of lots past their expiry "
                   "that the expiry sweep has not recorded yet (they cannot be spent); 0 "
                   "without an account.")
 _NEXT_EXPIRY = "The soonest expiry of the own account's open lots; null when none expires."
 _POOL_SPENDABLE = "The team pool's remaining credits less its lapsed ones; null outside a pool."
 _POOL_NEXT_EXPIRY = "The soonest expiry of the team pool's open lots; null when none (or no pool)."
+_NEXT_RENEWAL = ("When the own account's allowance period ends and what its role gives then; "
+                 "null when the role does not renew (or without an account).")
+_POOL_NEXT_RENEWAL = ("The team pool's next renewal (a pool renews with its admin's role); "
+                      "null when that role does not renew (or no pool).")
 
 
 class CreditStatus(CamelModel):
@@ -121,10 +143,12 @@ class CreditStatus(CamelModel):
     remaining_credits: int = Field(description="Own account's remaining credits.")
     own_spendable_credits: int = Field(description=_OWN_SPENDABLE)
     next_expiry: ExpiryOut | None = Field(description=_NEXT_EXPIRY)
+    next_renewal: RenewalOut | None = Field(description=_NEXT_RENEWAL)
     team_admin_id: UUID | None = Field(description="The pool the caller is a member of.")
     team_pool_remaining: int | None
     team_pool_spendable: int | None = Field(description=_POOL_SPENDABLE)
     team_pool_next_expiry: ExpiryOut | None = Field(description=_POOL_NEXT_EXPIRY)
+    team_pool_next_renewal: RenewalOut | None = Field(description=_POOL_NEXT_RENEWAL)
     spendable_credits: int = Field(
         description="The largest amount one /use call accepts now (own or pool, never split).")
 
@@ -139,9 +163,11 @@ class CreditStatus(CamelModel):
             remaining_credits=own.remaining_credits if own else 0,
             own_spendable_credits=own.spendable_credits if own else 0,
             next_expiry=ExpiryOut.of(balance.next_expiry),
+            next_renewal=RenewalOut.of(balance.next_renewal),
             team_admin_id=balance.team_admin_id, team_pool_remaining=balance.team_pool_remaining,
             team_pool_spendable=balance.team_pool_spendable,
             team_pool_next_expiry=ExpiryOut.of(balance.team_pool_next_expiry),
+            team_pool_next_renewal=RenewalOut.of(balance.team_pool_next_renewal),
             spendable_credits=balance.spendable,
         )
 
@@ -309,12 +335,14 @@ class CreditsOverview(CamelModel):
     remaining_credits: int = Field(description="Own account.")
     own_spendable_credits: int = Field(description=_OWN_SPENDABLE)
     next_expiry: ExpiryOut | None = Field(description=_NEXT_EXPIRY)
+    next_renewal: RenewalOut | None = Field(description=_NEXT_RENEWAL)
     expiring_lots: list[LotOut] = Field(
         description="The own account's open lots expiring within 30 days, soonest first "
                     "(at most 10).")
     team_pool_remaining: int | None
     team_pool_spendable: int | None = Field(description=_POOL_SPENDABLE)
     team_pool_next_expiry: ExpiryOut | None = Field(description=_POOL_NEXT_EXPIRY)
+    team_pool_next_renewal: RenewalOut | None = Field(description=_POOL_NEXT_RENEWAL)
     spendable_credits: int
     team_admin_id: UUID | None
     recent_usage: list[LedgerRow] = Field(
@@ -337,10 +365,12 @@ class CreditsOverview(CamelModel):
             remaining_credits=balance.own.remaining_credits if balance.own else 0,
             own_spendable_credits=balance.own.spendable_credits if balance.own else 0,
             next_expiry=ExpiryOut.of(balance.next_expiry),
+            next_renewal=RenewalOut.of(overview.next_renewal),
             expiring_lots=[LotOut.of(lot) for lot in overview.expiring_lots],
             team_pool_remaining=balance.team_pool_remaining,
             team_pool_spendable=balance.team_pool_spendable,
             team_pool_next_expiry=ExpiryOut.of(balance.team_pool_next_expiry),
+            team_pool_next_renewal=RenewalOut.of(overview.team_pool_next_renewal),
             spendable_credits=balance.spendable, team_admin_id=balance.team_admin_id,
             recent_usage=[LedgerRow.of(e) for e in overview.recent_usage],
             account_status=overview.status,

@@ -4,6 +4,7 @@ any scheduler (cron, a Kubernetes CronJob) where pg_cron is not available."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 import pytest
@@ -119,3 +120,74 @@ def test_renew_where_credits_db_is_older_than_the_renewal(db: Database) -> None:
     assert result.stderr.startswith(
         f"credits-db: error: NotInstalled: credits-db is at revision 0010 in this database and "
         f"this command needs {migrate.head()}: run credits-db upgrade")
+
+
+# --------------------------------------------------------------------------- the next renewal
+
+RENEWS = re.compile(r"renews at (\S+): (\d+) credits \(rollover up to (\d+)\)$")
+
+
+def period_end(conn: Conn, user: str) -> datetime:
+    """The account's current period end, to the second (as the CLI prints it)."""
+    value: datetime = one(conn, "SELECT period_ends_at FROM user_credits WHERE user_id = %s",
+                          (user,))
+    return value.replace(microsecond=0)
+
+
+def renewal_line(output: str, prefix: str) -> tuple[datetime, int, int]:
+    """The (time, credits, cap) of the line ``prefix: renews at ...`` of ``output``."""
+    [line] = [line for line in output.splitlines() if line.startswith(prefix + ": ")]
+    found = RENEWS.search(line[len(prefix) + 2:])
+    assert found, line
+    return datetime.fromisoformat(found[1]), int(found[2]), int(found[3])
+
+
+def test_balance_explain_and_json_show_the_next_renewal(db: Database, conn: Conn) -> None:
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month', rollover_cap = 100"
+                 " WHERE role = 'member'")
+    [user] = add_users(conn, "member")
+    url = ("--url", db.url)
+    shown = cli("balance", user, *url)
+    assert shown.returncode == 0, shown.stderr
+    assert renewal_line(shown.stdout, "own next renewal") == (period_end(conn, user), 350, 100)
+    assert "team pool" not in shown.stdout
+    explained = cli("explain", user, *url).stdout
+    assert renewal_line(explained, "next renewal") == (period_end(conn, user), 350, 100)
+    assert "team pool next renewal" not in explained
+
+    data = as_json(cli("balance", user, "--json", *url))
+    renewal = data["own"]["next_renewal"]
+    assert (renewal["credits"], renewal["rollover_cap"]) == (350, 100)
+    assert datetime.fromisoformat(renewal["renews_at"]).replace(microsecond=0) == period_end(
+        conn, user)
+    assert data["team_pool_next_renewal"] is None
+    explained_json = as_json(cli("explain", user, "--json", *url))
+    assert explained_json["overview"]["balance"]["own"]["next_renewal"] == renewal
+
+
+def test_balance_and_explain_show_the_pools_renewal(db: Database, conn: Conn) -> None:
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month' WHERE role = 'team_admin'")
+    admin, member = add_users(conn, "team_admin", "member")
+    credits_db.add_team_member(conn, admin, member)
+    url = ("--url", db.url)
+    shown = cli("balance", member, *url).stdout
+    assert renewal_line(shown, "team pool next renewal") == (period_end(conn, admin), 5000, 0)
+    assert "own next renewal" not in shown  # the member's own role gives once
+    explained = cli("explain", member, *url).stdout
+    assert renewal_line(explained, "team pool next renewal") == (period_end(conn, admin), 5000,
+                                                                 0)
+    assert not any(line.startswith("next renewal") for line in explained.splitlines())
+    data = as_json(cli("balance", member, "--json", *url))
+    assert data["own"]["next_renewal"] is None
+    assert (data["team_pool_next_renewal"]["credits"],
+            data["team_pool_next_renewal"]["rollover_cap"]) == (5000, 0)
+
+
+def test_no_renewal_line_for_a_role_that_gives_once(db: Database, conn: Conn) -> None:
+    admin, member = add_users(conn, "team_admin", "member")
+    credits_db.add_team_member(conn, admin, member)
+    for output in (cli("balance", member, "--url", db.url).stdout,
+                   cli("explain", member, "--url", db.url).stdout):
+        assert "renew" not in output
+    data = as_json(cli("balance", member, "--json", "--url", db.url))
+    assert (data["own"]["next_renewal"], data["team_pool_next_renewal"]) == (None, None)

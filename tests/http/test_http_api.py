@@ -32,8 +32,9 @@ def test_status_check_use_and_history(db: Database, conn: Conn) -> None:
         status = (await client.get("/api/credits/status", headers=bearer(user))).json()
         assert status == {"userId": user, "hasAccount": True, "totalCredits": 350,
                           "usedCredits": 0, "remainingCredits": 350, "ownSpendableCredits": 350,
-                          "nextExpiry": None, "teamAdminId": None, "teamPoolRemaining": None,
-                          "teamPoolSpendable": None, "teamPoolNextExpiry": None,
+                          "nextExpiry": None, "nextRenewal": None, "teamAdminId": None,
+                          "teamPoolRemaining": None, "teamPoolSpendable": None,
+                          "teamPoolNextExpiry": None, "teamPoolNextRenewal": None,
                           "spendableCredits": 350}
         check = await client.post("/api/credits/check", json={"requiredCredits": 100},
                                   headers=bearer(user))

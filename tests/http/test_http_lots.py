@@ -11,7 +11,7 @@ import pytest
 
 import credits_db
 from tests.support.databases import Database
-from tests.support.helpers import Conn, add_users, balance
+from tests.support.helpers import Conn, add_users, add_users_without_credits, balance
 from tests.support.http_api import bearer, error_of, run
 
 
@@ -100,6 +100,73 @@ def test_the_overview_lists_lots_expiring_within_30_days(db: Database, conn: Con
     run(db, scenario)
 
 
+def renewal(data: dict[str, Any] | None) -> tuple[datetime, int, int] | None:
+    """A ``{renewsAt, credits, rolloverCap}`` object as (time, credits, cap)."""
+    if data is None:
+        return None
+    assert set(data) == {"renewsAt", "credits", "rolloverCap"}
+    return datetime.fromisoformat(data["renewsAt"]), data["credits"], data["rolloverCap"]
+
+
+def period_end(conn: Conn, user: str) -> datetime:
+    row = conn.execute("SELECT period_ends_at FROM user_credits WHERE user_id = %s",
+                       (user,)).fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
+
+
+def test_status_and_overview_say_when_the_next_renewal_comes(db: Database, conn: Conn) -> None:
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month', rollover_cap = 100"
+                 " WHERE role = 'member'")
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month', rollover_cap = 250"
+                 " WHERE role = 'team_admin'")
+    admin, member, alone = add_users(conn, "team_admin", "member", "member")
+    credits_db.add_team_member(conn, admin, member)
+    own = (period_end(conn, member), 350, 100)
+    pool = (period_end(conn, admin), 5000, 250)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        status = (await client.get("/api/credits/status", headers=bearer(member))).json()
+        assert (renewal(status["nextRenewal"]), renewal(status["teamPoolNextRenewal"])) == (
+            own, pool)
+        credits = (await client.get("/api/billing/overview", headers=bearer(member))).json()[
+            "credits"]
+        assert (renewal(credits["nextRenewal"]), renewal(credits["teamPoolNextRenewal"])) == (
+            own, pool)
+        # Outside a pool: the own renewal, and null for the pool's.
+        status = (await client.get("/api/credits/status", headers=bearer(alone))).json()
+        assert renewal(status["nextRenewal"]) == (period_end(conn, alone), 350, 100)
+        assert status["teamPoolNextRenewal"] is None
+        credits = (await client.get("/api/billing/overview", headers=bearer(admin))).json()[
+            "credits"]
+        assert (renewal(credits["nextRenewal"]), credits["teamPoolNextRenewal"]) == (pool, None)
+
+    run(db, scenario)
+
+
+def test_the_next_renewal_is_null_when_no_role_renews(db: Database, conn: Conn) -> None:
+    admin, member = add_users(conn, "team_admin", "member")  # the seeded roles give once
+    credits_db.add_team_member(conn, admin, member)
+    [waiting] = add_users_without_credits(conn, "member")
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month' WHERE role = 'member'")
+    # The member role renews from now on: the waiting user has no account, so nothing renews.
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        for user in (admin, waiting):
+            status = (await client.get("/api/credits/status", headers=bearer(user))).json()
+            credits = (await client.get("/api/billing/overview", headers=bearer(user))).json()[
+                "credits"]
+            for body in (status, credits):
+                assert (body["nextRenewal"], body["teamPoolNextRenewal"]) == (None, None)
+        # The member's own account renews now (its role got an interval); the pool does not.
+        status = (await client.get("/api/credits/status", headers=bearer(member))).json()
+        assert renewal(status["nextRenewal"]) == (period_end(conn, member), 350, 0)
+        assert status["teamPoolNextRenewal"] is None
+
+    run(db, scenario)
+
+
 def test_expire_entries_in_the_history_name_their_lot(db: Database, conn: Conn) -> None:
     [user] = add_users(conn, "member")
     granted = credits_db.grant(conn, user, 40, expires_at=soon(1))
@@ -176,10 +243,19 @@ def test_admin_expire_validates_its_body(db: Database, conn: Conn, body: dict[st
 def test_openapi_documents_the_lot_fields(db: Database) -> None:
     async def scenario(client: httpx.AsyncClient) -> None:
         schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+        renewal = {"nextRenewal", "teamPoolNextRenewal"}
+        for name in ("CreditStatus", "CreditsOverview"):
+            # Present in every answer, null or a RenewalOut, as the expiry fields.
+            assert renewal <= set(schemas[name]["required"])
+            for field in renewal:
+                assert schemas[name]["properties"][field]["anyOf"] == [
+                    {"$ref": "#/components/schemas/RenewalOut"}, {"type": "null"}]
         assert {"ownSpendableCredits", "nextExpiry", "teamPoolSpendable",
                 "teamPoolNextExpiry"} <= set(schemas["CreditStatus"]["properties"])
         assert {"ownSpendableCredits", "nextExpiry", "teamPoolSpendable", "teamPoolNextExpiry",
                 "expiringLots"} <= set(schemas["CreditsOverview"]["properties"])
+        assert schemas["RenewalOut"]["required"] == ["renewsAt", "credits", "rolloverCap"]
+        assert schemas["RenewalOut"]["properties"]["renewsAt"]["format"] == "date-time"
         assert schemas["LotOut"]["properties"]["state"]["enum"] == [
             "open", "lapsed", "expired", "spent"]
         assert set(schemas["ExpireRequest"]["properties"]) == {"asOf", "limit"}
