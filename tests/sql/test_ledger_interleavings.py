@@ -2,7 +2,11 @@
 
 The writers: single and bulk signup, backfill_user_credits(), the batched walk,
 own, pool and keyed debits, keyed and unkeyed grants, refund, role change, team
-add and remove, user delete and a user re-created with the same id. For each
+add and remove, user delete and a user re-created with the same id; and the
+lots' (revision 0010): a grant with an expiry, one with a priority, debits
+spending tracked lots of the own account and of a pool, a refund onto a lapsed
+lot, and expire_credits() (now, with p_limit, and as of two days ahead), each
+paired with the writers sharing its rows or scanning every user. For each
 ordered pair, session 2 starts while session 1 holds its locks (observed in
 pg_blocking_pids, never slept into), in both commit orders that can happen, at
 READ COMMITTED, REPEATABLE READ and SERIALIZABLE. After each interleaving the

@@ -9,6 +9,16 @@ must equal the model's; after every step the balance rows, the ledger, the team
 rows, the idempotency keys and the users must equal the model's, and
 verify_credit_integrity() must report exactly the team problems the model expects.
 
+Lots (revision 0010): grants with an expiry and a priority, time passing, the
+sweep (expire_credits with an as_of and a p_limit) and get_credit_lots(); after
+every step the lots (amount, taken, expired, expiry, priority) and each debit's
+takes equal the model's, so no debit took a lapsed lot or spent out of order.
+Time: the model's clock counts whole hours from 0; hour h is the timestamp
+anchor + (h - clock) hours, the anchor being the database's now() when the
+example began. Time passes by moving every lot's expires_at back by as many
+hours (as the owner), so the database's own clock never needs to move: an
+expiry at the clock's hour or before is past, one an hour ahead is not.
+
 One database for the whole run; each example makes fresh users and deletes every
 user at its end, so the tables other than the log start empty.
 """
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import psycopg
@@ -60,12 +71,16 @@ grant_sources = weighted((5, st.sampled_from(["admin_grant", "promo"])),
                          (1, st.sampled_from(["signup", "backfill", "role_change", "refund"])))
 keys = st.sampled_from([None, None, None, "k1", "k2", "k3"])
 unknown_ids = st.uuids(version=4).map(str)
+# Hours from now: mostly ahead, sometimes now or past (22023).
+expiries_ahead = weighted((6, st.integers(1, 6)), (1, st.sampled_from([0, -1])))
+priorities = st.sampled_from([None, None, 50, 0, 10, 10, 90, 100, -1, 101])
+HOUR = timedelta(hours=1)
 
 CREDIT_CALL = {
     "debit": "SELECT debit_credits(p_user_id => %s, p_amount => %s, p_source => %s,"
              " p_idempotency_key => %s)",
     "grant": "SELECT grant_credits(p_user_id => %s, p_amount => %s, p_source => %s,"
-             " p_idempotency_key => %s)",
+             " p_idempotency_key => %s, p_expires_at => %s, p_priority => %s)",
 }
 
 
@@ -109,13 +124,24 @@ def label(text: str) -> None:
         event(text)
 
 
-def describe(expected: Any) -> str:
+def describe(expected: Any, model: Ledger) -> str:
     """A label for the statistics: which kind of success this was."""
+    if isinstance(expected, dict) and "lots_expired" in expected:
+        return "expired some" if expected["lots_expired"] else "nothing due"
     if not isinstance(expected, Outcome):
         return "ok"
+    entry = expected.entry
     kind = "replayed" if expected.replayed else "new"
-    pool = ", team pool" if expected.entry.actor is not None else ""
-    return f"{kind}{pool}"
+    pool = ", team pool" if entry.actor is not None else ""
+    lots = ", tracked lots" if entry.takes else ""
+    if entry.lot is not None and entry.lot.tracked:
+        lots = ", tracked lot"
+    debit = None if entry.refund_of is None else model.entry(entry.refund_of)
+    if debit is not None and debit.takes:
+        lots = ", onto tracked lots"
+        if any(lot.lapsed(model.clock) for lot, _ in debit.takes):
+            lots = ", onto a lapsed lot"
+    return f"{kind}{pool}{lots}"
 
 
 def insert_user(conn: Conn, user_id: str, role: str | None, *, with_credits: bool) -> None:
@@ -148,6 +174,32 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = Ledger()
         self.max_log_id = scalar(self.conn, "SELECT coalesce(max(id), 0) FROM credit_usage_log")
+        self.first_log_id = self.max_log_id
+        self.anchor: datetime = scalar(self.conn, "SELECT now()")
+
+    # ------------------------------------------------------------------- time
+
+    def at(self, hour: int) -> datetime:
+        """The timestamp of an hour of the model's clock."""
+        return self.anchor + (hour - self.model.clock) * HOUR
+
+    def hour(self, when: datetime | str) -> int:
+        """The model's hour of a timestamp (or its JSON text), which must be a whole hour."""
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when)
+        hours, rest = divmod(when - self.anchor, HOUR)
+        assert rest == timedelta(0), f"{when} is not a whole hour from {self.anchor}"
+        return self.model.clock + hours
+
+    def in_hours(self, value: Any) -> Any:
+        """A result with every expires_at (and as_of) as a model hour, created_at left out."""
+        if isinstance(value, list):
+            return [self.in_hours(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.hour(v) if k in ("expires_at", "as_of") and v is not None
+                    else self.in_hours(v)
+                    for k, v in value.items() if k != "created_at"}
+        return value
 
     def teardown(self) -> None:
         """Delete every user, so that the next example starts with empty tables."""
@@ -156,8 +208,10 @@ class LedgerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ comparisons
 
     def predict_call(self, predict: Callable[[], Any], query: str,
-                     params: tuple[Any, ...]) -> Any:
-        """Run ``query`` and check it does what ``predict`` (the model) says.
+                     params: tuple[Any, ...],
+                     seen: Callable[[Any], Any] | None = None) -> Any:
+        """Run ``query`` and check it does what ``predict`` (the model) says
+        (``seen`` first turns the result into the model's terms).
 
         Returns the call's result, or None when the model expects (and the database
         raised) an error.
@@ -169,11 +223,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert sqlstate_of(self.conn, query, params) == refusal.sqlstate, refusal
             return None
         result = scalar(self.conn, query, params)
-        label(f"{name}: {describe(expected)}")
+        label(f"{name}: {describe(expected, self.model)}")
         if isinstance(expected, Outcome):
             self.check_outcome(result, expected)
         else:
-            assert result == expected
+            assert (result if seen is None else seen(result)) == expected
         return result
 
     def check_outcome(self, result: dict[str, Any], outcome: Outcome) -> None:
@@ -186,18 +240,25 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result == expected
 
     def credit_call(self, operation: str, user: str, amount: int, source: str,
-                    key: str | None) -> None:
-        """debit_credits or grant_credits, checked against the model."""
-        predict = self.model.debit if operation == "debit" else self.model.grant
-        self.predict_call(lambda: predict(user, amount, source, key),
-                          CREDIT_CALL[operation], (user, amount, source, key))
+                    key: str | None, expires: int | None = None,
+                    priority: int | None = None) -> None:
+        """debit_credits or grant_credits (expiring at the hour ``expires``, spent by
+        ``priority``), checked against the model."""
+        if operation == "debit":
+            self.predict_call(lambda: self.model.debit(user, amount, source, key),
+                              CREDIT_CALL["debit"], (user, amount, source, key))
+            return
+        self.predict_call(
+            lambda: self.model.grant(user, amount, source, key, expires, priority),
+            CREDIT_CALL["grant"],
+            (user, amount, source, key, None if expires is None else self.at(expires), priority))
 
     def refundable_ids(self) -> st.SearchStrategy[int]:
         """Log ids to refund: mostly debits, sometimes another entry or an unknown id."""
         debits = sorted(e.log_id for e in self.model.entries()
                         if e.type == "debit" and e.log_id is not None)
         others = sorted(e.log_id for e in self.model.entries()
-                        if e.type == "credit" and e.log_id is not None)
+                        if e.type in ("credit", "expire") and e.log_id is not None)
         choices: list[st.SearchStrategy[int]] = [st.just(0)]
         if others:
             choices.append(st.sampled_from(others))
@@ -208,11 +269,16 @@ class LedgerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ users
 
     @initialize(target=users, more=st.lists(roles, max_size=3),
-                joined=st.lists(st.booleans(), min_size=2, max_size=2))
-    def sign_up_first_users(self, more: list[str | None],
-                            joined: list[bool]) -> MultipleResults[str]:
+                joined=st.lists(st.booleans(), min_size=2, max_size=2),
+                lots=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 300),
+                                        st.one_of(st.none(), st.integers(1, 4)),
+                                        st.sampled_from([None, 0, 10, 90])), max_size=4))
+    def sign_up_first_users(self, more: list[str | None], joined: list[bool],
+                            lots: list[tuple[int, int, int | None, int | None]] | None = None,
+                            ) -> MultipleResults[str]:
         """A bulk signup (one INSERT, the statement trigger allocates) of a team admin,
-        two members, who may join the admin's pool, and up to three users of any role."""
+        two members, who may join the admin's pool, and up to three users of any role;
+        then grants of tracked lots to the first three (user, amount, expiry, priority)."""
         first = ["team_admin", "member", "member", *more]
         ids = [str(uuid.uuid4()) for _ in first]
         self.conn.execute(
@@ -223,6 +289,11 @@ class LedgerMachine(RuleBasedStateMachine):
         for member, join in zip(ids[1:3], joined, strict=True):
             if join:
                 self.add_team_member(ids[0], member)
+        for who, amount, expires_in, priority in lots or []:
+            if expires_in is None and priority is None:
+                priority = 10
+            expires = None if expires_in is None else self.model.clock + expires_in
+            self.credit_call("grant", ids[who], amount, "promo", None, expires, priority)
         return multiple(*ids)
 
     @rule(target=users, role=roles, with_credits=st.booleans())
@@ -288,6 +359,63 @@ class LedgerMachine(RuleBasedStateMachine):
         """grant_credits, sometimes keyed, sometimes with a reserved source (22023)."""
         self.credit_call("grant", user, amount, source, key)
 
+    @rule(user=any_user, amount=grant_amounts, source=grant_sources, key=keys,
+          expires_in=st.one_of(st.none(), expiries_ahead), priority=priorities)
+    def grant_lot(self, user: str, amount: int, source: str, key: str | None,
+                  expires_in: int | None, priority: int | None) -> None:
+        """grant_credits with an expiry (hours from now; now or past: 22023) and/or a
+        priority (outside 0..100: 22023): a tracked lot, unless neither is given."""
+        expires = None if expires_in is None else self.model.clock + expires_in
+        self.credit_call("grant", user, amount, source, key, expires, priority)
+
+    @precondition(lambda self: bool(self.model.alive_in_order()))
+    @rule(data=st.data(), amount=st.integers(1, 300), key=keys,
+          expires_in=st.one_of(st.none(), st.integers(1, 6)),
+          priority=st.sampled_from([None, 0, 10, 50, 90]))
+    def grant_tracked_lot(self, data: st.DataObject, amount: int, key: str | None,
+                          expires_in: int | None, priority: int | None) -> None:
+        """A valid grant of a tracked lot to an existing user: an expiry, a priority
+        other than 50, or both."""
+        user = data.draw(st.sampled_from(self.model.alive_in_order()), "user")
+        if expires_in is None and priority in (None, 50):
+            priority = 10
+        expires = None if expires_in is None else self.model.clock + expires_in
+        self.credit_call("grant", user, amount, "promo", key, expires, priority)
+
+    def tracked_spenders(self) -> list[str]:
+        """Users whose own account or pool holds tracked credits (lapsed or not)."""
+        accounts = self.model.accounts
+        return [u for u in self.model.alive_in_order()
+                if (u in accounts and accounts[u].tracked > 0)
+                or (u in self.model.teams and self.model.teams[u] in accounts
+                    and accounts[self.model.teams[u]].tracked > 0)]
+
+    @precondition(lambda self: bool(self.tracked_spenders()))
+    @rule(data=st.data(), share=st.sampled_from([0.1, 0.3, 0.5, 0.9, 1.0, 1.01]),
+          key=st.sampled_from([None, None, "k1"]))
+    def debit_tracked(self, data: st.DataObject, share: float, key: str | None) -> None:
+        """A debit by a user whose account or pool holds tracked lots, for a share of
+        what the larger can spend now (1.01: more, refused or left to the pool)."""
+        user = data.draw(st.sampled_from(self.tracked_spenders()), "user")
+        balance = self.model.balance(user)
+        amount = max(1, int(balance["spendable"] * share) + (share > 1))
+        self.credit_call("debit", user, amount, "usage", key)
+
+    def refundable_lot_debits(self) -> list[int]:
+        """Debits not refunded yet that took from tracked lots of an account still open."""
+        return [e.log_id for e in self.model.entries()
+                if e.takes and not e.refunded and e.log_id is not None
+                and not self.model.account_ended(e)]
+
+    @precondition(lambda self: bool(self.refundable_lot_debits()))
+    @rule(data=st.data())
+    def refund_lot_debit(self, data: st.DataObject) -> None:
+        """refund_credits of a debit that took from tracked lots: back to them, expiring
+        at once on a lapsed one."""
+        log_id = data.draw(st.sampled_from(self.refundable_lot_debits()), "log_id")
+        self.predict_call(lambda: self.model.refund(log_id),
+                          "SELECT refund_credits(%s)", (log_id,))
+
     def reusable_keys(self) -> st.SearchStrategy[KeyId]:
         """Keys to use again: any, and more often one naming an entry of an account that
         has ended since (a pool debit on a deleted or re-created admin's account)."""
@@ -298,14 +426,23 @@ class LedgerMachine(RuleBasedStateMachine):
         return st.one_of(choices)
 
     @precondition(lambda self: bool(self.model.keys))
-    @rule(data=st.data(), change=st.sampled_from(["none", "none", "none", "amount", "source"]))
+    @rule(data=st.data(), change=st.sampled_from(["none", "none", "none", "amount", "source",
+                                                  "expiry", "priority"]))
     def reuse_key(self, data: st.DataObject, change: str) -> None:
-        """Repeat a keyed call: the same parameters replay, other ones are CR007."""
+        """Repeat a keyed call: the same parameters replay (a grant's also when its
+        expiry has passed since, and with priority NULL for 50), other ones are CR007."""
         owner, operation, key = data.draw(self.reusable_keys(), "key")
         entry = self.model.keys[(owner, operation, key)]
         amount = abs(entry.amount) + (change == "amount")
         source = entry.source + ("_other" if change == "source" else "")
-        self.credit_call(operation, owner, amount, source, key)
+        lot = entry.lot
+        expires = None if lot is None else lot.expires
+        priority = None if lot is None or lot.priority == 50 else lot.priority
+        if change == "expiry":
+            expires = self.model.clock + 1 if expires is None else expires + 1
+        elif change == "priority":
+            priority = 20 if priority == 10 else 10
+        self.credit_call(operation, owner, amount, source, key, expires, priority)
 
     @rule(data=st.data())
     def refund(self, data: st.DataObject) -> None:
@@ -313,6 +450,45 @@ class LedgerMachine(RuleBasedStateMachine):
         log_id = data.draw(self.refundable_ids(), "log_id")
         self.predict_call(lambda: self.model.refund(log_id),
                           "SELECT refund_credits(%s)", (log_id,))
+
+    # ------------------------------------------------------------------- time
+
+    @rule(hours=st.integers(1, 4))
+    def pass_time(self, hours: int) -> None:
+        """Time passes: every expiry moves back by ``hours`` (as the owner), the model's
+        clock forward by as many."""
+        self.conn.execute("UPDATE credit_lots SET expires_at = expires_at - make_interval(hours => %s)"
+                          " WHERE expires_at IS NOT NULL", (hours,))
+        self.model.pass_time(hours)
+
+    @rule(as_of=st.sampled_from(["now", "now", "null", -1, 0, 1, 2, 5]),
+          limit=st.sampled_from([None, None, None, 1, 2, 0]))
+    def expire(self, as_of: str | int, limit: int | None) -> None:
+        """expire_credits(): now (the default), or as of an hour from now (later
+        expires early), p_limit lots at a time; p_as_of NULL is 22004, p_limit 0 22023."""
+        if as_of == "null":
+            def refuse() -> Any:
+                raise ModelError("22004", "p_as_of NULL")
+            self.predict_call(refuse, "SELECT expire_credits(NULL, %s)", (limit,))
+        elif as_of == "now":
+            def now_is_this_hour(report: dict[str, Any]) -> dict[str, Any]:
+                when = datetime.fromisoformat(report["as_of"])
+                assert self.anchor <= when < self.at(self.model.clock + 1), report
+                return report | {"as_of": None}
+            self.predict_call(lambda: self.model.expire(None, limit),
+                              "SELECT expire_credits(p_limit => %s)", (limit,), now_is_this_hour)
+        else:
+            assert isinstance(as_of, int)
+            hour = self.model.clock + as_of
+            self.predict_call(lambda: self.model.expire(hour, limit),
+                              "SELECT expire_credits(%s, %s)", (self.at(hour), limit),
+                              self.in_hours)
+
+    @rule(user=any_user)
+    def credit_lots(self, user: str) -> None:
+        """get_credit_lots(): the lots in spending order, each's remainder and state."""
+        self.predict_call(lambda: self.model.credit_lots(user),
+                          "SELECT get_credit_lots(%s)", (user,), self.in_hours)
 
     # ------------------------------------------------------------------ teams
 
@@ -385,15 +561,18 @@ class LedgerMachine(RuleBasedStateMachine):
                               "SELECT credit_allocation_report()", ())
         else:
             self.predict_call(lambda: self.model.balance(user),
-                              "SELECT get_credit_balance(%s)", (user,))
+                              "SELECT get_credit_balance(%s)", (user,), self.in_hours)
 
     # -------------------------------------------------------------- invariant
 
     @invariant()
     def database_equals_model(self) -> None:
-        """Users, balances, ledger, teams, keys and the integrity check equal the model."""
+        """Users, balances, ledger, lots, takes, teams, keys and the integrity check
+        equal the model."""
         self.check_users_and_balances()
         self.check_ledger()
+        self.check_lots()
+        self.check_takes()
         self.check_teams_and_keys()
         found = set(self.conn.execute(
             "SELECT user_id::text, problem FROM verify_credit_integrity()").fetchall())
@@ -406,7 +585,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert users == {u: m.role for u, m in self.model.users.items() if m.alive}
         rows = self.conn.execute(
             "SELECT user_id::text, total_credits, used_credits, remaining_credits,"
-            " allocated_credits FROM user_credits").fetchall()
+            " allocated_credits, tracked_credits FROM user_credits").fetchall()
         assert {r[0]: tuple(r[1:]) for r in rows} == {
             u: a.row() for u, a in self.model.accounts.items()}
 
@@ -414,7 +593,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """Every log row of the example's user ids, all lives; unknown ids are learnt."""
         rows = self.conn.execute(
             "SELECT user_id::text, id, amount, type, source, actor_user_id::text,"
-            " idempotency_key, refund_of FROM credit_usage_log"
+            " idempotency_key, refund_of, lot_id FROM credit_usage_log"
             " WHERE user_id = ANY(%s::uuid[]) ORDER BY id",
             (list(self.model.users),)).fetchall()
         found: dict[str, list[tuple[int, LedgerRow]]] = {}
@@ -427,6 +606,36 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert entry.log_id in (None, log_id)
                 entry.log_id = log_id
                 self.max_log_id = max(self.max_log_id, log_id)
+
+    def check_lots(self) -> None:
+        """Every lot (the table holds only this example's), per account in creation
+        order; lot ids are learnt."""
+        rows = self.conn.execute(
+            "SELECT user_id::text, id, log_id, source, amount, taken, expired, expires_at,"
+            " priority FROM credit_lots ORDER BY id").fetchall()
+        found: dict[str, list[tuple[int, tuple[Any, ...]]]] = {}
+        for user_id, lot_id, log_id, source, amount, taken, expired, expires_at, priority in rows:
+            hour = None if expires_at is None else self.hour(expires_at)
+            found.setdefault(user_id, []).append(
+                (lot_id, (log_id, source, amount, taken, expired, hour, priority)))
+        expected = {
+            u: [(None if lot.entry is None else lot.entry.log_id, lot.source, lot.amount,
+                 lot.taken, lot.expired, lot.expires, lot.priority) for lot in a.lots]
+            for u, a in self.model.accounts.items() if a.lots}
+        assert {u: [c for _, c in r] for u, r in found.items()} == expected
+        for user_id, account in self.model.accounts.items():
+            for lot, (lot_id, _) in zip(account.lots, found.get(user_id, []), strict=True):
+                assert lot.lot_id in (None, lot_id)
+                lot.lot_id = lot_id
+
+    def check_takes(self) -> None:
+        """What each debit of the example took from which tracked lot (takes outlive
+        their account, as the log does)."""
+        rows = self.conn.execute(
+            "SELECT log_id, lot_id, amount FROM credit_lot_takes WHERE log_id > %s",
+            (self.first_log_id,)).fetchall()
+        assert sorted(rows) == sorted(
+            (e.log_id, lot.lot_id, take) for e in self.model.entries() for lot, take in e.takes)
 
     def check_teams_and_keys(self) -> None:
         """The team rows (with their seats) and the idempotency keys."""

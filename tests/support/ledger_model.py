@@ -9,7 +9,22 @@ nothing. The rules are those of sql/007, 008, 013..020 and the issue 13 design:
 - ``allocated`` is the largest role allocation the account was given: a role change
   tops the account up to the new role's allocation, never lowers it;
 - idempotency keys belong to the caller: (spender, 'debit', key) or
-  (account, 'grant', key); they die with their owner.
+  (account, 'grant', key); they die with their owner;
+- credits are lots (revision 0010): every credit but a refund is a lot with an
+  optional expiry and a priority (default 50). A lot with either is tracked:
+  it keeps what was taken from it and what expired. The untracked lots are one
+  pool, the account's remaining less what tracked lots hold, spent oldest
+  first. A debit spends, from the one account that can pay it all, the open
+  lots by priority (lower first), then soonest expiry (none last), then
+  oldest, the untracked pool taking its place as a lot of priority 50 without
+  expiry; a lot past its expiry is never spent. A refund gives back to the
+  lots its debit took from, and what goes back to a lapsed lot expires at once
+  (an 'expire' entry). The sweep (expire_credits) expires what the lots lapsed
+  by its as_of still hold, soonest expiry first.
+
+Time is a clock of whole hours (``clock``), starting at 0, that only
+``pass_time`` moves; an expiry is an hour on that clock, and a lot is lapsed
+once the clock has reached it. The test maps an hour to a timestamp.
 
 Log ids are assigned by the database: an entry starts with ``log_id`` None and learns
 it from the call's result or from the ledger comparison.
@@ -32,8 +47,8 @@ RESERVED_SOURCES = frozenset({"signup", "backfill", "role_change", "refund"})
 KeyId = tuple[str, str, str]
 """(owner_user_id, operation, idempotency_key)."""
 
-LedgerRow = tuple[int, str, str, str | None, str | None, int | None]
-"""(amount, type, source, actor_user_id, idempotency_key, refund_of) of one log row."""
+LedgerRow = tuple[int, str, str, str | None, str | None, int | None, int | None]
+"""(amount, type, source, actor_user_id, idempotency_key, refund_of, lot_id) of one log row."""
 
 
 def known_role(role: str | None) -> str:
@@ -61,12 +76,51 @@ def role_key(role: str | None) -> str:
     return "(null)" if role is None else role
 
 
+DEFAULT_PRIORITY = 50
+NEVER = float("inf")
+
+
 class ModelError(Exception):
     """The call must fail with this SQLSTATE (and change nothing)."""
 
     def __init__(self, sqlstate: str, reason: str) -> None:
         super().__init__(f"{sqlstate}: {reason}")
         self.sqlstate = sqlstate
+
+
+@dataclass(eq=False)
+class Lot:
+    """One row of credit_lots: the credits one entry gave an account."""
+
+    user_id: str
+    life: int
+    seq: int  # creation order, which the database's ids follow within an account
+    amount: int
+    source: str
+    expires: int | None = None  # an hour of the clock, or never
+    priority: int = DEFAULT_PRIORITY
+    entry: Entry | None = None
+    taken: int = 0
+    expired: int = 0
+    lot_id: int | None = None
+
+    @property
+    def tracked(self) -> bool:
+        """An expiry or a priority other than the default: the lot keeps its own count."""
+        return self.expires is not None or self.priority != DEFAULT_PRIORITY
+
+    @property
+    def holding(self) -> int:
+        """What is left of a tracked lot (lapsed or not)."""
+        return self.amount - self.taken - self.expired
+
+    def lapsed(self, clock: int) -> bool:
+        """Past its expiry at ``clock`` (from that hour on)."""
+        return self.expires is not None and self.expires <= clock
+
+    def order(self) -> tuple[int, float, int]:
+        """The spending order: priority, soonest expiry (none last), oldest."""
+        return (self.priority, NEVER if self.expires is None else self.expires, self.seq)
 
 
 @dataclass(eq=False)
@@ -83,15 +137,22 @@ class Entry:
     remaining_after: int = 0
     log_id: int | None = None
     refunded: bool = False
+    kind: str | None = None  # 'expire', else by the sign of the amount
+    lot: Lot | None = None  # the lot an expire entry expired, or a credit created
+    takes: list[tuple[Lot, int]] = field(default_factory=list)  # a debit's, of tracked lots
 
     @property
     def type(self) -> str:
-        """'credit' or 'debit', by the sign of the amount."""
+        """'credit', 'debit' or 'expire'."""
+        if self.kind is not None:
+            return self.kind
         return "credit" if self.amount > 0 else "debit"
 
     def row(self) -> LedgerRow:
         """The columns the test compares with the database's row."""
-        return (self.amount, self.type, self.source, self.actor, self.key, self.refund_of)
+        lot_id = self.lot.lot_id if self.lot is not None and self.type == "expire" else None
+        return (self.amount, self.type, self.source, self.actor, self.key, self.refund_of,
+                lot_id)
 
 
 @dataclass
@@ -102,15 +163,53 @@ class Account:
     total: int
     used: int = 0
     allocated: int = 0
+    lots: list[Lot] = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
-        """total - used, as the generated column."""
+        """total - used, as the generated column (used counts expiries too)."""
         return self.total - self.used
 
-    def row(self) -> tuple[int, int, int, int]:
-        """(total_credits, used_credits, remaining_credits, allocated_credits)."""
-        return (self.total, self.used, self.remaining, self.allocated)
+    @property
+    def tracked(self) -> int:
+        """tracked_credits: what the tracked lots hold, lapsed ones included."""
+        return sum(lot.holding for lot in self.lots if lot.tracked)
+
+    @property
+    def untracked(self) -> int:
+        """The untracked pool: remaining less what the tracked lots hold."""
+        return self.remaining - self.tracked
+
+    def lapsed_credits(self, clock: int) -> int:
+        """What the lapsed lots still hold (no sweep has expired it yet)."""
+        return sum(lot.holding for lot in self.lots if lot.tracked and lot.lapsed(clock))
+
+    def spendable(self, clock: int) -> int:
+        """What one debit could take now: remaining less the lapsed lots' credits."""
+        return self.remaining - self.lapsed_credits(clock)
+
+    def open_lots(self, clock: int) -> list[tuple[Lot | None, int]]:
+        """The spendable lots in spending order, the untracked pool (None) among them."""
+        lots: list[tuple[tuple[int, float, float], Lot | None, int]] = [
+            (lot.order(), lot, lot.holding) for lot in self.lots
+            if lot.tracked and lot.holding > 0 and not lot.lapsed(clock)]
+        if self.untracked > 0:
+            lots.append(((DEFAULT_PRIORITY, NEVER, NEVER), None, self.untracked))
+        return [(lot, available) for _, lot, available in sorted(lots, key=lambda t: t[0])]
+
+    def next_expiry(self, clock: int) -> dict[str, int] | None:
+        """{expires_at, credits} of the soonest open lot still holding credits."""
+        upcoming = [lot for lot in self.lots if lot.tracked and lot.holding > 0
+                    and lot.expires is not None and not lot.lapsed(clock)]
+        if not upcoming:
+            return None
+        soonest = min(lot.expires for lot in upcoming if lot.expires is not None)
+        return {"expires_at": soonest,
+                "credits": sum(lot.holding for lot in upcoming if lot.expires == soonest)}
+
+    def row(self) -> tuple[int, int, int, int, int]:
+        """(total_credits, used_credits, remaining_credits, allocated_credits, tracked_credits)."""
+        return (self.total, self.used, self.remaining, self.allocated, self.tracked)
 
 
 @dataclass
@@ -152,6 +251,8 @@ class Ledger:
     teams: dict[str, str] = field(default_factory=dict)  # member -> admin
     seats: dict[str, int] = field(default_factory=dict)  # member -> seat in the pool
     keys: dict[KeyId, Entry] = field(default_factory=dict)
+    clock: int = 0
+    lot_seq: int = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -186,30 +287,67 @@ class Ledger:
         """The members of an admin's pool."""
         return [m for m, a in self.teams.items() if a == admin]
 
+    def lots(self) -> Iterable[Lot]:
+        """Every lot of the accounts that exist (a lot ends with its account)."""
+        for account in self.accounts.values():
+            yield from account.lots
+
     # ---------------------------------------------------------------- internals
 
     def _append(self, entry: Entry) -> Entry:
         self.log.setdefault(entry.user_id, []).append(entry)
         return entry
 
+    def _lot(self, account: Account, entry: Entry, expires: int | None = None,
+             priority: int = DEFAULT_PRIORITY) -> None:
+        """The lot a credit entry creates."""
+        self.lot_seq += 1
+        lot = Lot(entry.user_id, account.life, self.lot_seq, entry.amount, entry.source,
+                  expires, priority, entry)
+        account.lots.append(lot)
+        entry.lot = lot
+
     def _open(self, user_id: str, credits: int, source: str) -> Account:
-        """A new account (a new life) with its allocation, logged if not 0."""
+        """A new account (a new life) with its allocation, logged and a lot if not 0."""
         self.lives[user_id] += 1
         account = Account(self.lives[user_id], total=credits, allocated=credits)
         self.accounts[user_id] = account
         if credits > 0:
-            self._append(Entry(user_id, account.life, credits, source, remaining_after=credits))
+            entry = self._append(Entry(user_id, account.life, credits, source,
+                                       remaining_after=credits))
+            self._lot(account, entry)
         return account
+
+    def _can_pay(self, account: Account | None, amount: int) -> bool:
+        return account is not None and account.spendable(self.clock) >= amount
 
     def _spend(self, account_of: str, actor: str | None, amount: int, source: str,
                key: str | None, owner: str) -> Outcome:
         account = self.accounts[account_of]
+        takes: list[tuple[Lot, int]] = []
+        left = amount
+        for lot, available in account.open_lots(self.clock):
+            take = min(available, left)
+            if lot is not None:
+                lot.taken += take
+                takes.append((lot, take))
+            left -= take
+            if left == 0:
+                break
+        assert left == 0
         account.used += amount
         entry = self._append(Entry(account_of, account.life, -amount, source, actor=actor,
-                                   key=key, remaining_after=account.remaining))
+                                   key=key, remaining_after=account.remaining, takes=takes))
         if key is not None:
             self.keys[(owner, "debit", key)] = entry
         return Outcome(entry, replayed=False)
+
+    def _expire(self, account: Account, lot: Lot, credits: int, actor: str | None) -> None:
+        """An 'expire' entry: ``credits`` of ``lot`` expire."""
+        lot.expired += credits
+        account.used += credits
+        self._append(Entry(lot.user_id, account.life, -credits, "expiry", actor=actor,
+                           kind="expire", lot=lot, remaining_after=account.remaining))
 
     # ------------------------------------------------------------------- users
 
@@ -243,8 +381,9 @@ class Ledger:
             topup = credits - account.allocated
             account.total += topup
             account.allocated += topup
-            self._append(Entry(user_id, account.life, topup, "role_change",
-                               remaining_after=account.remaining))
+            entry = self._append(Entry(user_id, account.life, topup, "role_change",
+                                       remaining_after=account.remaining))
+            self._lot(account, entry)
 
     # ---------------------------------------------------------------- spending
 
@@ -256,27 +395,35 @@ class Ledger:
             if earlier.amount != -amount or earlier.source != source:
                 raise ModelError("CR007", f"debit key {key} was used with other parameters")
             return Outcome(earlier, replayed=True)
-        own = self.accounts.get(user_id)
-        if own is not None and own.remaining >= amount:
+        if self._can_pay(self.accounts.get(user_id), amount):
             return self._spend(user_id, None, amount, source, key, user_id)
         admin = self.teams.get(user_id)
-        pool = None if admin is None else self.accounts.get(admin)
-        if admin is not None and pool is not None and pool.remaining >= amount:
+        if admin is not None and self._can_pay(self.accounts.get(admin), amount):
             return self._spend(admin, user_id, amount, source, key, user_id)
         if not self.alive(user_id):
             raise ModelError("CR005", "unknown user")
         raise ModelError("CR001", "insufficient credits")
 
-    def grant(self, user_id: str, amount: int, source: str, key: str | None) -> Outcome:
-        """grant_credits: replay, or open the account if missing, then add to its total."""
+    def grant(self, user_id: str, amount: int, source: str, key: str | None,
+              expires: int | None = None, priority: int | None = None) -> Outcome:
+        """grant_credits: replay, or open the account if missing, then add a lot to it
+        (expiring at the hour ``expires``, spent by ``priority``, None: 50)."""
         if amount <= 0:
             raise ModelError("CR006", f"amount {amount}")
         if source in RESERVED_SOURCES:
             raise ModelError("22023", f"source {source} is reserved")
+        if priority is not None and not 0 <= priority <= 100:
+            raise ModelError("22023", f"priority {priority}")
+        wanted = DEFAULT_PRIORITY if priority is None else priority
         if key is not None and (earlier := self.keys.get((user_id, "grant", key))):
-            if earlier.amount != amount or earlier.source != source:
+            lot = earlier.lot
+            if (earlier.amount != amount or earlier.source != source
+                    or (None if lot is None else lot.expires) != expires
+                    or (DEFAULT_PRIORITY if lot is None else lot.priority) != wanted):
                 raise ModelError("CR007", f"grant key {key} was used with other parameters")
             return Outcome(earlier, replayed=True)
+        if expires is not None and expires <= self.clock:
+            raise ModelError("22023", f"expiry {expires} is not after {self.clock}")
         if not self.alive(user_id):
             raise ModelError("CR005", "unknown user")
         account = self.accounts.get(user_id)
@@ -285,6 +432,7 @@ class Ledger:
         account.total += amount
         entry = self._append(Entry(user_id, account.life, amount, source, key=key,
                                    remaining_after=account.remaining))
+        self._lot(account, entry, expires, wanted)
         if key is not None:
             self.keys[(user_id, "grant", key)] = entry
         return Outcome(entry, replayed=False)
@@ -301,10 +449,75 @@ class Ledger:
             raise ModelError("CR008", f"entry {log_id} was refunded already")
         debit.refunded = True
         account.total -= debit.amount
+        # Back to the lots the debit took from; what goes back to a lapsed lot
+        # expires at once, an 'expire' entry per lot after the refund's.
+        lapsed = sorted(((lot, take) for lot, take in debit.takes if lot.lapsed(self.clock)),
+                        key=lambda t: t[0].seq)
+        for lot, take in debit.takes:
+            lot.taken -= take
         entry = self._append(Entry(debit.user_id, account.life, -debit.amount, "refund",
                                    actor=debit.actor, refund_of=log_id,
-                                   remaining_after=account.remaining))
+                                   remaining_after=account.remaining
+                                   - sum(take for _, take in lapsed)))
+        for lot, take in lapsed:
+            self._expire(account, lot, take, debit.actor)
         return Outcome(entry, replayed=False)
+
+    # ------------------------------------------------------------------- time
+
+    def pass_time(self, hours: int) -> None:
+        """The clock moves on: lots whose expiry it reaches lapse."""
+        assert hours > 0
+        self.clock += hours
+
+    def expire(self, as_of: int | None, limit: int | None) -> dict[str, Any]:
+        """expire_credits(p_as_of, p_limit): the lots lapsed by ``as_of`` (None: now)
+        that still hold credits, soonest expiry (then oldest) first, ``limit`` of them
+        (None: all), each an 'expire' entry for what it holds. No account is busy: none
+        is skipped. The report's as_of is the hour asked (None for now)."""
+        if limit is not None and limit < 1:
+            raise ModelError("22023", f"p_limit {limit}")
+        when = self.clock if as_of is None else as_of
+        due = sorted((lot for lot in self.lots()
+                      if lot.tracked and lot.holding > 0 and lot.lapsed(when)),
+                     key=lambda lot: (lot.expires, lot.seq))[:limit]
+        credits = [lot.holding for lot in due]
+        for lot, held in zip(due, credits, strict=True):
+            self._expire(self.accounts[lot.user_id], lot, held, None)
+        return {"lots_expired": len(due), "credits_expired": sum(credits),
+                "accounts": len({lot.user_id for lot in due}), "accounts_skipped": 0,
+                "as_of": as_of}
+
+    def credit_lots(self, user_id: str) -> list[dict[str, Any]]:
+        """get_credit_lots: the account's lots in spending order (created_at aside).
+
+        An untracked lot's remainder is derived: the untracked pool fills the
+        newest untracked lots, as oldest-first spending leaves them."""
+        if not self.alive(user_id):
+            raise ModelError("CR005", "unknown user")
+        account = self.accounts.get(user_id)
+        if account is None:
+            return []
+        left = account.untracked
+        untracked_remaining: dict[int, int] = {}
+        for lot in sorted((x for x in account.lots if not x.tracked), key=lambda x: -x.seq):
+            untracked_remaining[lot.seq] = min(lot.amount, max(left, 0))
+            left -= lot.amount
+        rows = []
+        for lot in sorted(account.lots, key=lambda x: x.order()):
+            remaining = lot.holding if lot.tracked else untracked_remaining[lot.seq]
+            if remaining == 0:
+                state = "expired" if lot.expired > 0 else "spent"
+            else:
+                state = "lapsed" if lot.lapsed(self.clock) else "open"
+            rows.append({
+                "lot_id": lot.lot_id, "source": lot.source,
+                "log_id": None if lot.entry is None else lot.entry.log_id,
+                "amount": lot.amount, "remaining": remaining,
+                "taken": lot.taken if lot.tracked else lot.amount - remaining,
+                "expired": lot.expired, "expires_at": lot.expires, "priority": lot.priority,
+                "state": state})
+        return rows
 
     # ------------------------------------------------------------------- teams
 
@@ -349,19 +562,19 @@ class Ledger:
         own = self.accounts.get(user_id)
         admin = self.teams.get(user_id)
         pool = None if admin is None else self.accounts.get(admin)
-        choices = [a.remaining for a in (own, pool) if a is not None]
+        choices = [a.spendable(self.clock) for a in (own, pool) if a is not None]
         return {
             "user_id": user_id,
             "own": None if own is None else {"total_credits": own.total,
                                              "used_credits": own.used,
                                              "remaining_credits": own.remaining,
-                                             "spendable_credits": own.remaining,
-                                             "next_expiry": None,
+                                             "spendable_credits": own.spendable(self.clock),
+                                             "next_expiry": own.next_expiry(self.clock),
                                              "next_renewal": None},
             "team_admin_id": admin,
             "team_pool_remaining": None if pool is None else pool.remaining,
-            "team_pool_spendable": None if pool is None else pool.remaining,
-            "team_pool_next_expiry": None,
+            "team_pool_spendable": None if pool is None else pool.spendable(self.clock),
+            "team_pool_next_expiry": None if pool is None else pool.next_expiry(self.clock),
             "team_pool_next_renewal": None,
             "spendable": max(choices, default=0),
         }
