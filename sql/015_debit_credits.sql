@@ -207,8 +207,12 @@ BEGIN
     END IF;
 
     -- An own account holding tracked lots (026) is debited lot by lot, in
-    -- spending order; the statements above leave it alone.
-    PERFORM 1 FROM public.user_credits uc WHERE uc.user_id = p_user_id AND uc.tracked_credits > 0;
+    -- spending order; the statements above leave it alone. This look is a
+    -- new snapshot: a sweep may have expired the last tracked credits since
+    -- the hot path refused, so an account that can pay now goes there too
+    -- (take_from_lots decides on the locked row), never on to the pool.
+    PERFORM 1 FROM public.user_credits uc
+    WHERE uc.user_id = p_user_id AND (uc.tracked_credits > 0 OR uc.remaining_credits >= p_amount);
     IF FOUND THEN
         v_result := credits_internal.take_from_lots(p_user_id, NULL, p_amount, p_source,
                                                     p_description, p_idempotency_key);
@@ -269,7 +273,8 @@ BEGIN
 
     -- A pool holding tracked lots, likewise.
     IF v_admin IS NOT NULL THEN
-        PERFORM 1 FROM public.user_credits uc WHERE uc.user_id = v_admin AND uc.tracked_credits > 0;
+        PERFORM 1 FROM public.user_credits uc
+        WHERE uc.user_id = v_admin AND (uc.tracked_credits > 0 OR uc.remaining_credits >= p_amount);
         IF FOUND THEN
             v_result := credits_internal.take_from_lots(v_admin, p_user_id, p_amount, p_source,
                                                         p_description, p_idempotency_key);
