@@ -66,9 +66,11 @@ BEGIN
 
     WITH due AS MATERIALIZED (
         SELECT l.id, l.user_id, l.amount - l.taken - l.expired AS credits, l.expires_at
-        FROM public.credit_lots l
-        WHERE l.id = ANY (v_lots)
-          AND l.expires_at <= p_as_of AND l.taken < l.amount - l.expired
+        -- A join, not "= ANY (v_lots)": planned as a filter, a million-element
+        -- array is searched once per row.
+        FROM unnest(v_lots) AS chosen(id)
+        JOIN public.credit_lots l ON l.id = chosen.id
+        WHERE l.expires_at <= p_as_of AND l.taken < l.amount - l.expired
     ), lots AS (
         UPDATE public.credit_lots l
         SET expired = l.expired + d.credits, expired_unspent = l.expired_unspent + d.credits

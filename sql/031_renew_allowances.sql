@@ -82,12 +82,14 @@ BEGIN
     -- history reads: the old allowance expires, then the new one comes.
     WITH ended AS MATERIALIZED (
         SELECT l.id, l.user_id, l.amount - l.taken - l.expired AS left_over
-        FROM public.user_credits uc
+        -- Joins, not "= ANY (v_accounts)": planned as a filter, a large array
+        -- is searched once per row.
+        FROM unnest(v_accounts) AS chosen(user_id)
+        JOIN public.user_credits uc ON uc.user_id = chosen.user_id
         JOIN public.credit_lots l
           ON l.user_id = uc.user_id AND l.expires_at = uc.period_ends_at
          AND l.source IN ('signup', 'backfill', 'role_change', 'renewal', 'rollover')
-        WHERE uc.user_id = ANY (v_accounts) AND uc.period_ends_at <= p_as_of
-          AND l.taken < l.amount - l.expired
+        WHERE uc.period_ends_at <= p_as_of AND l.taken < l.amount - l.expired
     ), expired_lots AS (
         UPDATE public.credit_lots l
         SET expired = l.expired + e.left_over, expired_unspent = l.expired_unspent + e.left_over
@@ -122,14 +124,14 @@ BEGIN
                          WHERE l.user_id = uc.user_id AND l.expires_at = uc.period_ends_at
                            AND l.source IN ('signup', 'backfill', 'role_change', 'renewal',
                                             'rollover')), 0) AS unspent
-        FROM public.user_credits uc
+        FROM unnest(v_accounts) AS chosen(user_id)
+        JOIN public.user_credits uc ON uc.user_id = chosen.user_id
         JOIN public.users u ON u.id = uc.user_id
         LEFT JOIN public.role_credits rc ON rc.role = u.role
         JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
         CROSS JOIN LATERAL credits_internal.allowance_period(uc.created_at, r.renewal_interval,
                                                              p_as_of) p
-        WHERE uc.user_id = ANY (v_accounts)
-          AND uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
+        WHERE uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
     ), per_account AS MATERIALIZED (
         SELECT d.user_id, d.credits, d.ends_at, d.ended_at,
                CASE WHEN d.ended_at >= d.starts_at THEN least(d.rollover_cap, d.unspent)::integer
