@@ -8,11 +8,10 @@
 -- lots holds that lock: at READ COMMITTED the statement after the lock sees
 -- every lot change committed before it; at REPEATABLE READ and SERIALIZABLE
 -- a change committed after the snapshot makes the lock fail with 40001.
--- The open lots are read once, the takes worked out in order, and one
--- statement writes the lots, the balance, the entry, its takes and its key.
--- When the account cannot pay the whole amount the result is NULL and
--- nothing is written or locked: debits are never split between accounts,
--- and the caller tries the team pool.
+-- One statement then plans the takes, updates the lots and the balance,
+-- writes the entry, its takes and its key, or writes nothing at all when the
+-- open lots cannot pay the whole amount (the result is then NULL: debits are
+-- never split between accounts, and the caller tries the team pool).
 --
 -- The key is its owner's (the spender, p_actor for a pool debit, else the
 -- account); the caller holds the key's advisory lock, so a conflict here is
@@ -30,17 +29,12 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_untracked    integer;
-    v_ids          bigint[];
-    v_available    integer[];
-    v_leads        boolean[];
-    v_take_ids     bigint[] := '{}';
-    v_takes        integer[] := '{}';
-    v_tracked_take integer := 0;
-    v_left         integer := p_amount;
-    v_take         integer;
-    v_result       jsonb;
-    v_key_taken    boolean;
+    v_untracked integer;
+    v_first     bigint;
+    v_available integer;
+    v_leads     boolean;
+    v_result    jsonb;
+    v_key_taken boolean;
 BEGIN
     -- Locked only if it can pay, judged at least as strictly as the plan
     -- below does: a debit the own account refuses holds no lock on its way to
@@ -61,78 +55,122 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    -- The open tracked lots in spending order (an account holds few: spent,
-    -- expired and lapsed ones are left out), and whether each comes before the
-    -- untracked credits, which take their place as one lot of priority 50
-    -- without expiry.
-    SELECT array_agg(l.id ORDER BY l.priority, l.expires_at NULLS LAST, l.id),
-           array_agg(l.amount - l.taken - l.expired
-                     ORDER BY l.priority, l.expires_at NULLS LAST, l.id),
-           array_agg(l.priority < 50 OR (l.priority = 50 AND l.expires_at IS NOT NULL)
-                     ORDER BY l.priority, l.expires_at NULLS LAST, l.id)
-    INTO v_ids, v_available, v_leads
+    -- Most debits take from one place: the first open tracked lot in spending
+    -- order, or the untracked credits when they come first. One index probe
+    -- tells, and a plain statement does it; the planning statement below is
+    -- for a debit that spans lots.
+    SELECT l.id, l.amount - l.taken - l.expired,
+           l.priority < 50 OR (l.priority = 50 AND l.expires_at IS NOT NULL)
+    INTO v_first, v_available, v_leads
     FROM public.credit_lots l
     WHERE l.user_id = p_account AND l.tracked AND l.taken < l.amount - l.expired
-      AND (l.expires_at IS NULL OR l.expires_at > statement_timestamp());
-
-    -- The takes, lot by lot, until the amount is covered.
-    FOR i IN 1 .. coalesce(cardinality(v_ids), 0) + 1 LOOP
-        IF (i > coalesce(cardinality(v_ids), 0) OR NOT v_leads[i]) AND v_untracked > 0 THEN
-            v_take := least(v_untracked, v_left);
-            v_left := v_left - v_take;
-            v_untracked := 0;
+      AND (l.expires_at IS NULL OR l.expires_at > statement_timestamp())
+    ORDER BY l.priority, l.expires_at NULLS LAST, l.id
+    LIMIT 1;
+    IF (v_leads AND v_available >= p_amount)
+       OR ((v_leads IS NOT TRUE) AND v_untracked >= p_amount) THEN
+        IF v_leads IS NOT TRUE THEN
+            v_first := NULL;  -- from the untracked credits: no lot row to write
         END IF;
-        EXIT WHEN v_left = 0 OR i > coalesce(cardinality(v_ids), 0);
-        v_take := least(v_available[i], v_left);
-        v_take_ids := v_take_ids || v_ids[i];
-        v_takes := v_takes || v_take;
-        v_tracked_take := v_tracked_take + v_take;
-        v_left := v_left - v_take;
-        EXIT WHEN v_left = 0;
-    END LOOP;
-    IF v_left > 0 THEN
-        RETURN NULL;  -- ruled out by the test above: the lock is released with the caller
+        WITH lot AS (
+            UPDATE public.credit_lots l SET taken = l.taken + p_amount WHERE l.id = v_first
+        ), debited AS (
+            UPDATE public.user_credits uc
+            SET used_credits = uc.used_credits + p_amount,
+                tracked_credits = uc.tracked_credits
+                                  - CASE WHEN v_first IS NULL THEN 0 ELSE p_amount END,
+                last_updated = now()
+            WHERE uc.user_id = p_account
+            RETURNING uc.remaining_credits
+        ), logged AS (
+            INSERT INTO public.credit_usage_log
+                (user_id, actor_user_id, amount, type, source, description, idempotency_key)
+            SELECT p_account, p_actor, -p_amount, 'debit', p_source, p_description,
+                   p_idempotency_key
+            FROM debited
+            RETURNING id
+        ), took AS (
+            INSERT INTO public.credit_lot_takes (log_id, lot_id, amount)
+            SELECT g.id, v_first, p_amount FROM logged g WHERE v_first IS NOT NULL
+        ), keyed AS (
+            INSERT INTO public.credit_idempotency_keys
+                (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+            SELECT coalesce(p_actor, p_account), 'debit', p_idempotency_key, g.id,
+                   d.remaining_credits
+            FROM logged g, debited d
+            WHERE p_idempotency_key IS NOT NULL
+            ON CONFLICT DO NOTHING
+            RETURNING log_id
+        )
+        SELECT jsonb_build_object(
+                   'log_id', x.log_id, 'account_user_id', p_account, 'actor_user_id', p_actor,
+                   'amount', p_amount, 'remaining_credits', x.remaining,
+                   'from_team_pool', p_actor IS NOT NULL, 'replayed', false),
+               p_idempotency_key IS NOT NULL AND x.key_log_id IS NULL
+        INTO v_result, v_key_taken
+        FROM (SELECT (SELECT id FROM logged) AS log_id,
+                     (SELECT remaining_credits FROM debited) AS remaining,
+                     (SELECT log_id FROM keyed) AS key_log_id) AS x;
+    ELSE
+        WITH open_lots AS (
+            SELECT l.id, l.amount - l.taken - l.expired AS available, l.priority, l.expires_at
+            FROM public.credit_lots l
+            WHERE l.user_id = p_account AND l.tracked AND l.taken < l.amount - l.expired
+              AND (l.expires_at IS NULL OR l.expires_at > statement_timestamp())
+            UNION ALL
+            SELECT NULL::bigint, v_untracked, 50, NULL::timestamptz WHERE v_untracked > 0
+        ), ordered AS (
+            SELECT o.id, o.available,
+                   sum(o.available) OVER (ORDER BY o.priority, o.expires_at NULLS LAST, o.id
+                                          ROWS UNBOUNDED PRECEDING) - o.available AS before
+            FROM open_lots o
+        ), plan AS MATERIALIZED (
+            SELECT o.id, least(o.available, p_amount - o.before)::integer AS take
+            FROM ordered o WHERE o.before < p_amount
+        ), enough AS MATERIALIZED (
+            SELECT coalesce(sum(p.take), 0) = p_amount AS ok,
+                   coalesce(sum(p.take) FILTER (WHERE p.id IS NOT NULL), 0)::integer AS tracked_take
+            FROM plan p
+        ), lots AS (
+            UPDATE public.credit_lots l SET taken = l.taken + p.take
+            FROM plan p, enough e
+            WHERE e.ok AND l.id = p.id
+        ), debited AS (
+            UPDATE public.user_credits uc
+            SET used_credits = uc.used_credits + p_amount,
+                tracked_credits = uc.tracked_credits - e.tracked_take,
+                last_updated = now()
+            FROM enough e
+            WHERE e.ok AND uc.user_id = p_account
+            RETURNING uc.remaining_credits
+        ), logged AS (
+            INSERT INTO public.credit_usage_log
+                (user_id, actor_user_id, amount, type, source, description, idempotency_key)
+            SELECT p_account, p_actor, -p_amount, 'debit', p_source, p_description, p_idempotency_key
+            FROM debited
+            RETURNING id
+        ), took AS (
+            INSERT INTO public.credit_lot_takes (log_id, lot_id, amount)
+            SELECT g.id, p.id, p.take FROM logged g, plan p WHERE p.id IS NOT NULL
+        ), keyed AS (
+            INSERT INTO public.credit_idempotency_keys
+                (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
+            SELECT coalesce(p_actor, p_account), 'debit', p_idempotency_key, g.id, d.remaining_credits
+            FROM logged g, debited d
+            WHERE p_idempotency_key IS NOT NULL
+            ON CONFLICT DO NOTHING
+            RETURNING log_id
+        )
+        SELECT CASE WHEN x.log_id IS NOT NULL THEN jsonb_build_object(
+                   'log_id', x.log_id, 'account_user_id', p_account, 'actor_user_id', p_actor,
+                   'amount', p_amount, 'remaining_credits', x.remaining,
+                   'from_team_pool', p_actor IS NOT NULL, 'replayed', false) END,
+               x.log_id IS NOT NULL AND p_idempotency_key IS NOT NULL AND x.key_log_id IS NULL
+        INTO v_result, v_key_taken
+        FROM (SELECT (SELECT id FROM logged) AS log_id,
+                     (SELECT remaining_credits FROM debited) AS remaining,
+                     (SELECT log_id FROM keyed) AS key_log_id) AS x;
     END IF;
-
-    -- One statement writes the lots, the balance, the entry, its takes and its key.
-    WITH lots AS (
-        UPDATE public.credit_lots l SET taken = l.taken + t.take
-        FROM unnest(v_take_ids, v_takes) AS t(id, take)
-        WHERE l.id = t.id
-    ), debited AS (
-        UPDATE public.user_credits uc
-        SET used_credits = uc.used_credits + p_amount,
-            tracked_credits = uc.tracked_credits - v_tracked_take,
-            last_updated = now()
-        WHERE uc.user_id = p_account
-        RETURNING uc.remaining_credits
-    ), logged AS (
-        INSERT INTO public.credit_usage_log
-            (user_id, actor_user_id, amount, type, source, description, idempotency_key)
-        SELECT p_account, p_actor, -p_amount, 'debit', p_source, p_description, p_idempotency_key
-        FROM debited
-        RETURNING id
-    ), took AS (
-        INSERT INTO public.credit_lot_takes (log_id, lot_id, amount)
-        SELECT g.id, t.id, t.take FROM logged g, unnest(v_take_ids, v_takes) AS t(id, take)
-    ), keyed AS (
-        INSERT INTO public.credit_idempotency_keys
-            (owner_user_id, operation, idempotency_key, log_id, remaining_credits)
-        SELECT coalesce(p_actor, p_account), 'debit', p_idempotency_key, g.id, d.remaining_credits
-        FROM logged g, debited d
-        WHERE p_idempotency_key IS NOT NULL
-        ON CONFLICT DO NOTHING
-        RETURNING log_id
-    )
-    SELECT jsonb_build_object(
-               'log_id', x.log_id, 'account_user_id', p_account, 'actor_user_id', p_actor,
-               'amount', p_amount, 'remaining_credits', x.remaining,
-               'from_team_pool', p_actor IS NOT NULL, 'replayed', false),
-           p_idempotency_key IS NOT NULL AND x.key_log_id IS NULL
-    INTO v_result, v_key_taken
-    FROM (SELECT (SELECT id FROM logged) AS log_id,
-                 (SELECT remaining_credits FROM debited) AS remaining,
-                 (SELECT log_id FROM keyed) AS key_log_id) AS x;
 
     IF v_key_taken THEN
         RAISE EXCEPTION 'idempotency key % was taken by a concurrent call', p_idempotency_key
