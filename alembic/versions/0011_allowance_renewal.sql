@@ -867,6 +867,16 @@ BEGIN
         RETURN NULL;
     END IF;
 
+    -- An account being opened (a signup, backfill or grant) or moved into the
+    -- role right now read the role before this change commits, and this
+    -- transaction cannot see it: wait for every such writer, and hold new ones
+    -- until this commits, so that the statement below sees every account and
+    -- those after it read the new interval. Only when a role starts renewing
+    -- (an operator's change, not a request's); at READ COMMITTED (a snapshot
+    -- level took its snapshot before the lock). SHARE ROW EXCLUSIVE conflicts
+    -- with itself, so two such changes cannot deadlock on user_credits.
+    LOCK TABLE public.users, public.user_credits IN SHARE ROW EXCLUSIVE MODE;
+
     WITH started AS (
         SELECT s.role, s.renewal_interval
         FROM unnest(v_roles, v_intervals) AS s(role, renewal_interval)
