@@ -87,13 +87,15 @@ def seed_history(conn: psycopg.Connection[Any], *, seed: int = 15) -> list[str]:
 
 
 def _spread_renewals(conn: psycopg.Connection[Any]) -> None:
-    """Move each member account's opening back by a hash of its id (as its signup row
-    was), with its period end and the allowance lots expiring then: their renewals
-    spread over the coming month instead of all falling on one day."""
+    """Move each member account's opening back by 0 to 29 days (the n-th account by id
+    7n days, modulo 30: every run spreads them alike, from the fourth account on some
+    renew within a week), with its period end and the allowance lots expiring then:
+    their renewals spread over the coming month instead of all falling on one day."""
     with conn.transaction():
         conn.execute(
             "WITH moved AS (SELECT user_id, period_ends_at AS ends_at,"
-            " make_interval(days => abs(hashtext(user_id::text)) % 30) AS back"
+            " make_interval(days => (row_number() OVER (ORDER BY user_id) * 7)::integer % 30)"
+            " AS back"
             " FROM user_credits WHERE period_ends_at IS NOT NULL),"
             " lots AS (UPDATE credit_lots l SET expires_at = l.expires_at - m.back"
             " FROM moved m WHERE l.user_id = m.user_id AND l.expires_at = m.ends_at)"
