@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             workloads.growth(ctx)
         if "lots" in only:
             workloads.lots(ctx)
+        if "renewal" in only:
+            workloads.renewal(ctx)
     meta = {
         "mode": sizes.mode,
         "started": stamp,

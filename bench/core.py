@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 JsonDict = dict[str, Any]
 
-WORKLOADS = ("backfill", "signup", "debit", "python", "pool", "growth", "lots")
+WORKLOADS = ("backfill", "signup", "debit", "python", "pool", "growth", "lots", "renewal")
 """The workloads ``--only`` may name, in the order they run."""
 
 
@@ -38,6 +38,8 @@ class Sizes:
     """Workload 7: lots expired by one sweep (LOTS_PER_ACCOUNT on each account)."""
     span_transactions: int = 2000
     """Workload 7: debits per client of the two-of-five-lots rows, each on a fresh account."""
+    renew_accounts: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    """Workload 8: accounts renewed by one renew_allowances() call."""
     reps: int = 3
     short_reps: int = 5
     """Repetitions of the rows whose runs take seconds at most: one slow run moves a median of 3."""
@@ -49,7 +51,7 @@ FULL = Sizes("full", 1_000_000, 100_000, 100_000, 4000, (10_000, 100_000, 1_000_
 QUICK = Sizes("quick", 20_000, 10_000, 10_000, 200, (1_000, 5_000, 10_000), (10_000, 50_000),
               pgbench_seconds=1, growth_seconds=1, clients=(1, 8, 32),
               keyed_clients=(8,), ladder_calls=200, short_reps=3,
-              expire_lots=(1_000, 5_000), span_transactions=50)
+              expire_lots=(1_000, 5_000), span_transactions=50, renew_accounts=(1_000, 5_000))
 
 
 def sql_text(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The seven workloads, each measured next to its baseline (A B A B ...)."""
+"""The eight workloads, each measured next to its baseline (A B A B ...)."""
 
 from __future__ import annotations
 
@@ -1153,3 +1153,160 @@ def _expiry(ctx: Context) -> None:
          f"baseline us/lot by size: "
          f"{ {n: round(statistics.median(s[1].values), 2) for n, s in per_lot.items()} }"],
         {"per_size": {n: [s.summary() for s in v] for n, v in per_lot.items()}}))
+
+
+# ---------------------------------------------------------------------- 8. renewal (issue 16)
+
+RENEW_INTERVAL = "1 month"
+"""The members' renewal_interval in the renewal's databases."""
+
+ROLLOVER_CAP = 100
+"""The members' rollover_cap: below the 350 of an unspent allowance, above the 50 of some."""
+
+RENEW_AHEAD = "1 month 1 day"
+"""The renewal's p_as_of, ahead of the signups: every first period has ended by then, and
+the second (which the renewal gives) has not."""
+
+
+RENEWAL_KEYS = ("expire_entries", "credits_expired", "renewal_entries", "rollover_entries",
+                "credits_rolled_over", "entries_checksum", "lots_expired_sum",
+                "lots_expired_unspent_sum", "new_lots_checksum", "total", "used", "tracked",
+                "periods_checksum")
+"""What _renewal_state() reports, the same on every side and repetition."""
+
+
+def _renewal_state(conn: Conn) -> JsonDict:
+    """What a renewal left: its entries (a checksum of their ids, accounts, amounts,
+    types, sources, descriptions and lots), the old lots' expired and expired_unspent,
+    the new lots (a checksum without their ids, which a join orders), the balances."""
+    row = conn.execute(
+        b"SELECT count(*) FILTER (WHERE l.type = 'expire'),"
+        b" coalesce(-sum(l.amount) FILTER (WHERE l.type = 'expire'), 0),"
+        b" count(*) FILTER (WHERE l.source = 'renewal'),"
+        b" count(*) FILTER (WHERE l.source = 'rollover'),"
+        b" coalesce(sum(l.amount) FILTER (WHERE l.source = 'rollover'), 0),"
+        b" coalesce(sum(hashtext(l.id || ':' || l.user_id || ':' || l.amount || ':' || l.type"
+        b"     || ':' || l.source || ':' || l.description || ':' || coalesce(l.lot_id, 0)"
+        b"     )::bigint), 0),"
+        b" (SELECT sum(expired) FROM credit_lots),"
+        b" (SELECT sum(expired_unspent) FROM credit_lots),"
+        b" (SELECT coalesce(sum(hashtext(k.user_id || ':' || k.log_id || ':' || k.source"
+        b"     || ':' || k.amount || ':' || k.expires_at)::bigint), 0)"
+        b"  FROM credit_lots k WHERE k.source IN ('renewal', 'rollover')),"
+        b" (SELECT sum(total_credits) FROM user_credits),"
+        b" (SELECT sum(used_credits) FROM user_credits),"
+        b" (SELECT sum(tracked_credits) FROM user_credits),"
+        b" (SELECT sum(hashtext(c.user_id || ':' || c.period_ends_at || ':'"
+        b"     || c.period_allowance)::bigint) FROM user_credits c)"
+        b" FROM credit_usage_log l"
+        b" WHERE l.type = 'expire' OR l.source IN ('renewal', 'rollover')").fetchone()
+    assert row is not None
+    return {key: int(value or 0) for key, value in zip(RENEWAL_KEYS, row, strict=True)}
+
+
+def renewal_template(server: BenchServer, database: str, accounts: int) -> str:
+    """A copy of the schema template where members renew monthly (rollover cap
+    ROLLOVER_CAP), with ``accounts`` members signed up in bulk and part of their
+    allowance spent in bulk (bench/renewal_users.sql, bench/renewal_spend.sql)."""
+    server.create(database, server.schema_template())
+    with server.connect(database) as conn:
+        conn.execute(b"UPDATE role_credits SET renewal_interval = %s::interval,"
+                     b" rollover_cap = %s WHERE role = 'member'", (RENEW_INTERVAL, ROLLOVER_CAP))
+        conn.execute(sql_bytes("renewal_users"), {"n": accounts})
+        conn.execute(sql_bytes("renewal_spend"), {})
+        conn.execute(b"VACUUM ANALYZE")
+    return database
+
+
+def _renew_side(ctx: Context, run_db: str, template: str, as_of: object,
+                name: str) -> Callable[[], Sample]:
+    """One renewal (bench/<name>.sql) on a fresh copy of ``template``, timed."""
+    def action() -> Sample:
+        ctx.server.create(run_db, template)
+        ctx.server.checkpoint()
+        with ctx.server.connect(run_db) as conn:
+            start = time.perf_counter()
+            cursor = conn.execute(sql_bytes(name), {"as_of": as_of})
+            seconds = time.perf_counter() - start
+            report = cursor.fetchone() if name == "renew_function" else None
+            state = _renewal_state(conn)
+        if report is not None:
+            state["accounts_skipped"] = report[0]["accounts_skipped"]
+            state["accounts_renewed"] = report[0]["accounts_renewed"]
+        return Sample(seconds, state)
+    return action
+
+
+def renewal(ctx: Context) -> None:
+    """Workload 8 (issue 16): renew_allowances() over every due account, one call, vs
+    the bare statement writing the same rows; then its time per account, largest size
+    vs smallest."""
+    server, sizes = ctx.server, ctx.sizes
+    per_account: dict[int, list[Series]] = {}
+    largest = max(sizes.renew_accounts)
+    middle = sorted(sizes.renew_accounts)[len(sizes.renew_accounts) // 2]
+    run_db = server.name("renew_run")
+    for accounts in sizes.renew_accounts:
+        ctx.log(f"8. renewal: renew_allowances() for {accounts:,} accounts")
+        template = renewal_template(server, server.name(f"renew_{accounts}"), accounts)
+        with server.connect(template) as conn:
+            row = conn.execute(b"SELECT (SELECT count(*) FROM verify_credit_integrity()),"
+                               b" now() + %s::interval", (RENEW_AHEAD,)).fetchone()
+        assert row is not None
+        setup_problems, as_of = int(row[0]), row[1]
+
+        fn, bare = alternate(sizes.reps, [
+            ("renew_allowances()", _renew_side(ctx, run_db, template, as_of, "renew_function")),
+            ("bare UPDATE lots, INSERT entries and lots, UPDATE balances",
+             _renew_side(ctx, run_db, template, as_of, "renew_baseline")),
+        ], ctx.log)
+        extra = fn.summary()["extra"]
+        skipped, renewed = extra.get("accounts_skipped", []), extra.get("accounts_renewed", [])
+        problems = None
+        if accounts == min(sizes.renew_accounts):
+            # The last side that ran was the bare one; then the function once more.
+            problems = [_integrity_problems(ctx, run_db)]
+            _renew_side(ctx, run_db, template, as_of, "renew_function")()
+            problems.append(_integrity_problems(ctx, run_db))
+        if accounts == middle:
+            server.create(run_db, template)
+            with server.connect(run_db) as conn:
+                plan_statements(ctx, conn, f"{accounts:,} accounts", {"renew_allowances": (
+                    b"SELECT renew_allowances(now() + interval '" + RENEW_AHEAD.encode()
+                    + b"')")})
+        server.drop(run_db)
+        server.drop(template)
+        ctx.facts.setdefault("renewal", {})[str(accounts)] = {
+            "setup_integrity_problems": setup_problems, "accounts_skipped": skipped,
+            "accounts_renewed": renewed,
+            "integrity_problems_after_bare_and_function": problems}
+        ctx.add(Result(
+            "renew" if accounts == largest else f"renew_{accounts}", "8. renewal",
+            f"renew_allowances() for {accounts:,} accounts, one call", "s", "lower", fn, bare,
+            1.30 if accounts == largest else None,
+            [*_same_work([fn, bare], RENEWAL_KEYS),
+             f"members renewing every {RENEW_INTERVAL} with a rollover cap of {ROLLOVER_CAP}, "
+             f"signed up in bulk through the signup trigger (bench/renewal_users.sql), by "
+             f"turns nothing, 100, all but 50 and all of the allowance spent in bulk as "
+             f"debit_credits() writes it (bench/renewal_spend.sql); p_as_of {RENEW_AHEAD} "
+             f"after the signups; fresh copy per repetition; verify_credit_integrity() rows "
+             f"after setup: {setup_problems}"
+             + ("" if problems is None else
+                f", after the bare statement and after renew_allowances(): {problems}"),
+             f"renew_allowances() accounts_renewed per run: {renewed}, accounts_skipped: "
+             f"{skipped}",
+             "B: bench/renew_baseline.sql (the new period's end as created_at + 2 months)"]))
+        per_account[accounts] = [_per_unit(fn, accounts, 1e6), _per_unit(bare, accounts, 1e6)]
+    smallest = min(per_account)
+    big, small = per_account[largest][0], per_account[smallest][0]
+    big.label = f"renew_allowances() at {largest:,} accounts"
+    small.label = f"renew_allowances() at {smallest:,} accounts"
+    ctx.add(Result(
+        "renew_growth", "8. renewal",
+        f"renew_allowances(): us/account at {largest:,} vs {smallest:,} accounts",
+        "us/account", "lower", big, small, 1.50,
+        [f"median us/account by size: "
+         f"{ {n: round(statistics.median(s[0].values), 2) for n, s in per_account.items()} }",
+         f"baseline us/account by size: "
+         f"{ {n: round(statistics.median(s[1].values), 2) for n, s in per_account.items()} }"],
+        {"per_size": {n: [s.summary() for s in v] for n, v in per_account.items()}}))

@@ -25,7 +25,7 @@ BENCH_FUNCTIONS = ("debit_floor_function", "debit_contract_floor_function", "deb
                    "debit_0009_function", "debit_interleaved")
 
 WORKLOADS = ("1. backfill", "2. signup", "3. debit", "4. hot pool", "5. Python", "6. growth",
-             "7. lots")
+             "7. lots", "8. renewal")
 IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "signup_single",
        "signup_single_floor", "signup_single_vs_floor",
        "signup_single_contract_floor", "signup_single_vs_contract", "debit_c1", "debit_c8", "debit_c8_floor",
@@ -37,7 +37,7 @@ IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "sig
        "python_async", "python_unprepared", "python_async_unprepared", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit",
        "lots_untracked_c8", "lots_untracked_schema_c8", "lots_untracked_session", "lot_one", "lot_one_statement",
        "lot_one_vs_statement", "lot_span", "lot_span_statement", "lot_span_vs_statement",
-       "expire", "expire_growth")
+       "expire", "expire_growth", "renew", "renew_1000", "renew_growth")
 
 
 def _finite_positive(value: Any) -> bool:
@@ -83,7 +83,17 @@ def test_quick_bench_writes_every_workload(server: Server, tmp_path: Path) -> No
     assert data["facts"]["lots_untracked_integrity_problems"] == 0
     assert data["facts"]["lots_untracked_0009_integrity_problems"] == 0
     assert data["facts"]["lot_one_integrity_problems"] == 0
-    for plan in ("debit_credits_one_lot", "debit_credits_lot_span", "expire_credits"):
+    # Workload 8: both sides of the renewal left the same rows, and the ledger held.
+    for row in ("renew", "renew_1000"):
+        assert any(note.startswith("same rows written by every side")
+                   for note in results[row]["notes"])
+    renew_facts = data["facts"]["renewal"]
+    assert {size["setup_integrity_problems"] for size in renew_facts.values()} == {0}
+    assert renew_facts["1000"]["integrity_problems_after_bare_and_function"] == [0, 0]
+    assert {n for size in renew_facts.values() for n in size["accounts_skipped"]} == {0}
+    assert renew_facts["5000"]["accounts_renewed"] == [5000, 5000, 5000]
+    for plan in ("debit_credits_one_lot", "debit_credits_lot_span", "expire_credits",
+                 "renew_allowances"):
         assert (tmp_path / "plans" / f"{plan}.txt").read_text().count("plan:") >= 1
 
 
@@ -524,6 +534,131 @@ def test_expire_baseline_writes_what_expire_credits_writes(conn: Conn) -> None:
     assert [e[2] for e in function["entries"] if str(e[0]) == user] == [-7]
     assert function["integrity"] == []
     assert conn.execute("SELECT count(*) FROM credit_usage_log WHERE type = 'expire'"
+                        ).fetchone() == (0,)
+
+
+def _renew_members(conn: Conn) -> None:
+    conn.execute("UPDATE role_credits SET renewal_interval = %s::interval, rollover_cap = %s"
+                 " WHERE role = 'member'", (workloads.RENEW_INTERVAL, workloads.ROLLOVER_CAP))
+
+
+def _account_rows(conn: Conn, user_id: str) -> tuple[Any, ...]:
+    """Balance (with the period), entries and lots of one account, without ids."""
+    entries = conn.execute(
+        "SELECT amount, type, source, description, idempotency_key, actor_user_id, lot_id"
+        " IS NOT NULL FROM credit_usage_log WHERE user_id = %s ORDER BY id",
+        (user_id,)).fetchall()
+    period = conn.execute("SELECT period_ends_at - created_at, period_allowance"
+                          " FROM user_credits WHERE user_id = %s", (user_id,)).fetchone()
+    # The accounts were opened moments apart: their lots' expiries compare by period.
+    lots = conn.execute(
+        "SELECT l.source, l.amount, l.taken, l.expired, l.expires_at - c.created_at,"
+        " l.priority, l.tracked, (SELECT array_agg(t.amount ORDER BY t.log_id)"
+        "  FROM credit_lot_takes t WHERE t.lot_id = l.id)"
+        " FROM credit_lots l JOIN user_credits c ON c.user_id = l.user_id"
+        " WHERE l.user_id = %s ORDER BY l.id", (user_id,)).fetchall()
+    return (_balance_row(conn, user_id), period, entries, lots)
+
+
+def test_bulk_spend_is_what_debit_credits_writes(conn: Conn) -> None:
+    """bench/renewal_spend.sql spends, per account, what debit_credits() with the same
+    amount spends: the balance, the entry, the lot's taken and its take; by turns
+    nothing, 100, all but 50 and all of the allowance."""
+    _renew_members(conn)
+    conn.execute(sql_bytes("renewal_users"), {"n": 4})
+    conn.execute(sql_bytes("renewal_spend"), {})
+    bulk = [str(row[0]) for row in conn.execute(
+        "SELECT user_id FROM user_credits ORDER BY user_id").fetchall()]
+    spent = [row[0] for row in conn.execute(
+        "SELECT used_credits FROM user_credits ORDER BY user_id").fetchall()]
+    assert spent == [100, 300, 350, 0]
+    debited = add_users(conn, *["member"] * 4)
+    for user_id, amount in zip(debited, spent, strict=True):
+        if amount:
+            conn.execute("SELECT debit_credits(%s, %s)", (user_id, amount))
+    for bulk_user, debited_user in zip(bulk, debited, strict=True):
+        assert _account_rows(conn, bulk_user) == _account_rows(conn, debited_user)
+    assert _integrity_problems(conn) == []
+
+
+def _renewal_rows(conn: Conn, mark: int) -> dict[str, Any]:
+    """Everything a renewal may write, in a form two renewals of one state compare by:
+    the entries after ``mark`` numbered from the first of them (the sides run one
+    after the other on one sequence), the new lots by those numbers and without their
+    ids (the function inserts them in a join's order)."""
+    first = "(SELECT min(id) FROM credit_usage_log WHERE id > %(mark)s)"
+    return {
+        "entries": conn.execute(
+            f"SELECT CASE WHEN id > %(mark)s THEN id - {first} ELSE id END, user_id,"
+            " actor_user_id, amount, type, source, description, idempotency_key, lot_id"
+            " FROM credit_usage_log ORDER BY id", {"mark": mark}).fetchall(),
+        "lots": conn.execute(
+            f"SELECT CASE WHEN log_id > %(mark)s THEN log_id - {first} ELSE log_id END,"
+            " user_id, source, amount, taken, expired, expired_unspent, expires_at, priority,"
+            " tracked, CASE WHEN log_id > %(mark)s THEN 0 ELSE id END"
+            " FROM credit_lots ORDER BY log_id > %(mark)s, log_id", {"mark": mark}).fetchall(),
+        "balances": conn.execute(
+            "SELECT user_id, total_credits, used_credits, tracked_credits, allocated_credits,"
+            " period_ends_at, period_allowance, created_at FROM user_credits"
+            " ORDER BY user_id").fetchall(),
+        "takes": conn.execute("SELECT count(*) FROM credit_lot_takes").fetchone(),
+        "integrity": _integrity_problems(conn),
+    }
+
+
+@pytest.mark.parametrize("opened", [None, "2026-01-31 12:00+00"])
+def test_renew_baseline_writes_what_renew_allowances_writes(conn: Conn,
+                                                           opened: str | None) -> None:
+    """The bare renewal and renew_allowances() leave the same rows on the bench's
+    accounts (each in a transaction rolled back afterwards): the expire entries, the
+    renewal and rollover entries in the same order with the same descriptions, their
+    lots, the old lots' expired and expired_unspent, the balances and their periods;
+    an account whose role does not renew untouched. Also for accounts opened on the
+    31st, where the period after a short month ends on the 31st again (created_at +
+    2 months, not period_ends_at + 1 month)."""
+    _renew_members(conn)
+    conn.execute(sql_bytes("renewal_users"), {"n": 8})
+    conn.execute(sql_bytes("renewal_spend"), {})
+    add_users(conn, "admin")
+    if opened is not None:
+        # Time passes, as the owner: the accounts were opened then.
+        conn.execute("UPDATE user_credits SET created_at = %(t)s, period_ends_at ="
+                     " (%(t)s::timestamptz AT TIME ZONE 'UTC' + interval '1 month')"
+                     " AT TIME ZONE 'UTC' WHERE period_ends_at IS NOT NULL", {"t": opened})
+        conn.execute("UPDATE credit_lots l SET expires_at = c.period_ends_at"
+                     " FROM user_credits c WHERE c.user_id = l.user_id"
+                     " AND l.expires_at IS NOT NULL")
+    row = conn.execute("SELECT max(created_at) + %s::interval,"
+                       " (SELECT count(*) FROM verify_credit_integrity())"
+                       " FROM user_credits WHERE period_ends_at IS NOT NULL",
+                       (workloads.RENEW_AHEAD,)).fetchone()
+    assert row is not None and row[1] == 0
+    as_of = row[0]
+    mark = conn.execute("SELECT max(id) FROM credit_usage_log").fetchone()[0]  # type: ignore[index]
+    sides = []
+    for name in ("renew_function", "renew_baseline"):
+        with conn.transaction(force_rollback=True):
+            cursor = conn.execute(sql_bytes(name), {"as_of": as_of})
+            if name == "renew_function":
+                result = cursor.fetchone()
+                assert result is not None
+                assert (result[0]["accounts_renewed"], result[0]["accounts_skipped"]) == (8, 0)
+            sides.append(_renewal_rows(conn, mark))
+    function, bare = sides
+    assert bare == function
+    assert function["integrity"] == []
+    new = [e for e in function["entries"] if e[4] == "expire" or e[5] in ("renewal", "rollover")]
+    # 8 accounts by turns spent 100, all but 50, all, nothing: 6 expiries, then per
+    # account its renewal and (but for the account that spent all) its rollover.
+    assert [(e[4], e[5]) for e in new][:6] == [("expire", "expiry")] * 6
+    assert sorted(-e[3] for e in new[:6]) == [50, 50, 250, 250, 350, 350]
+    assert sorted(e[3] for e in new if e[5] == "rollover") == [50, 50, 100, 100, 100, 100]
+    assert len([e for e in new if e[5] == "renewal"]) == 8
+    if opened is not None:
+        ends = {b[5] for b in function["balances"] if b[6] is not None}
+        assert ends == {conn.execute("SELECT '2026-03-31 12:00+00'::timestamptz"
+                                     ).fetchone()[0]}  # type: ignore[index]
+    assert conn.execute("SELECT count(*) FROM credit_usage_log WHERE source = 'renewal'"
                         ).fetchone() == (0,)
 
 
