@@ -102,6 +102,18 @@ class AppendOnlyViolation(CreditsError):
     sqlstate = "CR010"
 
 
+class ReadCommittedRequired(CreditsError):
+    """A role may start renewing only in a READ COMMITTED transaction.
+
+    Raised by an ``UPDATE`` of ``role_credits.renewal_interval`` from NULL to an
+    interval, or an ``INSERT`` of a role with one, at REPEATABLE READ or
+    SERIALIZABLE: the accounts opened beside it could not be scheduled. Nothing
+    changed; run the change at READ COMMITTED.
+    """
+
+    sqlstate = "CR011"
+
+
 class InvalidArgument(CreditsError):
     """An argument is NULL or out of range.
 
@@ -182,6 +194,7 @@ _BY_SQLSTATE: dict[str, type[CreditsError]] = {
         AlreadyRefunded,
         SelfTeamMembership,
         AppendOnlyViolation,
+        ReadCommittedRequired,
         InvalidArgument,
         PermissionDenied,
         NotInstalled,

@@ -37,6 +37,9 @@ DECLARE
     v_detail   text;
 BEGIN
     BEGIN
+        -- Ordered with a role that starts renewing meanwhile (032, 030).
+        PERFORM credits_internal.lock_allocation_roles(ARRAY(SELECT DISTINCT n.role
+                                                             FROM new_users n));
         WITH planned AS MATERIALIZED (
             SELECT n.id AS user_id,
                    n.role,

@@ -70,6 +70,8 @@ BEGIN
 
     IF NOT p_dry_run THEN
         PERFORM pg_advisory_xact_lock(hashtextextended('credits_db.backfill_user_credits', 0));
+        -- Ordered with a role that starts renewing meanwhile (032, 030).
+        PERFORM credits_internal.lock_allocation_roles(NULL);
     END IF;
 
     WITH population AS MATERIALIZED (

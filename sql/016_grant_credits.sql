@@ -128,6 +128,13 @@ BEGIN
         RAISE EXCEPTION 'unknown user %', p_user_id USING ERRCODE = 'CR005';
     END IF;
 
+    -- Opening the account: ordered with a role that starts renewing
+    -- meanwhile (032, 030). An open account needs no role.
+    IF NOT EXISTS (SELECT 1 FROM public.user_credits uc WHERE uc.user_id = p_user_id) THEN
+        PERFORM credits_internal.lock_allocation_roles(
+            ARRAY(SELECT u.role FROM public.users u WHERE u.id = p_user_id));
+    END IF;
+
     WITH opened AS (
         INSERT INTO public.user_credits
             (user_id, total_credits, allocated_credits, tracked_credits, period_ends_at,

@@ -53,6 +53,9 @@ DECLARE
     v_topup     integer;
     v_opened    uuid;
 BEGIN
+    -- Ordered with a role that starts renewing meanwhile (032, 030): what is
+    -- read next is the role as committed once the lock is held.
+    PERFORM credits_internal.lock_allocation_roles(ARRAY[NEW.role]);
     SELECT coalesce(rc.credits, fallback.credits, 0),
            CASE WHEN rc.role IS NULL THEN fallback.renewal_interval ELSE rc.renewal_interval END
     INTO v_credits, v_interval

@@ -111,6 +111,18 @@ COMMENT ON FUNCTION credits_internal.allowance_period(timestamptz, interval, tim
 -- takes credits back. Removing the interval stops the renewals (the
 -- renewal skips accounts whose role no longer renews); the current period's
 -- lots still expire at its end.
+--
+-- Accounts opened or moved into the role beside this change: every opener
+-- (signup, backfill, a grant opening an account, a role change) first locks
+-- the role_credits row it reads FOR SHARE, which the UPDATE's row lock
+-- conflicts with. So either the opener waits for this change to commit and
+-- reads the interval, or this UPDATE waits for the opener to commit and the
+-- planning statement below, with a snapshot of its own, sees its account.
+-- That needs READ COMMITTED: at a snapshot level the statement would see only
+-- what committed before the transaction began (CR011, nothing changed). A
+-- role INSERTed with an interval has no row its users' openers locked (they
+-- read the member fallback): for that rarer change the tables are locked
+-- instead, until the operator's transaction ends.
 CREATE FUNCTION credits_internal.schedule_renewals() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -136,15 +148,21 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    -- An account being opened (a signup, backfill or grant) or moved into the
-    -- role right now read the role before this change commits, and this
-    -- transaction cannot see it: wait for every such writer, and hold new ones
-    -- until this commits, so that the statement below sees every account and
-    -- those after it read the new interval. Only when a role starts renewing
-    -- (an operator's change, not a request's); at READ COMMITTED (a snapshot
-    -- level took its snapshot before the lock). SHARE ROW EXCLUSIVE conflicts
-    -- with itself, so two such changes cannot deadlock on user_credits.
-    LOCK TABLE public.users, public.user_credits IN SHARE ROW EXCLUSIVE MODE;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'a role may start renewing only at READ COMMITTED, not %',
+            upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'CR011',
+                  DETAIL = format('roles starting to renew: %s', array_to_string(v_roles, ', ')),
+                  HINT = 'At a snapshot isolation level the accounts opened beside this change '
+                         'could not be scheduled; run it in a READ COMMITTED transaction.';
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        -- SHARE ROW EXCLUSIVE waits for every writer of users and balances in
+        -- flight and holds new ones until this commits; it conflicts with
+        -- itself, so two such changes cannot deadlock on user_credits.
+        LOCK TABLE public.users, public.user_credits IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
 
     WITH started AS (
         SELECT s.role, s.renewal_interval

@@ -53,6 +53,7 @@ HTTP_STATUS: Mapping[type[errors.CreditsError], int] = {
     errors.AlreadyRefunded: 409,
     errors.SelfTeamMembership: 422,
     errors.AppendOnlyViolation: 500,
+    errors.ReadCommittedRequired: 500,
     errors.InvalidArgument: 422,
     errors.PermissionDenied: 403,
     errors.NotInstalled: 500,

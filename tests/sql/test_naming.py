@@ -39,6 +39,7 @@ def test_internal_objects_carry_no_prefix(conn: Conn) -> None:
         " UNION ALL SELECT relname FROM pg_class"
         " WHERE relnamespace = 'credits_internal'::regnamespace AND relkind = 'r'")]
     assert sorted(names) == ["allocate_on_signup", "allowance_period", "backfill",
-                             "current_user_id", "install_record", "lot_summary",
+                             "current_user_id", "install_record", "lock_allocation_roles",
+                             "lot_summary",
                              "refuse_log_change", "replayed_result", "schedule_renewals",
                              "take_from_lots", "topup_on_role_change"]

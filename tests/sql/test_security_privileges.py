@@ -27,7 +27,7 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
         " FROM pg_proc p WHERE p.pronamespace IN ('public'::regnamespace,"
         "                                         'credits_internal'::regnamespace)"
     ).fetchall()
-    assert len(functions) == 24
+    assert len(functions) == 25
     for signature, _definer, config, nobody_can, public_can in functions:
         # SECURITY DEFINER or not, every function fixes its search_path, with
         # pg_temp named last so temporary tables cannot shadow ours.
@@ -38,6 +38,8 @@ def test_every_function_is_pinned_and_executable_by_nobody_by_default(conn: Conn
     assert definers == {s for s, *_ in functions} - {
         "credits_internal.refuse_log_change()", "credits_current_user_id()",
         "credits_internal.current_user_id()",
+        # Called only by the owner's SECURITY DEFINER functions: it runs as the owner.
+        "credits_internal.lock_allocation_roles(text[])",
         "credits_internal.allowance_period(timestamp with time zone,interval,timestamp with time zone)"}
 
 
