@@ -111,7 +111,7 @@ class ReadCommittedRequired(CreditsError):
     changed; run the change at READ COMMITTED.
     """
 
-    sqlstate = "CR011"
+    sqlstate = "CR014"
 
 
 class InvalidArgument(CreditsError):

@@ -119,7 +119,7 @@ COMMENT ON FUNCTION credits_internal.allowance_period(timestamptz, interval, tim
 -- reads the interval, or this UPDATE waits for the opener to commit and the
 -- planning statement below, with a snapshot of its own, sees its account.
 -- That needs READ COMMITTED: at a snapshot level the statement would see only
--- what committed before the transaction began (CR011, nothing changed). A
+-- what committed before the transaction began (CR014, nothing changed). A
 -- role INSERTed with an interval has no row its users' openers locked (they
 -- read the member fallback): for that rarer change the tables are locked
 -- instead, until the operator's transaction ends.
@@ -151,7 +151,7 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'a role may start renewing only at READ COMMITTED, not %',
             upper(current_setting('transaction_isolation'))
-            USING ERRCODE = 'CR011',
+            USING ERRCODE = 'CR014',
                   DETAIL = format('roles starting to renew: %s', array_to_string(v_roles, ', ')),
                   HINT = 'At a snapshot isolation level the accounts opened beside this change '
                          'could not be scheduled; run it in a READ COMMITTED transaction.';

@@ -5,11 +5,12 @@
 -- no period and never renews). Every opener (signup, backfill, a grant
 -- opening an account, a role change) locks the role_credits rows it reads
 -- FOR SHARE first (credits_internal.lock_allocation_roles, new), which the
--- operator's UPDATE conflicts with; schedule_renewals raises CR011 at
+-- operator's UPDATE conflicts with; schedule_renewals raises CR014 at
 -- REPEATABLE READ and SERIALIZABLE, where its planning statement could not
 -- see accounts committed after the snapshot, and keeps the table lock only
--- for a role INSERTed with an interval (no row the openers locked), so debits
--- no longer wait for an operator's UPDATE. Privileges and comments as before.
+-- for a role INSERTed with an interval (no row the openers locked), so the
+-- debits of other roles' accounts no longer wait for an operator's UPDATE.
+-- Privileges and comments as before.
 
 -- ---- 007_signup_allocation.sql ----
 CREATE OR REPLACE FUNCTION credits_internal.allocate_on_signup() RETURNS trigger
@@ -610,7 +611,7 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'a role may start renewing only at READ COMMITTED, not %',
             upper(current_setting('transaction_isolation'))
-            USING ERRCODE = 'CR011',
+            USING ERRCODE = 'CR014',
                   DETAIL = format('roles starting to renew: %s', array_to_string(v_roles, ', ')),
                   HINT = 'At a snapshot isolation level the accounts opened beside this change '
                          'could not be scheduled; run it in a READ COMMITTED transaction.';

@@ -12,7 +12,7 @@ ever reaches it.
 The order (0012): every opener locks the role rows it reads FOR SHARE first
 (credits_internal.lock_allocation_roles, sql/032), which the UPDATE's row lock
 conflicts with. At READ COMMITTED the second to start waits for the first, and reads
-what it committed. The operator's change needs READ COMMITTED (CR011 at a snapshot
+what it committed. The operator's change needs READ COMMITTED (CR014 at a snapshot
 level, nothing changed). An opener at REPEATABLE READ or SERIALIZABLE that waited for
 the change, or whose snapshot predates it, gets 40001 (a signup records it as an
 allocation failure instead, and the next backfill allocates the user).
@@ -145,7 +145,7 @@ def test_an_account_entering_the_role_while_it_starts_renewing_is_scheduled(
 @pytest.mark.parametrize("change", ["update", "insert"])
 def test_a_role_starts_renewing_only_at_read_committed(
         db: Database, conn: Conn, level: str, change: str) -> None:
-    """At a snapshot level the trigger could not see what commits beside it: CR011, and
+    """At a snapshot level the trigger could not see what commits beside it: CR014, and
     nothing changes."""
     conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')", (str(uuid.uuid4()),))
     before = conn.execute("SELECT role, credits, renewal_interval FROM role_credits"
@@ -160,7 +160,7 @@ def test_a_role_starts_renewing_only_at_read_committed(
         with pytest.raises(psycopg.Error) as raised:
             operator.execute(statement)
         operator.rollback()
-    assert raised.value.sqlstate == "CR011"
+    assert raised.value.sqlstate == "CR014"
     assert "READ COMMITTED" in str(raised.value)
     assert conn.execute("SELECT role, credits, renewal_interval FROM role_credits"
                         " ORDER BY role").fetchall() == before
@@ -183,18 +183,28 @@ def test_other_changes_of_role_credits_run_at_any_level(db: Database, conn: Conn
                         ).fetchone() == (400,)
 
 
-def test_debits_do_not_wait_for_an_operator_starting_a_renewal(
+def test_debits_of_other_roles_do_not_wait_for_an_operator_starting_a_renewal(
         db: Database, conn: Conn) -> None:
-    """The operator's UPDATE locks role rows only: a debit of an account in the role runs
-    while the operator's transaction is open."""
-    user = str(uuid.uuid4())
-    conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')", (user,))
+    """The operator's UPDATE locks the role's rows and its accounts' balance rows (their
+    period is recorded), nothing else: a debit of an account in another role runs while
+    the operator's transaction is open, and one of an account in the role waits for it."""
+    member, admin = str(uuid.uuid4()), str(uuid.uuid4())
+    conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member'), (%s, 'admin')",
+                 (member, admin))
     with db.connect(autocommit=False) as operator, db.connect() as debitor:
         operator.execute("UPDATE role_credits SET renewal_interval = '1 month'"
                          " WHERE role = 'member'")
-        call = Background(lambda: debitor.execute("SELECT debit_credits(%s, 10)", (user,)))
-        assert not blocked_or_done(conn, debitor.info.backend_pid, call)
-        assert call.outcome() is not None and not isinstance(call.outcome(), Exception)
+        other_role = Background(lambda: debitor.execute("SELECT debit_credits(%s, 10)",
+                                                        (admin,)))
+        assert not blocked_or_done(conn, debitor.info.backend_pid, other_role), (
+            "a debit of an account in another role waited for the operator")
+        assert not isinstance(other_role.outcome(), Exception)
+        in_role = Background(lambda: debitor.execute("SELECT debit_credits(%s, 10)",
+                                                     (member,)))
+        assert blocked_or_done(conn, debitor.info.backend_pid, in_role)
         operator.commit()
+        assert not isinstance(in_role.outcome(), Exception)
     assert conn.execute("SELECT remaining_credits, period_ends_at IS NOT NULL"
-                        " FROM user_credits WHERE user_id = %s", (user,)).fetchone() == (340, True)
+                        " FROM user_credits WHERE user_id = %s", (member,)).fetchone() == (340, True)
+    assert conn.execute("SELECT remaining_credits FROM user_credits WHERE user_id = %s",
+                        (admin,)).fetchone() == (990,)
