@@ -65,18 +65,22 @@ COMMENT ON COLUMN credit_lots.expired_unspent IS
 -- each boundary computed from the anchor (not from the previous boundary,
 -- so an account opened on 31 January renews on 28 February, then 31 March)
 -- and in UTC, so that no session's TimeZone moves a boundary.
+--
+-- Inlined into the calling statement (a set-returning SQL function that is
+-- not STRICT and has no SET clause), so a renewal of a million accounts
+-- computes it in its plan instead of calling a function per row. Its body is
+-- BEGIN ATOMIC: every name in it is bound when it is created, which the
+-- revision does with search_path = pg_catalog, so no object anyone creates
+-- later (or had created in public) can take an operator's place.
 CREATE FUNCTION credits_internal.allowance_period(
     p_anchor   timestamptz,
     p_interval interval,
-    p_at       timestamptz,
-    OUT starts_at timestamptz,
-    OUT ends_at   timestamptz
-)
+    p_at       timestamptz
+) RETURNS TABLE (starts_at timestamptz, ends_at timestamptz)
 LANGUAGE sql
 IMMUTABLE
-STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
+PARALLEL SAFE
+BEGIN ATOMIC
     SELECT (x.a + k.k * p_interval) AT TIME ZONE 'UTC',
            (x.a + (k.k + 1) * p_interval) AT TIME ZONE 'UTC'
     FROM (SELECT p_anchor AT TIME ZONE 'UTC' AS a, p_at AT TIME ZONE 'UTC' AS t,
@@ -95,8 +99,8 @@ AS $$
     ) e
     CROSS JOIN LATERAL (
         SELECT greatest(e.k0 - (x.a + e.k0 * p_interval > x.t)::integer, 0) AS k
-    ) k
-$$;
+    ) k;
+END;
 
 REVOKE EXECUTE ON FUNCTION credits_internal.allowance_period(timestamptz, interval, timestamptz)
     FROM PUBLIC;

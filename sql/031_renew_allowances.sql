@@ -33,12 +33,14 @@ CREATE FUNCTION renew_allowances(
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Custom plans every call: a generic plan estimates the chosen accounts at a few
+-- rows and joins the statement's CTEs by nested loops, quadratic in a batch.
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_accounts uuid[];
     v_skipped  integer;
     v_report   jsonb;
-    v_expired  integer;
 BEGIN
     IF p_as_of IS NULL THEN
         RAISE EXCEPTION 'p_as_of must be a time, not NULL' USING ERRCODE = '22004';
@@ -78,98 +80,100 @@ BEGIN
            (SELECT count(*) FROM due d WHERE d.user_id NOT IN (SELECT t.user_id FROM taken t))
     INTO v_accounts, v_skipped;
 
-    -- What the ended periods' allowance lots still hold expires first, so the
-    -- history reads: the old allowance expires, then the new one comes.
-    WITH ended AS MATERIALIZED (
-        SELECT l.id, l.user_id, l.amount - l.taken - l.expired AS left_over
+    -- One statement: the ended periods' allowance lots expire what they still
+    -- hold, the new period's allowance and rollover come, and each balance is
+    -- updated once. The entries are written in the order of two statements:
+    -- every expiry (by account, lot), then every credit (by account, renewal
+    -- before rollover). What the ended allowance had unspent at its end,
+    -- amount - taken - expired + expired_unspent, is read before the expiry,
+    -- which leaves it unchanged (030).
+    WITH chosen AS MATERIALIZED (
+        SELECT uc.user_id, uc.period_ends_at AS ended_at, uc.created_at
         -- Joins, not "= ANY (v_accounts)": planned as a filter, a large array
         -- is searched once per row.
-        FROM unnest(v_accounts) AS chosen(user_id)
-        JOIN public.user_credits uc ON uc.user_id = chosen.user_id
+        FROM unnest(v_accounts) AS c(user_id)
+        JOIN public.user_credits uc ON uc.user_id = c.user_id
+        WHERE uc.period_ends_at <= p_as_of
+    ), allowance_lots AS MATERIALIZED (
+        SELECT l.id, l.user_id, l.amount - l.taken - l.expired AS left_over,
+               l.amount - l.taken - l.expired + l.expired_unspent AS unspent
+        FROM chosen c
         JOIN public.credit_lots l
-          ON l.user_id = uc.user_id AND l.expires_at = uc.period_ends_at
+          ON l.user_id = c.user_id AND l.expires_at = c.ended_at
          AND l.source IN ('signup', 'backfill', 'role_change', 'renewal', 'rollover')
-        WHERE uc.period_ends_at <= p_as_of AND l.taken < l.amount - l.expired
+    ), ended AS MATERIALIZED (
+        SELECT a.id, a.user_id, a.left_over FROM allowance_lots a WHERE a.left_over > 0
     ), expired_lots AS (
         UPDATE public.credit_lots l
         SET expired = l.expired + e.left_over, expired_unspent = l.expired_unspent + e.left_over
         FROM ended e
         WHERE l.id = e.id
-    ), per_account AS (
-        SELECT e.user_id, sum(e.left_over)::integer AS credits FROM ended e GROUP BY e.user_id
+    ), per_account AS MATERIALIZED (
+        SELECT c.user_id, c.ended_at, coalesce(s.expired, 0) AS expired,
+               r.credits, p.ends_at,
+               CASE WHEN r.credits IS NULL THEN 0
+                    WHEN c.ended_at >= p.starts_at
+                    THEN least(r.rollover_cap, coalesce(s.unspent, 0))::integer
+                    ELSE 0 END AS rollover
+        FROM chosen c
+        LEFT JOIN (SELECT a.user_id,
+                          sum(a.left_over) FILTER (WHERE a.left_over > 0)::integer AS expired,
+                          sum(a.unspent) AS unspent
+                   FROM allowance_lots a GROUP BY a.user_id) s ON s.user_id = c.user_id
+        JOIN public.users u ON u.id = c.user_id
+        LEFT JOIN public.role_credits rc ON rc.role = u.role
+        LEFT JOIN public.role_credits r
+          ON r.role = coalesce(rc.role, 'member') AND r.renewal_interval IS NOT NULL
+        LEFT JOIN LATERAL credits_internal.allowance_period(c.created_at, r.renewal_interval,
+                                                            p_as_of) p ON r.credits IS NOT NULL
+        WHERE r.credits IS NOT NULL OR s.expired > 0
     ), accounts AS (
         UPDATE public.user_credits uc
-        SET used_credits = uc.used_credits + a.credits,
-            tracked_credits = uc.tracked_credits - a.credits
+        SET total_credits = uc.total_credits + coalesce(a.credits, 0) + a.rollover,
+            used_credits = uc.used_credits + a.expired,
+            tracked_credits = uc.tracked_credits - a.expired + coalesce(a.credits, 0)
+                              + a.rollover,
+            period_ends_at = CASE WHEN a.credits IS NULL THEN uc.period_ends_at
+                                  ELSE a.ends_at END,
+            period_allowance = CASE WHEN a.credits IS NULL THEN uc.period_allowance
+                                    ELSE a.credits END,
+            last_updated = CASE WHEN a.credits IS NULL THEN uc.last_updated ELSE now() END
         FROM per_account a
         WHERE uc.user_id = a.user_id
     ), logged AS (
         INSERT INTO public.credit_usage_log (user_id, amount, type, source, description, lot_id)
-        SELECT e.user_id, -e.left_over, 'expire', 'expiry',
-               format('lot %s expired with its allowance period', e.id), e.id
-        FROM ended e
-        ORDER BY e.user_id, e.id
-        RETURNING amount
-    )
-    SELECT coalesce(-sum(g.amount), 0) INTO v_expired FROM logged g;
-
-    -- Then the new period's allowance and rollover. What the ended allowance
-    -- had unspent at its end, amount - taken - expired + expired_unspent, is
-    -- the same before and after its expiry was swept (030).
-    WITH due AS MATERIALIZED (
-        SELECT uc.user_id, uc.period_ends_at AS ended_at, r.credits, r.rollover_cap,
-               p.starts_at, p.ends_at,
-               coalesce((SELECT sum(l.amount - l.taken - l.expired + l.expired_unspent)
-                         FROM public.credit_lots l
-                         WHERE l.user_id = uc.user_id AND l.expires_at = uc.period_ends_at
-                           AND l.source IN ('signup', 'backfill', 'role_change', 'renewal',
-                                            'rollover')), 0) AS unspent
-        FROM unnest(v_accounts) AS chosen(user_id)
-        JOIN public.user_credits uc ON uc.user_id = chosen.user_id
-        JOIN public.users u ON u.id = uc.user_id
-        LEFT JOIN public.role_credits rc ON rc.role = u.role
-        JOIN public.role_credits r ON r.role = coalesce(rc.role, 'member')
-        CROSS JOIN LATERAL credits_internal.allowance_period(uc.created_at, r.renewal_interval,
-                                                             p_as_of) p
-        WHERE uc.period_ends_at <= p_as_of AND r.renewal_interval IS NOT NULL
-    ), per_account AS MATERIALIZED (
-        SELECT d.user_id, d.credits, d.ends_at, d.ended_at,
-               CASE WHEN d.ended_at >= d.starts_at THEN least(d.rollover_cap, d.unspent)::integer
-                    ELSE 0 END AS rollover
-        FROM due d
-    ), accounts AS (
-        UPDATE public.user_credits uc
-        SET total_credits = uc.total_credits + a.credits + a.rollover,
-            tracked_credits = uc.tracked_credits + a.credits + a.rollover,
-            period_ends_at = a.ends_at,
-            period_allowance = a.credits,
-            last_updated = now()
-        FROM per_account a
-        WHERE uc.user_id = a.user_id
-    ), credited AS (
-        INSERT INTO public.credit_usage_log (user_id, amount, type, source, description)
-        SELECT a.user_id, c.amount, 'credit', c.source, c.description
-        FROM per_account a
-        CROSS JOIN LATERAL (VALUES
-            (1, a.credits, 'renewal',
-             format('allowance for the period ending %s', a.ends_at)),
-            (2, a.rollover, 'rollover',
-             format('rollover of unspent allowance from the period ended %s', a.ended_at))
-        ) AS c(n, amount, source, description)
-        WHERE c.amount > 0
-        ORDER BY a.user_id, c.n
+        SELECT x.user_id, x.amount, x.type, x.source, x.description, x.lot_id
+        FROM (
+            SELECT 1 AS phase, e.user_id, e.id AS k, -e.left_over AS amount, 'expire' AS type,
+                   'expiry' AS source,
+                   format('lot %s expired with its allowance period', e.id) AS description,
+                   e.id AS lot_id
+            FROM ended e
+            UNION ALL
+            SELECT 2, a.user_id, c.n, c.amount, 'credit', c.source, c.description, NULL
+            FROM per_account a
+            CROSS JOIN LATERAL (VALUES
+                (1, a.credits, 'renewal',
+                 format('allowance for the period ending %s', a.ends_at)),
+                (2, a.rollover, 'rollover',
+                 format('rollover of unspent allowance from the period ended %s', a.ended_at))
+            ) AS c(n, amount, source, description)
+            WHERE a.credits IS NOT NULL AND c.amount > 0
+        ) x
+        ORDER BY x.phase, x.user_id, x.k
         RETURNING id, user_id, amount, source
     ), lots AS (
         INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
-        SELECT c.user_id, c.id, c.source, c.amount, a.ends_at
-        FROM credited c
-        JOIN per_account a ON a.user_id = c.user_id
+        SELECT g.user_id, g.id, g.source, g.amount, a.ends_at
+        FROM logged g
+        JOIN per_account a ON a.user_id = g.user_id
+        WHERE g.source IN ('renewal', 'rollover')
     )
     SELECT jsonb_build_object(
-        'accounts_renewed', (SELECT count(*) FROM per_account),
-        'credits_renewed', (SELECT coalesce(sum(credits), 0) FROM per_account),
-        'credits_rolled_over', (SELECT coalesce(sum(rollover), 0) FROM per_account),
-        'credits_expired', v_expired,
+        'accounts_renewed', (SELECT count(a.credits) FROM per_account a),
+        'credits_renewed', (SELECT coalesce(sum(a.credits), 0) FROM per_account a),
+        'credits_rolled_over', (SELECT coalesce(sum(a.rollover), 0) FROM per_account a),
+        'credits_expired', (SELECT coalesce(sum(a.expired), 0) FROM per_account a),
         'accounts_skipped', v_skipped,
         'as_of', p_as_of)
     INTO v_report;

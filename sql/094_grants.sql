@@ -53,6 +53,7 @@ BEGIN
                        ' public.get_credit_lots(uuid),'
                        ' credits_internal.allowance_period(timestamptz, interval, timestamptz),'
                        ' credits_internal.schedule_renewals(),'
+                       ' credits_internal.lock_allocation_roles(text[]),'
                        ' credits_internal.take_from_lots(uuid, uuid, integer, text, text, text),'
                        ' credits_internal.lot_summary(uuid),'
                        ' public.refund_credits(bigint, text),'

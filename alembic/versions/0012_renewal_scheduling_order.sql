@@ -672,3 +672,18 @@ REVOKE EXECUTE ON FUNCTION credits_internal.lock_allocation_roles(text[]) FROM P
 
 COMMENT ON FUNCTION credits_internal.lock_allocation_roles(text[]) IS
     'Internal: lock FOR SHARE the role_credits rows an allocation to these roles reads (all when NULL), in role order.';
+
+-- Supabase: taken back from the API roles, as 094 does.
+DO $credits_role_locks_api_roles$
+DECLARE
+    v_role text;
+BEGIN
+    FOR v_role IN
+        SELECT rolname FROM pg_catalog.pg_roles
+        WHERE rolname IN ('anon', 'authenticated', 'service_role')
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION credits_internal.lock_allocation_roles(text[])'
+                       ' FROM %I', v_role);
+    END LOOP;
+END
+$credits_role_locks_api_roles$;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,34 @@ def test_upgrade_reports_users_waiting_for_backfill(empty_db: Database,
 def test_connection_error_is_a_clear_exception() -> None:
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect("postgresql://nobody@127.0.0.1:1/none", connect_timeout=2)
+
+
+def test_a_begin_atomic_body_binds_pg_catalog_whatever_public_held_at_install(
+        empty_db: Database) -> None:
+    """credits_internal.allowance_period (sql/030) is BEGIN ATOMIC, so its operators
+    are bound when the revision creates it. Overloads planted in public beforehand that
+    match its calls better than pg_catalog's (bigint * interval, timestamp + interval)
+    must not be chosen: the revision creates it with search_path = pg_catalog."""
+    with empty_db.connect() as conn:
+        conn.execute("CREATE FUNCTION public.hostile_mul(bigint, interval) RETURNS interval"
+                     " LANGUAGE sql AS 'SELECT interval ''1000 years'''")
+        conn.execute("CREATE OPERATOR public.* (LEFTARG = bigint, RIGHTARG = interval,"
+                     " FUNCTION = public.hostile_mul)")
+        conn.execute("CREATE FUNCTION public.hostile_add(timestamp, interval) RETURNS timestamp"
+                     " LANGUAGE sql AS 'SELECT timestamp ''2000-01-01'''")
+        conn.execute("CREATE OPERATOR public.+ (LEFTARG = timestamp, RIGHTARG = interval,"
+                     " FUNCTION = public.hostile_add)")
+    migrate.upgrade(empty_db.url)
+    with empty_db.connect() as conn:
+        foreign = conn.execute(
+            "SELECT d.refobjid::regoperator::text FROM pg_depend d"
+            " WHERE d.objid = 'credits_internal.allowance_period(timestamptz, interval,"
+            " timestamptz)'::regprocedure AND d.refclassid = 'pg_operator'::regclass"
+            " AND d.refobjid IN (SELECT o.oid FROM pg_operator o"
+            "                    WHERE o.oprnamespace = 'public'::regnamespace)").fetchall()
+        assert foreign == []
+        row = conn.execute(
+            "SELECT starts_at, ends_at FROM credits_internal.allowance_period("
+            " '2026-01-31 00:00+00', '1 month', '2026-03-01 00:00+00')").fetchone()
+    assert row == (datetime(2026, 2, 28, tzinfo=UTC),
+                   datetime(2026, 3, 31, tzinfo=UTC))

@@ -349,3 +349,15 @@ def test_the_balance_says_when_the_next_renewal_comes_and_what_it_gives(conn: Co
     # Compared as times: PostgreSQL drops trailing zeros of the fraction, isoformat() not.
     assert datetime.fromisoformat(renewal["renews_at"]) == ends_at
     assert credit_balance(conn, admin)["own"]["next_renewal"]["credits"] == 5000
+
+
+def test_the_period_is_computed_in_the_calling_plan(conn: Conn) -> None:
+    """credits_internal.allowance_period is inlined (0013): a renewal of a million accounts
+    computes each period in its plan, with no function call per row."""
+    plan = conn.execute(
+        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT p.ends_at FROM user_credits uc"
+        " CROSS JOIN LATERAL credits_internal.allowance_period(uc.created_at,"
+        " interval '1 month', now()) p").fetchone()
+    assert plan is not None
+    assert "allowance_period" not in str(plan[0]), "the period is a function call per row"
+    assert "Function Scan" not in str(plan[0])
