@@ -1583,7 +1583,7 @@ def pairs(level: str) -> Iterator[Pair]:
 # The tables every world churns: each world's users are deleted after it, and
 # nothing else may clean up after them (autovacuum may be off on a test server).
 CHURNED = ("users, user_credits, team_credit_sharing, credit_idempotency_keys, credit_usage_log,"
-           " credit_lots, credit_lot_takes")
+           " credit_lots, credit_lot_takes, role_credits")
 VACUUM_EVERY = 50
 
 
