@@ -6,7 +6,11 @@ add and remove, user delete and a user re-created with the same id; and the
 lots' (revision 0010): a grant with an expiry, one with a priority, debits
 spending tracked lots of the own account and of a pool, a refund onto a lapsed
 lot, and expire_credits() (now, with p_limit, and as of two days ahead), each
-paired with the writers sharing its rows or scanning every user. For each
+paired with the writers sharing its rows or scanning every user; and the
+renewals' (revision 0011): renew_allowances() (now, with p_limit, two days
+ahead), an operator starting a role's renewals, a signup, role change and
+grant entering that role, a role change mid-period, a debit and a refund of a
+lapsed allowance, paired the same way. For each
 ordered pair, session 2 starts while session 1 holds its locks (observed in
 pg_blocking_pids, never slept into), in both commit orders that can happen, at
 READ COMMITTED, REPEATABLE READ and SERIALIZABLE. After each interleaving the

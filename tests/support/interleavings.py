@@ -26,13 +26,28 @@ SQL (not the package's functions):
   at least 10000 allocated), a rolled-back one nothing; a committed sweep
   expired at most its p_limit lots and, unless it skipped a busy account,
   left nothing due; nothing expired before its expiry but by a sweep ahead of time;
+* renewal (revision 0011): every account of a renewing role has a period on
+  its grid and, while it lasts, at least the role's credits as its allowance;
+  at most one renewal per account and period (a missed period gives one
+  allowance), its rollover exactly least(rollover_cap, what was unspent) and
+  only into the next period; a committed renewal that skipped no account
+  left nothing due, a limited one renewed at most p_limit; at REPEATABLE READ
+  and SERIALIZABLE the operator's start of a role's renewals never commits
+  (CR014, revision 0012);
 * every SQLSTATE raised is a documented one (retryable ones at any level).
 
 The lot writers (grants with an expiry or a priority, debits of tracked lots
 from the own account and a pool, a refund onto a lapsed lot, and
 expire_credits() now, with a p_limit and two days ahead) are paired with the
 writers whose rows they share, and with the writers that scan every user
-(``interleaved``); their world also has L, B and N (see World).
+(``interleaved``); their world also has L, B and N (see World). So are the
+renewal writers (``renewal=True``): renew_allowances() now, with p_limit 1 and
+two days ahead; the operator starting LATER's renewals (schedule); a signup, a
+role change and a grant opening an account in LATER (sched_*); a role change
+mid-period of renewing accounts, a debit of a lapsed allowance and a refund
+onto it. Their world adds G, H, J, K, Y, V and T (see _renewal_setup), whose
+time passes by moving their openings, period ends and allowance lots back in
+the setup: the server's clock never moves.
 """
 
 from __future__ import annotations
@@ -66,7 +81,7 @@ LEVELS: dict[str, IsolationLevel] = {
 # SQLSTATEs the README documents for credits-db's functions, and the retryable
 # ones (nothing written, the caller retries), allowed at every level.
 DOCUMENTED = frozenset(
-    {f"CR{n:03d}" for n in range(1, 11)} | {"22023", "22P02", "22004", "42501"}
+    {f"CR{n:03d}" for n in range(1, 11)} | {"CR014", "22023", "22P02", "22004", "42501"}
 )
 RETRYABLE = frozenset({"40001", "40P01", "55P03", "57014"})
 ALLOWED = DOCUMENTED | RETRYABLE
@@ -115,6 +130,8 @@ class World:
     d2: int = 0
     setup_log: int = 0
     with_lots: bool = False
+    dg: int = 0
+    with_renewal: bool = False
 
     def id(self, n: int) -> uuid.UUID:
         """The world's n-th id: its prefix, then n (the second half, variant bits set)."""
@@ -205,6 +222,51 @@ class World:
         """Member of B's team, own account spent to 0 (N's debits go to B's lots)."""
         return self.id(15)
 
+    @property
+    def g(self) -> uuid.UUID:
+        """A renew_monthly account whose period ended an hour ago, 200 of it unspent."""
+        return self.id(16)
+
+    @property
+    def h(self) -> uuid.UUID:
+        """A renew_monthly account whose renewal was missed for a whole period."""
+        return self.id(17)
+
+    @property
+    def j(self) -> uuid.UUID:
+        """A renew_monthly account whose period ends in a day (due for future_renew only)."""
+        return self.id(18)
+
+    @property
+    def k(self) -> uuid.UUID:
+        """A renew_later account (one-time until the schedule writer), opened 45 days ago."""
+        return self.id(19)
+
+    @property
+    def y(self) -> uuid.UUID:
+        """A member (350) that sched_role_change moves into renew_later."""
+        return self.id(20)
+
+    @property
+    def v(self) -> uuid.UUID:
+        """A renew_later user without a balance row (sched_grant or a backfill opens it)."""
+        return self.id(21)
+
+    @property
+    def s3(self) -> uuid.UUID:
+        """sched_signup's new renew_later user."""
+        return self.id(22)
+
+    @property
+    def s4(self) -> uuid.UUID:
+        """Second target of sched_signup."""
+        return self.id(23)
+
+    @property
+    def t(self) -> uuid.UUID:
+        """A renew_monthly account in the middle of its period (period_role_change raises it)."""
+        return self.id(24)
+
     def bulk(self, target: int) -> list[uuid.UUID]:
         """The 100 ids of a bulk signup (target 1 or 2)."""
         return [self.id(1000 * target + n) for n in range(BULK_USERS)]
@@ -214,16 +276,21 @@ class World:
         return {"lo": self.lo, "hi": self.hi}
 
 
-def build_world(conn: Conn, *, lots: bool = False) -> World:
+def build_world(conn: Conn, *, lots: bool = False, renewal: bool = False) -> World:
     """Create and commit a fresh world on the autocommit connection ``conn``;
     with ``lots``, L, B and N and their lots too (only pairs with a lot writer
-    need them)."""
+    need them); with ``renewal``, the renewal world (G, H, J, K, Y, V, T: see
+    _renewal_setup)."""
     world = World()
     signed_up = [world.a, world.m, world.f1, world.f2, world.u, world.x, world.x2, world.r, world.r2]
     roles = ["team_admin", *["member"] * 8]
     if lots:
         signed_up += [world.lots, world.b, world.n]
         roles += ["member", "team_admin", "member"]
+    if renewal:
+        ensure_renewal_roles(conn)
+        signed_up += [world.g, world.h, world.j, world.k, world.y, world.t]
+        roles += [RENEWING, RENEWING, RENEWING, LATER, "member", RENEWING]
     with conn.transaction():
         conn.execute(
             "INSERT INTO users (id, role) SELECT * FROM unnest(%s::uuid[], %s::text[])",
@@ -244,10 +311,67 @@ def build_world(conn: Conn, *, lots: bool = False) -> World:
         # W as the host had it before credits-db: no trigger, so no balance row.
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute("INSERT INTO users (id, role) VALUES (%s, 'member')", (world.w,))
+        if renewal:
+            conn.execute("INSERT INTO users (id, role) VALUES (%s, %s)", (world.v, LATER))
         conn.execute("SET LOCAL session_replication_role = origin")
         conn.execute("DELETE FROM users WHERE id = ANY(%s)", ([world.r, world.r2],))
         d2, setup_log = _lots_setup(conn, world) if lots else (0, 0)
-    return replace(world, d=d, d2=d2, setup_log=setup_log, with_lots=lots)
+        dg = _renewal_setup(conn, world) if renewal else 0
+        if renewal:
+            setup_log = _one(conn.execute("SELECT max(id) FROM credit_usage_log").fetchone())
+    return replace(world, d=d, d2=d2, setup_log=setup_log, with_lots=lots, dg=dg,
+                   with_renewal=renewal)
+
+
+# The renewal world's roles (revision 0011): RENEWING renews every 30 days,
+# PLUS too with more credits, LATER is one-time until the schedule writer
+# gives it an interval (reset after each interleaving: reset_renewal_roles).
+RENEWING, PLUS, LATER = "renew_monthly", "renew_plus", "renew_later"
+RENEWING_CREDITS, PLUS_CREDITS, LATER_CREDITS = 300, 800, 200
+ROLLOVER_CAP = 100
+PERIOD = "30 days"
+ALLOWANCE_SOURCES = "('signup', 'backfill', 'role_change', 'renewal', 'rollover')"
+
+
+def ensure_renewal_roles(conn: Conn) -> None:
+    """The renewal world's roles, once per database (nothing happens if they exist)."""
+    conn.execute(
+        "INSERT INTO role_credits (role, credits, renewal_interval, rollover_cap)"
+        " VALUES (%s, %s, %s::interval, %s), (%s, %s, %s::interval, %s), (%s, %s, NULL, %s)"
+        " ON CONFLICT (role) DO NOTHING",
+        (RENEWING, RENEWING_CREDITS, PERIOD, ROLLOVER_CAP, PLUS, PLUS_CREDITS, PERIOD,
+         ROLLOVER_CAP, LATER, LATER_CREDITS, ROLLOVER_CAP))
+
+
+def reset_renewal_roles(conn: Conn) -> None:
+    """LATER renews no more (a committed schedule writer gave it an interval)."""
+    conn.execute("UPDATE role_credits SET renewal_interval = NULL"
+                 " WHERE role = %s AND renewal_interval IS NOT NULL", (LATER,))
+
+
+def _renewal_setup(conn: Conn, world: World) -> int:
+    """Time passes for the renewal world without the server's clock moving: each
+    account's opening (the periods' anchor), period end and allowance lot are moved
+    back together, as the owner, in the setup's transaction. G spent 100 of its 300
+    (debit DG) before its period ended an hour ago; H's period ended 31 days ago (a
+    whole period missed, so no rollover); J's ends in a day; K opened 45 days ago
+    (its period once LATER renews: days 30 to 60); T's and Y's began now. Returns DG's
+    log id."""
+    dg: int = _one(conn.execute("SELECT (debit_credits(%s, 100) ->> 'log_id')::bigint",
+                                (world.g,)).fetchone())
+    # (user, how far back its opening moves): G 30 days + 1 hour, H 61 days, J 29 days.
+    back = [(world.g, "30 days 1 hour"), (world.h, "61 days"), (world.j, "29 days"),
+            (world.k, "45 days")]
+    users, shifts = [b[0] for b in back], [b[1] for b in back]
+    conn.execute(
+        "WITH s AS (SELECT * FROM unnest(%s::uuid[], %s::interval[]) AS s(user_id, back)),"
+        " lots AS (UPDATE credit_lots l SET expires_at = l.expires_at - s.back FROM s"
+        "          WHERE l.user_id = s.user_id AND l.expires_at IS NOT NULL)"
+        " UPDATE user_credits uc SET created_at = uc.created_at - s.back,"
+        "        period_ends_at = uc.period_ends_at - s.back"
+        " FROM s WHERE uc.user_id = s.user_id",
+        (users, shifts))
+    return dg
 
 
 def _lots_setup(conn: Conn, world: World) -> tuple[int, int]:
@@ -305,6 +429,10 @@ class Writer:
     # A writer of revision 0010's lots (grants with expiry or priority, debits
     # of tracked lots, a refund onto a lapsed lot, the sweeps).
     lots: bool = False
+    # A writer of revision 0011's renewals (renew_allowances, the operator
+    # starting a role's renewals, the openers of accounts in that role, a role
+    # change, debit and refund of a renewing account).
+    renewal: bool = False
 
 
 def _signup(conn: Conn, world: World, target: int) -> None:
@@ -405,12 +533,69 @@ def _future_sweep(conn: Conn, world: World, target: int) -> Any:
     return _one(conn.execute("SELECT expire_credits(now() + interval '2 days')").fetchone())
 
 
+RENEW_LIMIT = 1
+
+
+def _renew(conn: Conn, world: World, target: int) -> Any:
+    # G (its rollover) and H (a missed period: one allowance, no rollover).
+    return _one(conn.execute("SELECT renew_allowances()").fetchone())
+
+
+def _limited_renew(conn: Conn, world: World, target: int) -> Any:
+    return _one(conn.execute("SELECT renew_allowances(p_limit => %s)",
+                             (RENEW_LIMIT,)).fetchone())
+
+
+def _future_renew(conn: Conn, world: World, target: int) -> Any:
+    # Two days ahead: J, whose period ends in a day, renews too (its allowance expires early).
+    return _one(conn.execute("SELECT renew_allowances(now() + interval '2 days')").fetchone())
+
+
+def _schedule(conn: Conn, world: World, target: int) -> None:
+    # The operator: LATER starts renewing, so K (and whoever enters LATER) gets a period.
+    conn.execute("UPDATE role_credits SET renewal_interval = %s::interval WHERE role = %s",
+                 (PERIOD, LATER))
+
+
+def _sched_signup(conn: Conn, world: World, target: int) -> None:
+    conn.execute("INSERT INTO users (id, role) VALUES (%s, %s)",
+                 (world.s3 if target == 1 else world.s4, LATER))
+
+
+def _sched_role_change(conn: Conn, world: World, target: int) -> None:
+    conn.execute("UPDATE users SET role = %s WHERE id = %s", (LATER, world.y))
+
+
+def _sched_grant(conn: Conn, world: World, target: int) -> None:
+    # Opens V's account (in LATER) with its allocation, then the grant.
+    conn.execute("SELECT grant_credits(%s, 25, 'sched_grant')", (world.v,))
+
+
+def _period_role_change(conn: Conn, world: World, target: int) -> None:
+    # Mid-period (T): the period's allowance rises to PLUS's 800, a role_change lot
+    # of 500 expiring with it. G's period has ended: nothing now, its renewal
+    # (PLUS's 800) is due; after G's renewal, a top-up of that period.
+    conn.execute("UPDATE users SET role = %s WHERE id = ANY(%s)", (PLUS, [world.t, world.g]))
+
+
+def _period_debit(conn: Conn, world: World, target: int) -> None:
+    # G's allowance has lapsed (200 in it): CR001 until G is renewed, then from the renewal.
+    conn.execute("SELECT debit_credits(%s, 50)", (world.g,))
+
+
+def _period_refund(conn: Conn, world: World, target: int) -> None:
+    # DG's 100 back to G's lapsed allowance: they expire at once, and never roll over.
+    conn.execute("SELECT refund_credits(%s)", (world.dg,))
+
+
 def deleted_by_user_delete(world: World) -> list[uuid.UUID]:
     """Whom the user delete deletes: W (backfill, grant, role change), U (own
     debit, keyed grant, refund, expiring grant), X (team add), M (pool and keyed
     debits, team remove, priority grant), L (lots debit, lapsed refund) and B
-    (pool of the lots pool debit) if the world has them, in one statement."""
-    return [world.w, world.u, world.x, world.m, *([world.lots, world.b] if world.with_lots else [])]
+    (pool of the lots pool debit) if the world has them, G (renewals, period
+    writers) and K (schedule) if it has those, in one statement."""
+    return [world.w, world.u, world.x, world.m, *([world.lots, world.b] if world.with_lots else []),
+            *([world.g, world.k] if world.with_renewal else [])]
 
 
 def _user_delete(conn: Conn, world: World, target: int) -> None:
@@ -440,20 +625,36 @@ WRITERS: tuple[Writer, ...] = (
     Writer("role_change", _role_change, _set("w")),
     Writer("team_add", _team_add, _set("a", "x")),
     Writer("team_remove", _team_remove, _set("a", "m")),
-    Writer("user_delete", _user_delete, _set("w", "u", "x", "m", "l", "b")),
+    Writer("user_delete", _user_delete, _set("w", "u", "x", "m", "l", "b", "g", "k")),
     Writer("recreate", _recreate, _set("r")),
     Writer("expiring_grant", _expiring_grant, _set("u"), lots=True),
     Writer("priority_grant", _priority_grant, _set("m"), lots=True),
     Writer("lots_debit", _lots_debit, _set("l"), lots=True),
     Writer("lots_pool_debit", _lots_pool_debit, _set("n", "b"), lots=True),
     Writer("lapsed_refund", _lapsed_refund, _set("l"), lots=True),
-    Writer("sweep", _sweep, _set("l", "b"), lots=True),
-    Writer("limited_sweep", _limited_sweep, _set("l", "b"), lots=True),
+    # In a renewal world the sweeps expire G's and H's lapsed allowances too (J's ahead).
+    Writer("sweep", _sweep, _set("l", "b", "g", "h"), lots=True),
+    Writer("limited_sweep", _limited_sweep, _set("l", "b", "g", "h"), lots=True),
     # U's expiring grant (if it ran) expires within the two days too.
-    Writer("future_sweep", _future_sweep, _set("l", "b", "u"), lots=True),
+    Writer("future_sweep", _future_sweep, _set("l", "b", "u", "g", "h", "j"), lots=True),
+    # Revision 0011. "periods": the renewals and the operator read and write every
+    # account's period (the operator locks users and user_credits whole).
+    Writer("renew", _renew, _set("g", "h", "periods"), renewal=True),
+    Writer("limited_renew", _limited_renew, _set("g", "h", "periods"), renewal=True),
+    Writer("future_renew", _future_renew, _set("g", "h", "j", "periods"), renewal=True),
+    Writer("schedule", _schedule, _set("k", "y", "v", "s3", "periods"), renewal=True),
+    Writer("sched_signup", _sched_signup, _set("s3"), renewal=True),
+    Writer("sched_role_change", _sched_role_change, _set("y"), renewal=True),
+    Writer("sched_grant", _sched_grant, _set("v"), renewal=True),
+    Writer("period_role_change", _period_role_change, _set("t", "g"), renewal=True),
+    Writer("period_debit", _period_debit, _set("g"), renewal=True),
+    Writer("period_refund", _period_refund, _set("g"), renewal=True),
 )
 SWEEPS = frozenset({"sweep", "limited_sweep", "future_sweep"})
-TWO_TARGETS = frozenset({"signup", "bulk_signup", "team_add", "recreate"})
+RENEWALS = frozenset({"renew", "limited_renew", "future_renew"})
+# Writers ahead of time: what they expire may not have reached its expiry yet.
+AHEAD = frozenset({"future_sweep", "future_renew"})
+TWO_TARGETS = frozenset({"signup", "bulk_signup", "team_add", "recreate", "sched_signup"})
 
 
 # --- running one interleaving ----------------------------------------------
@@ -589,7 +790,8 @@ class Sessions:
 def run_interleaving(sessions: Sessions, pair: Pair, second_first: bool) -> Run:
     """Run ``pair`` once in a new world. Commit order: session 1 first, or, if
     ``second_first`` and session 2 was not blocked, session 2 first."""
-    world = build_world(sessions.monitor, lots=pair.first.lots or pair.second.lots)
+    world = build_world(sessions.monitor, lots=pair.first.lots or pair.second.lots,
+                        renewal=pair.first.renewal or pair.second.renewal)
     t1, t2 = pair.targets()
     one, two = Outcome(pair.first.name, t1), Outcome(pair.second.name, t2)
     _write(sessions.one, pair.first, world, one)
@@ -645,7 +847,8 @@ WHERE uc.user_id {IN_WORLD}
 """
 
 # Entitlement (item 6): an account holds at least its current role's
-# allocation (a NULL or unknown role: the member row's).
+# allocation (a NULL or unknown role: the member row's). For a role that
+# renews (0011) the entitlement is per period: PERIOD_SQL.
 ENTITLEMENT_SQL = f"""
 SELECT uc.user_id, u.role, {"uc.allocated_credits" if NEW_SCHEMA else "NULL::integer"},
        a.allocations, coalesce(rc.credits, fallback.credits, 0) AS entitled
@@ -653,6 +856,8 @@ FROM user_credits uc
 JOIN users u ON u.id = uc.user_id
 LEFT JOIN role_credits rc ON rc.role = u.role
 LEFT JOIN role_credits fallback ON fallback.role = 'member'
+{"JOIN role_credits r ON r.role = coalesce(rc.role, 'member') AND r.renewal_interval IS NULL"
+ if NEW_SCHEMA else ""}
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(l.amount), 0) AS allocations
     FROM credit_usage_log l
@@ -881,6 +1086,91 @@ LOT_CHECKS_SQL = "\nUNION ALL\n".join(
     f"SELECT {n}, x::text FROM ({query}) AS x" for n, (_, query) in enumerate(LOT_CHECKS))
 
 
+# --- renewal (revision 0011) ---
+#
+# The role that renews an account: its user's, the member row for a NULL or
+# unknown one (a pool is its admin's account, so its admin's role).
+RENEWING_ROLE = """
+JOIN users u ON u.id = uc.user_id
+LEFT JOIN role_credits rc ON rc.role = u.role
+JOIN role_credits r ON r.role = coalesce(rc.role, 'member')
+"""
+
+# Every account of a renewing role has a period, on its grid (anchor + k x
+# interval, k >= 1) and, while it lasts, an allowance of at least the role's
+# credits: a role change raises it, never lowers it; an account entering the
+# role, or whose role starts renewing, is scheduled. (A period that has ended
+# waits for its renewal, which gives the role's credits.)
+PERIOD_SQL = f"""
+SELECT uc.user_id, u.role, uc.created_at, uc.period_ends_at, uc.period_allowance, r.credits
+FROM user_credits uc
+{RENEWING_ROLE}
+LEFT JOIN LATERAL credits_internal.allowance_period(
+    uc.created_at, r.renewal_interval, uc.period_ends_at - interval '1 microsecond') p ON true
+WHERE uc.user_id {IN_WORLD} AND r.renewal_interval IS NOT NULL
+  AND (uc.period_ends_at IS NULL OR uc.period_allowance IS NULL
+       OR p.ends_at <> uc.period_ends_at OR uc.period_ends_at <= uc.created_at
+       OR (uc.period_ends_at > now() AND uc.period_allowance < r.credits))
+"""
+
+# Renewed at most once per account and period: no world account lives
+# through two periods' ends, so at most one renewal lot each (a missed
+# period gives one allowance, not one per period), expiring with the
+# account's current period; at most one rollover lot, with a renewal.
+RENEWED_ONCE_SQL = f"""
+SELECT uc.user_id, uc.period_ends_at, x.renewals, x.rollovers, x.stale
+FROM user_credits uc
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE l.source = 'renewal') AS renewals,
+           count(*) FILTER (WHERE l.source = 'rollover') AS rollovers,
+           count(*) FILTER (WHERE l.source IN ('renewal', 'rollover')
+                            AND l.expires_at IS DISTINCT FROM uc.period_ends_at) AS stale
+    FROM credit_lots l WHERE l.user_id = uc.user_id
+) x
+WHERE uc.user_id {IN_WORLD}
+  AND (x.renewals > 1 OR x.rollovers > x.renewals OR x.stale > 0)
+"""
+
+# Each renewal's rollover (0 when there is no rollover lot) is least(the
+# role's rollover_cap, what the ended period's allowance lots had unspent at
+# its end: amount - taken - expired + expired_unspent, which no later refund
+# or sweep changes), and only into the period right after the ended one (a
+# missed period: none). The ended period is the latest allowance lots'
+# expiry before the renewal's.
+ROLLOVER_SQL = f"""
+SELECT n.id, n.user_id, e.ended, n.expires_at, r.rollover_cap, p.unspent, o.rolled
+FROM credit_lots n
+JOIN user_credits uc ON uc.user_id = n.user_id
+{RENEWING_ROLE}
+CROSS JOIN LATERAL (
+    SELECT max(l.expires_at) AS ended FROM credit_lots l
+    WHERE l.user_id = n.user_id AND l.source IN {ALLOWANCE_SOURCES} AND l.expires_at < n.expires_at
+) e
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(l.amount - l.taken - l.expired + l.expired_unspent), 0) AS unspent
+    FROM credit_lots l
+    WHERE l.user_id = n.user_id AND l.source IN {ALLOWANCE_SOURCES} AND l.expires_at = e.ended
+) p
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(l.amount), 0) AS rolled FROM credit_lots l
+    WHERE l.user_id = n.user_id AND l.source = 'rollover' AND l.expires_at = n.expires_at
+) o
+WHERE n.user_id {IN_WORLD} AND n.source = 'renewal'
+  AND o.rolled <> CASE WHEN e.ended AT TIME ZONE 'UTC'
+                            = n.expires_at AT TIME ZONE 'UTC' - r.renewal_interval
+                       THEN least(r.rollover_cap, p.unspent) ELSE 0 END
+"""
+
+RENEWAL_CHECKS: tuple[tuple[str, str], ...] = (
+    ("account of a renewing role without a period on its grid, or below its allowance",
+     PERIOD_SQL),
+    ("renewed twice, or a renewal not of the current period", RENEWED_ONCE_SQL),
+    ("rollover not least(rollover_cap, unspent) into the next period", ROLLOVER_SQL),
+)
+RENEWAL_CHECKS_SQL = "\nUNION ALL\n".join(
+    f"SELECT {n}, x::text FROM ({query}) AS x" for n, (_, query) in enumerate(RENEWAL_CHECKS))
+
+
 def invariant_problems(conn: Conn, world: World) -> list[str]:
     """Every broken invariant of ``world``, one line each."""
     problems: list[str] = []
@@ -889,6 +1179,9 @@ def invariant_problems(conn: Conn, world: World) -> list[str]:
         problems += [f"{name}: {row}" for row in conn.execute(query, params).fetchall()]
     problems += [f"{LOT_CHECKS[n][0]}: {row}"
                  for n, row in conn.execute(LOT_CHECKS_SQL, params).fetchall()]
+    if world.with_renewal:
+        problems += [f"{RENEWAL_CHECKS[n][0]}: {row}"
+                     for n, row in conn.execute(RENEWAL_CHECKS_SQL, params).fetchall()]
     return problems
 
 
@@ -942,6 +1235,27 @@ SELECT
 """
 
 
+# What the renewal world's writers left (revision 0011).
+RENEWAL_FACTS_SQL = f"""
+WITH own AS MATERIALIZED (
+    SELECT l.* FROM user_credits uc
+    JOIN credit_usage_log l ON l.user_id = uc.user_id AND l.id > {WATERMARK}
+    WHERE uc.user_id = ANY(%(renewal_users)s)
+)
+SELECT
+    (SELECT u.role FROM users u WHERE u.id = %(y)s) AS role_y,
+    (SELECT u.role FROM users u WHERE u.id = %(t)s) AS role_t,
+    (SELECT u.role FROM users u WHERE u.id = %(g)s) AS role_g,
+    (SELECT count(*) FROM own WHERE user_id = %(v)s AND source = 'sched_grant') AS grants_v,
+    (SELECT count(*) FROM own WHERE user_id = %(g)s AND amount = -50) AS period_debits_g,
+    (SELECT count(*) FROM credit_usage_log l WHERE l.refund_of = %(dg)s) AS refunds_dg,
+    (SELECT uc.period_ends_at IS NOT NULL FROM user_credits uc
+     WHERE uc.user_id = %(k)s) AS period_k,
+    (SELECT rc.renewal_interval IS NOT NULL FROM role_credits rc
+     WHERE rc.role = %(later)s) AS later_renews
+"""
+
+
 def facts(conn: Conn, world: World) -> Facts:
     """What the world holds now, for the effect checks."""
     params: dict[str, Any] = {
@@ -951,8 +1265,13 @@ def facts(conn: Conn, world: World) -> Facts:
     }
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(FACTS_SQL, params).fetchone()
-    assert row is not None
-    return {**row, "alive": set(row["alive"]), "accounts": set(row["accounts"]),
+        assert row is not None
+        renewal = cur.execute(RENEWAL_FACTS_SQL, {
+            "renewal_users": [world.g, world.v], "y": world.y, "t": world.t, "g": world.g,
+            "v": world.v, "dg": world.dg, "k": world.k, "later": LATER,
+        }).fetchone() if world.with_renewal else {}
+    assert renewal is not None
+    return {**row, **renewal, "alive": set(row["alive"]), "accounts": set(row["accounts"]),
             "team": set(row["team"])}
 
 
@@ -1031,6 +1350,28 @@ def _effect_recreate(world: World, f: Facts, target: int, n: int) -> list[str]:
                                   f" = {state}, not {want}")
 
 
+def _effect_schedule(world: World, f: Facts, target: int, n: int) -> list[str]:
+    scheduled = f["period_k"] if world.k in f["alive"] else n > 0
+    return _expect(f["later_renews"] == scheduled == (n > 0),
+                   f"schedule committed {n}x: {LATER} renews {f['later_renews']},"
+                   f" K has a period {f['period_k']}")
+
+
+def _effect_sched_signup(world: World, f: Facts, target: int, n: int) -> list[str]:
+    return _signed_up([world.s3 if target == 1 else world.s4], f, n, "sched_signup")
+
+
+def _role_is(who: Callable[[World], uuid.UUID], fact: str, role: str) -> Effect:
+    """The user's role is ``role`` if the writer committed, else not (while the user exists)."""
+
+    def check(world: World, f: Facts, target: int, n: int) -> list[str]:
+        if who(world) not in f["alive"]:
+            return []
+        return _expect((f[fact] == role) == (n > 0), f"{fact} = {f[fact]!r} after {n} commit(s)")
+
+    return check
+
+
 EFFECTS: dict[str, Effect] = {
     "signup": _effect_signup,
     "bulk_signup": _effect_bulk,
@@ -1056,6 +1397,17 @@ EFFECTS: dict[str, Effect] = {
     "sweep": lambda world, f, target, n: [],
     "limited_sweep": lambda world, f, target, n: [],
     "future_sweep": lambda world, f, target, n: [],
+    # What a renewal did is checked by renewal_problems, from its report.
+    "renew": lambda world, f, target, n: [],
+    "limited_renew": lambda world, f, target, n: [],
+    "future_renew": lambda world, f, target, n: [],
+    "schedule": _effect_schedule,
+    "sched_signup": _effect_sched_signup,
+    "sched_role_change": _role_is(lambda w: w.y, "role_y", LATER),
+    "sched_grant": _counted("grants_v", 1),
+    "period_role_change": _role_is(lambda w: w.t, "role_t", PLUS),
+    "period_debit": _if_alive(lambda w: w.g, _counted("period_debits_g", 1)),
+    "period_refund": _counted("refunds_dg", 1),
 }
 
 # Lots of the setup that were due at a sweep's as_of and still hold credits.
@@ -1092,9 +1444,44 @@ def sweep_problems(conn: Conn, run: Run) -> list[str]:
         if o.writer != "limited_sweep" and report["accounts_skipped"] == 0:
             left = conn.execute(DUE_LEFT_SQL, {**params, "as_of": report["as_of"]}).fetchall()
             problems += [f"{o.writer} ({report}) left a due lot: {row}" for row in left]
-    if not any(o.writer == "future_sweep" and o.committed for o in run.outcomes):
+    if not any(o.writer in AHEAD and o.committed for o in run.outcomes):
         problems += [f"lot expired before its expiry: {row}"
                      for row in conn.execute(EARLY_SQL, params).fetchall()]
+    return problems
+
+
+# Accounts of a renewing role whose period had ended by a renewal's as_of: a
+# committed renewal that skipped no account leaves none (the other session
+# makes no account due: every period it records ends in the future).
+RENEWAL_DUE_LEFT_SQL = f"""
+SELECT uc.user_id, u.role, uc.period_ends_at
+FROM user_credits uc
+{RENEWING_ROLE}
+WHERE uc.user_id {IN_WORLD} AND r.renewal_interval IS NOT NULL
+  AND uc.period_ends_at <= %(as_of)s
+"""
+
+
+def renewal_problems(conn: Conn, run: Run) -> list[str]:
+    """What each committed renewal reports and left: at most p_limit accounts,
+    nothing due left behind unless it skipped a busy account; and at REPEATABLE
+    READ and SERIALIZABLE the operator's start of a role's renewals never
+    commits (CR014, revision 0012: read committed required)."""
+    problems: list[str] = []
+    for o in run.outcomes:
+        if o.writer == "schedule" and run.pair.level != "read_committed" and (
+                o.committed or o.sqlstate not in {"CR014"} | RETRYABLE):
+            problems.append(f"schedule at {run.pair.level} ended with"
+                            f" {o.sqlstate or 'a commit'}, not CR014 (ReadCommittedRequired)")
+        if o.writer not in RENEWALS or not o.committed:
+            continue
+        report = o.result
+        if o.writer == "limited_renew" and report["accounts_renewed"] > RENEW_LIMIT:
+            problems.append(f"limited renewal renewed {report['accounts_renewed']}: {report}")
+        if o.writer != "limited_renew" and report["accounts_skipped"] == 0:
+            left = conn.execute(RENEWAL_DUE_LEFT_SQL,
+                                {**run.world.scope(), "as_of": report["as_of"]}).fetchall()
+            problems += [f"{o.writer} ({report}) left a due account: {row}" for row in left]
     return problems
 
 
@@ -1118,7 +1505,8 @@ def effect_problems(conn: Conn, run: Run) -> list[str]:
     problems: list[str] = []
     for writer, target in sorted({(o.writer, o.target) for o in run.outcomes}):
         problems += EFFECTS[writer](run.world, f, target, done[(writer, target)])
-    return problems + role_change_problems(run.world, f, run) + sweep_problems(conn, run)
+    return (problems + role_change_problems(run.world, f, run) + sweep_problems(conn, run)
+            + renewal_problems(conn, run))
 
 
 # --- the matrix ------------------------------------------------------------
@@ -1149,6 +1537,8 @@ def check_run(sessions: Sessions, run: Run) -> list[str]:
                 + effect_problems(sessions.monitor, run))
     finally:
         drop_world(sessions.monitor, run.world)
+        if run.world.with_renewal:
+            reset_renewal_roles(sessions.monitor)
 
 
 def _one_case(sessions: Sessions, pair: Pair, second_first: bool, tally: Tally) -> Run | None:
@@ -1177,7 +1567,7 @@ def interleaved(first: Writer, second: Writer) -> bool:
     fail for what the other wrote, and the world's checks would only see two
     separate writes. This keeps the lots' part of the matrix to well under a
     minute of CI."""
-    if not (first.lots or second.lots):
+    if not (first.lots or second.lots or first.renewal or second.renewal):
         return True
     return bool(first.touches & second.touches) or bool({first.name, second.name} & SCANNERS)
 
@@ -1193,7 +1583,7 @@ def pairs(level: str) -> Iterator[Pair]:
 # The tables every world churns: each world's users are deleted after it, and
 # nothing else may clean up after them (autovacuum may be off on a test server).
 CHURNED = ("users, user_credits, team_credit_sharing, credit_idempotency_keys, credit_usage_log,"
-           " credit_lots, credit_lot_takes")
+           " credit_lots, credit_lot_takes, role_credits")
 VACUUM_EVERY = 50
 
 
