@@ -1,9 +1,10 @@
-"""``python -m bench [--url URL] [--quick] [--out DIR] [--only W,...]``: run the workloads,
-write the results."""
+"""``python -m bench [--url URL] [--quick] [--out DIR] [--only W,...] [--renew-accounts N,...]
+[--expire-lots N,...] [--apply-sql FILE ...]``: run the workloads, write the results."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -29,9 +30,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="run only these workloads, comma-separated, of "
                         f"{','.join(WORKLOADS)} (python needs debit); needs --out, so that "
                         "a partial table never replaces bench/results.md")
+    parser.add_argument("--renew-accounts", type=_sizes, default=None, metavar="N,...",
+                        help="workload 8's sizes instead of the mode's (e.g. 1000000: the "
+                        "largest alone); needs --out")
+    parser.add_argument("--expire-lots", type=_sizes, default=None, metavar="N,...",
+                        help="workload 7's expiry sizes instead of the mode's; needs --out")
+    parser.add_argument("--apply-sql", type=Path, action="append", default=[],
+                        metavar="FILE", help="run FILE (e.g. a candidate CREATE OR REPLACE "
+                        "FUNCTION) on the schema template after the migration, so that every "
+                        "A side measures it; repeatable; needs --out")
     args = parser.parse_args(argv)
     if args.only != WORKLOADS and args.out is None:
         parser.error("--only needs --out")
+    for option, value in (("--renew-accounts", args.renew_accounts),
+                          ("--expire-lots", args.expire_lots),
+                          ("--apply-sql", args.apply_sql)):
+        if value and args.out is None:
+            parser.error(f"{option} needs --out")
+    for path in args.apply_sql:
+        if not path.is_file():
+            parser.error(f"--apply-sql {path}: no such file")
     if "python" in args.only and "debit" not in args.only:
         parser.error("--only python needs debit too (it debits workload 3's accounts)")
     if args.out is None:
@@ -49,10 +67,24 @@ def _workloads(text: str) -> tuple[str, ...]:
     return tuple(name for name in WORKLOADS if name in names)
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"not a list of positive sizes: {text!r}")
+    return tuple(sorted(set(sizes)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (also for ``credits-db bench``); returns the exit status."""
     args = parse(argv)
     sizes = QUICK if args.quick else FULL
+    if args.renew_accounts:
+        sizes = dataclasses.replace(sizes, renew_accounts=args.renew_accounts)
+    if args.expire_lots:
+        sizes = dataclasses.replace(sizes, expire_lots=args.expire_lots)
     started = time.perf_counter()
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -60,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     with provide(args.url) as server:
+        server.apply_sql = [path.read_text() for path in args.apply_sql]
         major, _version = server.version()
         pgbench = Pgbench(find_pgbench(major), transactions=50 if args.quick else None)
         log(f"server PostgreSQL {major}, pgbench {pgbench.binary}, mode {sizes.mode}")
@@ -89,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
         "server": "embedded" if args.url is None else "--url",
         "workloads": list(only),
+        "apply_sql": [str(path) for path in args.apply_sql],
         "pgbench": str(pgbench.binary),
         "reps": sizes.reps,
         "sizes": sizes.__dict__,

@@ -55,6 +55,8 @@ def markdown(results: list[Result], meta: JsonDict) -> str:
         "",
         *([f"Partial run (--only): workloads {', '.join(meta['workloads'])} only.", ""]
           if meta.get("workloads") not in (None, list(WORKLOADS)) else []),
+        *([f"A measures candidate SQL (--apply-sql, run on the schema template after the "
+           f"migration): {', '.join(meta['apply_sql'])}.", ""] if meta.get("apply_sql") else []),
         "| workload | measure | unit | A: credits-db | B: baseline | ratio | target | met |",
         "|---|---|---|---|---|---:|---:|---|",
     ]

@@ -39,6 +39,8 @@ class BenchServer:
         self.created: set[str] = set()
         self._templates: dict[int, str] = {}
         self._schema: str | None = None
+        self.apply_sql: list[str] = []
+        """SQL run on the schema template after the migration (--apply-sql): candidates."""
 
     # ------------------------------------------------------------------ databases
 
@@ -86,6 +88,10 @@ class BenchServer:
         if self._schema is None:
             name = self.name("schema")
             migrate.upgrade(self.create(name))
+            if self.apply_sql:
+                with self.connect(name) as conn:
+                    for text in self.apply_sql:
+                        conn.execute(text.encode())
             self._schema = name
         return self._schema
 

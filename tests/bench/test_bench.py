@@ -695,3 +695,41 @@ def test_plans_cut_long_lines_short(conn: Conn, tmp_path: Path) -> None:
     lines = (tmp_path / "ids.txt").read_text().splitlines()
     assert max(len(line) for line in lines) < workloads.PLAN_LINE + 40
     assert any(line.endswith("characters)") for line in lines)
+
+
+def test_sizes_and_candidates_need_out(capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    """--renew-accounts and --expire-lots replace the mode's sizes, sorted; --apply-sql
+    names existing files; each needs --out, so a changed run never replaces bench/."""
+    args = parse(["--only", "renewal", "--renew-accounts", "1000000,10000", "--out", "x"])
+    assert args.renew_accounts == (10_000, 1_000_000)
+    assert parse(["--expire-lots", "5000", "--out", "x"]).expire_lots == (5000,)
+    candidate = tmp_path / "candidate.sql"
+    candidate.write_text("SELECT 1")
+    assert parse(["--apply-sql", str(candidate), "--out", "x"]).apply_sql == [candidate]
+    for argv, message in ((["--renew-accounts", "1000"], "--renew-accounts needs --out"),
+                          (["--apply-sql", str(candidate)], "--apply-sql needs --out"),
+                          (["--apply-sql", str(tmp_path / "nope.sql"), "--out", "x"],
+                           "no such file"),
+                          (["--renew-accounts", "0", "--out", "x"], "positive sizes")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_apply_sql_reaches_the_measured_side(server: Server, tmp_path: Path) -> None:
+    """A candidate applied with --apply-sql is what the A side runs: a renew_allowances()
+    replaced by one that raises makes the renewal row fail."""
+    candidate = tmp_path / "candidate.sql"
+    candidate.write_text(
+        "CREATE OR REPLACE FUNCTION renew_allowances(p_as_of timestamptz DEFAULT now(),"
+        " p_limit integer DEFAULT NULL) RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER"
+        " SET search_path = pg_catalog, pg_temp"
+        " AS $$ BEGIN RAISE EXCEPTION 'candidate ran' USING ERRCODE = 'P0001'; END $$")
+    with pytest.raises(Exception, match="candidate ran"):
+        main(["--url", server.admin_url, "--quick", "--only", "renewal",
+              "--renew-accounts", "200", "--apply-sql", str(candidate),
+              "--out", str(tmp_path / "out")])
