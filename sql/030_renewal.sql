@@ -41,11 +41,12 @@ COMMENT ON COLUMN user_credits.period_ends_at IS
 COMMENT ON COLUMN user_credits.period_allowance IS
     'What the role gave for the current period: its renewal and any role-change top-up.';
 
--- The renewal finds the accounts whose period has ended in this order.
--- The columns are new: every value is NULL, nothing is indexed yet.
+-- The renewal finds the accounts whose period has ended in this order
+-- (period_ends_at, user_id), so that a batch of p_limit walks the index and
+-- stops: a sort cannot pass the row locks that come before the LIMIT.
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX user_credits_period_ends_idx
-    ON user_credits (period_ends_at)
+    ON user_credits (period_ends_at, user_id)
     WHERE period_ends_at IS NOT NULL;
 
 -- Of a lot's expired credits, those it still held when its expiry was swept

@@ -361,3 +361,24 @@ def test_the_period_is_computed_in_the_calling_plan(conn: Conn) -> None:
     assert plan is not None
     assert "allowance_period" not in str(plan[0]), "the period is a function call per row"
     assert "Function Scan" not in str(plan[0])
+
+
+def test_a_limited_renewal_walks_its_batch_not_the_backlog(conn: Conn) -> None:
+    """A batch of renew_allowances(p_limit => N) reads about N entries of the period
+    index (0014: it orders by (period_ends_at, user_id), so the walk stops after the
+    batch), not every due account: a backlog of 3,000 costs a batch of 10 its own size."""
+    conn.execute("UPDATE role_credits SET renewal_interval = '1 month' WHERE role = 'member'")
+    conn.execute("INSERT INTO users (email, role) SELECT 'w' || g || '@example.com', 'member'"
+                 " FROM generate_series(1, 3000) AS g")
+    conn.execute("UPDATE user_credits SET period_ends_at = period_ends_at - interval '40 days',"
+                 " created_at = created_at - interval '40 days'")
+    conn.execute("ANALYZE users, user_credits, role_credits")
+    with conn.transaction():
+        report = one(conn, "SELECT renew_allowances(p_limit => 10)")
+        # This transaction's own counts of the index (entries returned by its scans).
+        scans, entries = conn.execute(
+            "SELECT pg_stat_get_xact_numscans(i), pg_stat_get_xact_tuples_returned(i)"
+            " FROM CAST('user_credits_period_ends_idx' AS regclass) AS i").fetchone() or (0, 0)
+    assert report["accounts_renewed"] == 10
+    assert scans >= 1, "the batch was not found on the period index"
+    assert entries <= 100, f"a batch of 10 read {entries} index entries of a 3,000 backlog"
