@@ -30,6 +30,7 @@ const NAMED = {
   CR008: 'AlreadyRefunded',
   CR009: 'SelfTeamMembership',
   CR010: 'AppendOnlyViolation',
+  CR014: 'ReadCommittedRequired', // a role starts renewing at a snapshot level
   '22023': 'InvalidArgument', // invalid_parameter_value
   '22004': 'InvalidArgument', // null_value_not_allowed
   '22P02': 'InvalidArgument', // invalid_text_representation (a malformed uuid)
@@ -69,6 +70,7 @@ export const HTTP_STATUS = Object.freeze({
   AlreadyRefunded: 409,
   SelfTeamMembership: 422,
   AppendOnlyViolation: 500,
+  ReadCommittedRequired: 500,
   InvalidArgument: 422,
   PermissionDenied: 403,
   NotInstalled: 500,
