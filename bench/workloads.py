@@ -1012,6 +1012,8 @@ def _lot_debit_span(ctx: Context) -> None:
     ctx.log(f"7. lots: debit spanning two of five lots, {LOT_CLIENTS} clients x "
             f"{per_client} debits, each on a fresh account")
     template = _lots_db(ctx, users, "lots_span_template", "lots_grant_five")
+    with server.connect(template) as conn:
+        conn.execute(sql_bytes("debit_lot_span_floor_function"), {})
     run_db = server.name("lots_span")
     pgbench = dataclasses.replace(ctx.pgbench, transactions=per_client)
 
@@ -1027,7 +1029,8 @@ def _lot_debit_span(ctx: Context) -> None:
             return sample
         return action
 
-    scripts = ("pgbench_lot_span", "pgbench_lot_span_bare", "pgbench_lot_span_statement")
+    scripts = ("pgbench_lot_span", "pgbench_lot_span_bare", "pgbench_lot_span_statement",
+               "pgbench_lot_span_floor", "pgbench_lot_span_floor_hot")
     series = alternate(sizes.reps, [(script, side(script)) for script in scripts], ctx.log)
     server.create(run_db, template)
     with server.connect(run_db) as conn:
@@ -1035,7 +1038,7 @@ def _lot_debit_span(ctx: Context) -> None:
             b"SELECT debit_credits((SELECT id FROM bench_ids WHERE n = 1), 2)")})
     server.drop(run_db)
     server.drop(template)
-    _add_lot_rows(ctx, "lot_span", "debit spanning two of five lots", series, [
+    _add_lot_rows(ctx, "lot_span", "debit spanning two of five lots", series[:3], [
         *_same_work(series, ("debits", "debited", "takes", "taken", "tracked",
                              "integrity_problems")),
         f"accounts: backfilled, plus five lots expiring 10 years and 1..5 days ahead by "
@@ -1044,6 +1047,35 @@ def _lot_debit_span(ctx: Context) -> None:
         f"walking its own accounts, on a fresh copy per repetition",
         "B: bench/pgbench_lot_span_bare.sql (balance with tracked_credits, two lots' "
         "taken, the entry, its two takes; the lot ids read with the account)"])
+    _add_lot_span_floors(ctx, package=series[0], bare=series[1], floor=series[3],
+                         hot_floor=series[4])
+
+
+def _add_lot_span_floors(ctx: Context, *, package: Series, bare: Series, floor: Series,
+                         hot_floor: Series) -> None:
+    """The spanning debit's contract floors vs bare, and debit_credits() vs the nearer."""
+    where = f"debit spanning two of five lots, {LOT_CLIENTS} clients"
+    source = " (bench/debit_lot_span_floor_function.sql)"
+    ctx.add(Result("lot_span_contract_floor", "7. lots",
+                   f"contract floor: lock, then one lot statement, in the least function "
+                   f"keeping the debit contract vs bare, {where}", "tps", "higher",
+                   floor, bare, None,
+                   [*_p99_note([floor]),
+                    "permission check, SECURITY DEFINER with pinned search_path, jsonb "
+                    "result; the balance row locked by a statement of its own, then "
+                    "take_from_lots()'s statement" + source]))
+    ctx.add(Result("lot_span_contract_floor_hot", "7. lots",
+                   f"contract floor with the hot path's UPDATE first vs bare, {where}",
+                   "tps", "higher", hot_floor, bare, None,
+                   [*_p99_note([hot_floor]),
+                    "the floor above, after the untracked account's one statement, which "
+                    "finds tracked credits and writes nothing" + source]))
+    ctx.add(Result("lot_span_vs_contract_floor", "7. lots",
+                   f"debit_credits() vs that floor with the hot path first, {where}",
+                   "tps", "higher", package, hot_floor, None,
+                   ["what debit_credits() costs beyond the contract: the argument check, "
+                    "the tracked-credits probe, the nested SECURITY DEFINER call, the "
+                    "lapsed-credit test on the lock, the one-lot statement tried first"]))
 
 
 def _expire_state(conn: Conn) -> JsonDict:

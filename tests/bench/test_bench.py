@@ -37,6 +37,7 @@ IDS = ("backfill", "backfill_cli", "backfill_cli_analyzed", "signup_batch", "sig
        "python_async", "python_unprepared", "python_async_unprepared", "pool_c32", "growth_backfill_fn", "growth_backfill_cli", "growth_debit",
        "lots_untracked_c8", "lots_untracked_schema_c8", "lots_untracked_session", "lot_one", "lot_one_statement",
        "lot_one_vs_statement", "lot_span", "lot_span_statement", "lot_span_vs_statement",
+       "lot_span_contract_floor", "lot_span_contract_floor_hot", "lot_span_vs_contract_floor",
        "expire", "expire_growth", "renew", "renew_1000", "renew_growth")
 
 
@@ -76,6 +77,7 @@ def test_quick_bench_writes_every_workload(server: Server, tmp_path: Path) -> No
         assert any(note.startswith("same rows written by every side")
                    for note in results[row]["notes"])
     assert results["lot_span"]["a"]["extra"]["integrity_problems"] == [0, 0, 0]
+    assert results["lot_span_contract_floor"]["a"]["extra"]["integrity_problems"] == [0, 0, 0]
     expire_facts = data["facts"]["expire"]
     assert {size["setup_integrity_problems"] for size in expire_facts.values()} == {0}
     assert expire_facts["1000"]["integrity_problems_after_bare_and_function"] == [0, 0]
@@ -423,7 +425,8 @@ LOT_SCRIPTS = [("lots_grant_one", 1, script)
                for script in ("pgbench_lot_one_bare", "pgbench_lot_one_statement")] + [
                ("lots_grant_five", 2, script)
                for script in ("pgbench_lot_span", "pgbench_lot_span_bare",
-                              "pgbench_lot_span_statement")]
+                              "pgbench_lot_span_statement", "pgbench_lot_span_floor",
+                              "pgbench_lot_span_floor_hot")]
 
 
 @pytest.mark.parametrize(("grants", "amount", "script"), LOT_SCRIPTS)
@@ -435,6 +438,8 @@ def test_lot_scripts_write_what_a_lot_debit_writes(conn: Conn, grants: str, amou
     package_user, script_user = add_users(conn, "member", "member")
     conn.execute(sql_bytes(grants))
     execute_script(conn, "bench_lot_ids")
+    if script.startswith("pgbench_lot_span_floor"):
+        conn.execute(sql_bytes("debit_lot_span_floor_function"))
     before = _lot_rows(conn, package_user)
     assert before == _lot_rows(conn, script_user)
     conn.execute("SELECT debit_credits(%s, %s)", (package_user, amount))
