@@ -59,9 +59,11 @@ BEGIN
         ORDER BY l.expires_at, l.id
         LIMIT p_limit
     )
+    -- NOT EXISTS, not NOT IN: an anti-join; NOT IN (subquery) is hashed only
+    -- while the hash fits in work_mem, else rescanned per row (quadratic).
     SELECT coalesce((SELECT array_agg(t.id) FROM taken t), '{}'),
            (SELECT count(DISTINCT d.user_id) FROM due d
-            WHERE d.user_id NOT IN (SELECT t.user_id FROM taken t))
+            WHERE NOT EXISTS (SELECT FROM taken t WHERE t.user_id = d.user_id))
     INTO v_lots, v_skipped;
 
     WITH due AS MATERIALIZED (

@@ -76,8 +76,11 @@ BEGIN
         ORDER BY uc.period_ends_at, uc.user_id
         LIMIT p_limit
     )
+    -- NOT EXISTS, not NOT IN: an anti-join; NOT IN (subquery) is hashed only
+    -- while the hash fits in work_mem, else rescanned per row (quadratic).
     SELECT coalesce((SELECT array_agg(t.user_id) FROM taken t), '{}'),
-           (SELECT count(*) FROM due d WHERE d.user_id NOT IN (SELECT t.user_id FROM taken t))
+           (SELECT count(*) FROM due d
+            WHERE NOT EXISTS (SELECT FROM taken t WHERE t.user_id = d.user_id))
     INTO v_accounts, v_skipped;
 
     -- One statement: the ended periods' allowance lots expire what they still
