@@ -166,11 +166,14 @@ BEGIN
         ORDER BY x.phase, x.user_id, x.k
         RETURNING id, user_id, amount, source
     ), lots AS (
+        -- In the entries' order, whatever the join's plan: the renewal lot is
+        -- older than the rollover lot expiring with it, so it is spent first.
         INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
         SELECT g.user_id, g.id, g.source, g.amount, a.ends_at
         FROM logged g
         JOIN per_account a ON a.user_id = g.user_id
         WHERE g.source IN ('renewal', 'rollover')
+        ORDER BY g.id
     )
     SELECT jsonb_build_object(
         'accounts_renewed', (SELECT count(a.credits) FROM per_account a),

@@ -6,8 +6,13 @@
 -- due lot of a million (or a million due accounts) compared each with each, and
 -- ran for more than 40 minutes where 100,000 took 2 s (docs/performance.md,
 -- "Revision 0015"). NOT EXISTS plans as a hash anti-join, which spills to disk
--- instead. user_id is never NULL there, so the count is the same. Nothing else
--- changes: same locks, same result, privileges and comments as before.
+-- instead. user_id is never NULL there, so the count is the same.
+-- renew_allowances() also inserts the new lots in their entries' order: without
+-- an ORDER BY their ids followed the join's plan, and from about 8 accounts a call
+-- (a hash join, PostgreSQL 15) an account's rollover lot got the lower id, so it,
+-- not the renewal lot expiring with it, was "oldest" and spent first. Now the
+-- renewal lot is always spent first. Same locks otherwise; privileges and
+-- comments as before.
 
 -- ---- 028_expire_credits.sql ----
 CREATE OR REPLACE FUNCTION expire_credits(
@@ -238,11 +243,14 @@ BEGIN
         ORDER BY x.phase, x.user_id, x.k
         RETURNING id, user_id, amount, source
     ), lots AS (
+        -- In the entries' order, whatever the join's plan: the renewal lot is
+        -- older than the rollover lot expiring with it, so it is spent first.
         INSERT INTO public.credit_lots (user_id, log_id, source, amount, expires_at)
         SELECT g.user_id, g.id, g.source, g.amount, a.ends_at
         FROM logged g
         JOIN per_account a ON a.user_id = g.user_id
         WHERE g.source IN ('renewal', 'rollover')
+        ORDER BY g.id
     )
     SELECT jsonb_build_object(
         'accounts_renewed', (SELECT count(a.credits) FROM per_account a),
