@@ -19,6 +19,19 @@ example began. Time passes by moving every lot's expires_at back by as many
 hours (as the owner), so the database's own clock never needs to move: an
 expiry at the clock's hour or before is past, one an hour ahead is not.
 
+Renewal (revision 0011): the operator gives roles short renewal intervals (hours)
+and rollover caps, takes them away, or adds a renewing role ('unknown', whose users
+were on the member fallback); renew_allowances() runs now or as of an hour, with a
+p_limit; time passes far enough for periods to be missed; users change roles within
+periods. After every step each account's opening, period end and period allowance
+equal the model's, and get_credit_balance's next_renewal too. Time passes for the
+periods as for the lots: every opening (the periods' anchor, created_at) and period
+end moves back with the expiries. An account is opened at the database's now(), a
+fraction of an hour after the clock's hour: before each comparison that fraction
+is taken off its opening, its period end and the allowance lot expiring then (as
+the owner), so that it opened at the clock's hour exactly (the example lasts far
+less than an hour, so every fraction is less than one).
+
 One database for the whole run; each example makes fresh users and deletes every
 user at its end, so the tables other than the log start empty.
 """
@@ -68,13 +81,18 @@ debit_amounts = weighted((4, st.integers(1, 400)), (2, st.integers(401, 6000)),
 grant_amounts = weighted((5, st.integers(1, 500)), (1, st.just(0)))
 debit_sources = st.sampled_from(["usage", "usage", "search"])
 grant_sources = weighted((5, st.sampled_from(["admin_grant", "promo"])),
-                         (1, st.sampled_from(["signup", "backfill", "role_change", "refund"])))
+                         (1, st.sampled_from(["signup", "backfill", "role_change", "renewal",
+                                              "rollover", "refund", "expiry"])))
 keys = st.sampled_from([None, None, None, "k1", "k2", "k3"])
 unknown_ids = st.uuids(version=4).map(str)
 # Hours from now: mostly ahead, sometimes now or past (22023).
 expiries_ahead = weighted((6, st.integers(1, 6)), (1, st.sampled_from([0, -1])))
 priorities = st.sampled_from([None, None, 50, 0, 10, 10, 90, 100, -1, 101])
 HOUR = timedelta(hours=1)
+SEEDED_ROLES = ("member", "admin", "team_admin", "RecruitPro", "super_admin")
+renewal_roles = st.sampled_from(["member", "member", "admin", "team_admin", "RecruitPro"])
+renewal_intervals = st.sampled_from([1, 2, 3, 5, 24])
+rollover_caps = st.sampled_from([0, 50, 100, 400, 20000])
 
 CREDIT_CALL = {
     "debit": "SELECT debit_credits(p_user_id => %s, p_amount => %s, p_source => %s,"
@@ -128,6 +146,10 @@ def describe(expected: Any, model: Ledger) -> str:
     """A label for the statistics: which kind of success this was."""
     if isinstance(expected, dict) and "lots_expired" in expected:
         return "expired some" if expected["lots_expired"] else "nothing due"
+    if isinstance(expected, dict) and "accounts_renewed" in expected:
+        if not expected["accounts_renewed"]:
+            return "nothing due"
+        return "renewed, rolled over" if expected["credits_rolled_over"] else "renewed"
     if not isinstance(expected, Outcome):
         return "ok"
     entry = expected.entry
@@ -196,14 +218,35 @@ class LedgerMachine(RuleBasedStateMachine):
         if isinstance(value, list):
             return [self.in_hours(v) for v in value]
         if isinstance(value, dict):
-            return {k: self.hour(v) if k in ("expires_at", "as_of") and v is not None
+            return {k: self.hour(v) if k in ("expires_at", "as_of", "renews_at") and v is not None
                     else self.in_hours(v)
                     for k, v in value.items() if k != "created_at"}
         return value
 
     def teardown(self) -> None:
-        """Delete every user, so that the next example starts with empty tables."""
+        """Delete every user and undo the operator's changes of role_credits, so that
+        the next example starts with empty tables and the seeded roles."""
         self.conn.execute("DELETE FROM users")
+        self.conn.execute("DELETE FROM role_credits WHERE role <> ALL(%s)", (list(SEEDED_ROLES),))
+        self.conn.execute("UPDATE role_credits SET renewal_interval = NULL, rollover_cap = 0")
+
+    def snap_openings(self) -> None:
+        """Accounts opened since the last step opened a fraction of an hour after the
+        clock's hour: take it off their opening, period end and the allowance lot
+        expiring then (see the module's docstring)."""
+        rows = self.conn.execute(
+            "SELECT user_id, created_at, period_ends_at FROM user_credits").fetchall()
+        for user_id, created_at, period_ends_at in rows:
+            fraction = (created_at - self.anchor) % HOUR
+            if not fraction:
+                continue
+            self.conn.execute(
+                "WITH lots AS (UPDATE credit_lots SET expires_at = expires_at - %(d)s"
+                "              WHERE user_id = %(u)s AND expires_at = %(e)s"
+                "                AND source IN ('signup', 'backfill', 'role_change'))"
+                " UPDATE user_credits SET created_at = created_at - %(d)s,"
+                "        period_ends_at = period_ends_at - %(d)s WHERE user_id = %(u)s",
+                {"d": fraction, "u": user_id, "e": period_ends_at})
 
     # ------------------------------------------------------------ comparisons
 
@@ -338,6 +381,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.conn.execute("UPDATE users SET role = %s WHERE id = %s", (role, user))
         self.model.change_role(user, role)
 
+    def in_renewing_periods(self) -> list[str]:
+        """Users whose account's role renews, in the order the example made them."""
+        return [u for u in self.model.alive_in_order()
+                if u in self.model.accounts and self.model.renewing_role(u) is not None]
+
+    @precondition(lambda self: bool(self.in_renewing_periods()))
+    @rule(data=st.data(), role=st.sampled_from(["member", "admin", "team_admin", "RecruitPro",
+                                                "super_admin", "unknown", None]))
+    def change_role_in_period(self, data: st.DataObject, role: str | None) -> None:
+        """A role change of an account whose role renews (its period live, or ended and
+        not renewed yet): the period's allowance rises to the new role's, never falls."""
+        user = data.draw(st.sampled_from(self.in_renewing_periods()), "user")
+        self.change_role(user, role)
+
     # --------------------------------------------------------------- spending
 
     @rule(user=any_user, amount=debit_amounts, source=debit_sources, key=keys)
@@ -453,12 +510,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------- time
 
-    @rule(hours=st.integers(1, 4))
+    @rule(hours=st.sampled_from([1, 1, 2, 3, 4, 8, 25]))
     def pass_time(self, hours: int) -> None:
-        """Time passes: every expiry moves back by ``hours`` (as the owner), the model's
-        clock forward by as many."""
+        """Time passes: every expiry, opening and period end moves back by ``hours`` (as
+        the owner), the model's clock forward by as many (far enough, periods are missed)."""
         self.conn.execute("UPDATE credit_lots SET expires_at = expires_at - make_interval(hours => %s)"
                           " WHERE expires_at IS NOT NULL", (hours,))
+        self.conn.execute("UPDATE user_credits SET created_at = created_at - make_interval(hours => %s),"
+                          " period_ends_at = period_ends_at - make_interval(hours => %s)",
+                          (hours, hours))
         self.model.pass_time(hours)
 
     @rule(as_of=st.sampled_from(["now", "now", "null", -1, 0, 1, 2, 5]),
@@ -483,6 +543,78 @@ class LedgerMachine(RuleBasedStateMachine):
             self.predict_call(lambda: self.model.expire(hour, limit),
                               "SELECT expire_credits(%s, %s)", (self.at(hour), limit),
                               self.in_hours)
+
+    def now_is_this_hour(self, report: dict[str, Any]) -> dict[str, Any]:
+        """A report as of now: its as_of within the clock's hour, then None as the model's."""
+        when = datetime.fromisoformat(report["as_of"])
+        assert self.anchor <= when < self.at(self.model.clock + 1), report
+        return report | {"as_of": None}
+
+    @rule(as_of=st.sampled_from(["now", "now", "now", "null", "infinity", -1, 0, 1, 2, 5, 12]),
+          limit=st.sampled_from([None, None, None, 1, 2, 0]))
+    def renew(self, as_of: str | int, limit: int | None) -> None:
+        """renew_allowances(): now (the default), or as of an hour from now, p_limit
+        accounts at a time; p_as_of NULL is 22004, infinite 22023, p_limit 0 22023."""
+        if as_of in ("null", "infinity"):
+            def refuse() -> Any:
+                raise ModelError("22004" if as_of == "null" else "22023", f"p_as_of {as_of}")
+            self.predict_call(refuse, "SELECT renew_allowances(%s::timestamptz, %s)",
+                              (None if as_of == "null" else as_of, limit))
+        elif as_of == "now":
+            self.predict_call(lambda: self.model.renew(None, limit),
+                              "SELECT renew_allowances(p_limit => %s)", (limit,),
+                              self.now_is_this_hour)
+        else:
+            assert isinstance(as_of, int)
+            hour = self.model.clock + as_of
+            self.predict_call(lambda: self.model.renew(hour, limit),
+                              "SELECT renew_allowances(%s, %s)", (self.at(hour), limit),
+                              self.in_hours)
+
+    def next_period_end(self) -> int | None:
+        """The soonest period end to come of an account whose role renews."""
+        ends = [a.period_ends for u, a in self.model.accounts.items()
+                if a.period_ends is not None and a.period_ends > self.model.clock
+                and self.model.renewing_role(u) is not None]
+        return min(ends, default=None)
+
+    @precondition(lambda self: self.next_period_end() is not None)
+    @rule(late=st.sampled_from([0, 0, 1]), limit=st.sampled_from([None, None, 1]))
+    def renew_at_period_end(self, late: int, limit: int | None) -> None:
+        """Time passes to the soonest period end (or an hour past it) and the renewal
+        runs: the period that follows starts where the ended one ended (a rollover)."""
+        end = self.next_period_end()
+        assert end is not None
+        self.pass_time(end - self.model.clock + late)
+        self.renew("now", limit)
+
+    @rule(role=renewal_roles, interval=st.one_of(st.none(), renewal_intervals),
+          cap=rollover_caps)
+    def set_renewal(self, role: str, interval: int | None, cap: int) -> None:
+        """The operator: a role starts renewing every ``interval`` hours (its accounts are
+        scheduled), renews at another interval, or stops (None); its rollover cap."""
+        self.conn.execute(
+            "UPDATE role_credits SET renewal_interval = make_interval(hours => %s),"
+            " rollover_cap = %s WHERE role = %s", (interval, cap, role))
+        self.model.set_renewal(role, interval, cap)
+
+    @precondition(lambda self: "unknown" not in self.model.roles)
+    @rule(interval=st.one_of(st.none(), renewal_intervals), cap=rollover_caps)
+    def add_role(self, interval: int | None, cap: int) -> None:
+        """The operator adds the role 'unknown' (500), renewing or not: its users, on the
+        member fallback until now, have it from now on (with an interval, scheduled)."""
+        self.conn.execute(
+            "INSERT INTO role_credits (role, credits, renewal_interval, rollover_cap)"
+            " VALUES ('unknown', 500, make_interval(hours => %s), %s)", (interval, cap))
+        self.model.add_role("unknown", 500, interval, cap)
+
+    @initialize(renewing=st.lists(st.tuples(renewal_roles, renewal_intervals, rollover_caps),
+                                  max_size=2))
+    def configure_renewal(self, renewing: list[tuple[str, int, int]]) -> None:
+        """Before or after the first signups (hypothesis orders the initializers):
+        up to two roles renew."""
+        for role, interval, cap in renewing:
+            self.set_renewal(role, interval, cap)
 
     @rule(user=any_user)
     def credit_lots(self, user: str) -> None:
@@ -567,9 +699,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def database_equals_model(self) -> None:
-        """Users, balances, ledger, lots, takes, teams, keys and the integrity check
-        equal the model."""
+        """Users, balances, periods, ledger, lots, takes, teams, keys, the roles and the
+        integrity check equal the model."""
+        self.snap_openings()
         self.check_users_and_balances()
+        self.check_periods()
         self.check_ledger()
         self.check_lots()
         self.check_takes()
@@ -588,6 +722,22 @@ class LedgerMachine(RuleBasedStateMachine):
             " allocated_credits, tracked_credits FROM user_credits").fetchall()
         assert {r[0]: tuple(r[1:]) for r in rows} == {
             u: a.row() for u, a in self.model.accounts.items()}
+
+    def check_periods(self) -> None:
+        """Each account's opening, period end and allowance (as hours), and the roles."""
+        rows = self.conn.execute(
+            "SELECT user_id::text, created_at, period_ends_at, period_allowance"
+            " FROM user_credits").fetchall()
+        assert {u: (self.hour(c), None if e is None else self.hour(e), a)
+                for u, c, e, a in rows} == {
+            u: a.period_row() for u, a in self.model.accounts.items()}
+        roles = self.conn.execute(
+            "SELECT role, credits, team_member_limit,"
+            " extract(epoch FROM renewal_interval)::integer / 3600, rollover_cap"
+            " FROM role_credits").fetchall()
+        assert {r: tuple(rest) for r, *rest in roles} == {
+            r: (x.credits, x.team_member_limit, x.interval, x.rollover_cap)
+            for r, x in self.model.roles.items()}
 
     def check_ledger(self) -> None:
         """Every log row of the example's user ids, all lives; unknown ids are learnt."""
