@@ -32,6 +32,31 @@ is taken off its opening, its period end and the allowance lot expiring then (as
 the owner), so that it opened at the clock's hour exactly (the example lasts far
 less than an hour, so every fraction is less than one).
 
+Determinism: hypothesis replays a prefix of choices and must see the same draws
+(else FlakyStrategyDefinition), so every precondition, bundle and strategy depends
+only on the model, which depends only on the values drawn before, never on the
+database's answers or on when the test runs:
+- the time is the model's own clock (whole hours from 0); the timestamps the test
+  passes (p_as_of, p_expires_at) and compares are anchor + hours, the anchor fixed
+  when the example begins; nothing the model decides reads now() or the wall clock.
+  The database judges expiry at statement_timestamp() and the calls without p_as_of
+  at now(), both within [anchor, anchor + 1 hour) (an example lasts seconds), and
+  every expiry, opening and period end the tables hold is anchor + whole hours
+  (moved back by pass_time, openings snapped as above): so they and the model agree
+  whatever the hour of the day, and a later hour is never reached by the real clock;
+- user ids are drawn (new_ids; a repeat is replaced by a uuid5 of it), never
+  uuid4(): the model orders accounts by id as the database does (the backfill's
+  walk, a renewal batch's (period_ends_at, user_id) order with p_limit), so the same
+  choices give the same order;
+- the model never orders by the database's lot ids: lots written by one statement
+  (a bulk signup's, a backfill's, a renewal's) get ids in an order the model cannot
+  know, so a sweep's p_limit that would stop within such lots of one expiry is
+  widened to all of them (Ledger.expire_limit; counted in the statistics);
+- what the model learns from the database (log and lot ids, to compare) only names
+  entries: the refund rules draw from them sorted, each drawn entry answering alike.
+Replays reuse the drawn ids, so the ledger check reads only the example's log rows
+(ids above those before it).
+
 One database for the whole run; each example makes fresh users and deletes every
 user at its end, so the tables other than the log start empty.
 """
@@ -85,6 +110,10 @@ grant_sources = weighted((5, st.sampled_from(["admin_grant", "promo"])),
                                               "rollover", "refund", "expiry"])))
 keys = st.sampled_from([None, None, None, "k1", "k2", "k3"])
 unknown_ids = st.uuids(version=4).map(str)
+# A new user's id is drawn too (made unique in the example by fresh_id), never
+# uuid4(): the model orders by id (a backfill's walk, a renewal batch's), so a random
+# id would make the same choices a different example.
+new_ids = st.uuids(version=4).map(str)
 # Hours from now: mostly ahead, sometimes now or past (22023).
 expiries_ahead = weighted((6, st.integers(1, 6)), (1, st.sampled_from([0, -1])))
 priorities = st.sampled_from([None, None, 50, 0, 10, 10, 90, 100, -1, 101])
@@ -180,8 +209,9 @@ def insert_user(conn: Conn, user_id: str, role: str | None, *, with_credits: boo
 class LedgerMachine(RuleBasedStateMachine):
     """Every operation of credits-db, checked step by step against the model.
 
-    The user ids are random, so whatever a rule draws from is listed in the order the
-    example made it (never sorted by id): the same choices make the same example.
+    Whatever a rule draws from is listed in the order the example made it, or in the
+    order of drawn values (ids): the same choices make the same example (see the
+    module's docstring).
     """
 
     conn: ClassVar[Conn]
@@ -311,24 +341,36 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ users
 
+    def fresh_id(self, drawn: str, taken: list[str] | None = None) -> str:
+        """A drawn id, or (used already in the example) one derived from it: a new
+        user's id, a function of the drawn values only."""
+        while drawn in self.model.users or drawn in (taken or []):
+            drawn = str(uuid.uuid5(uuid.NAMESPACE_OID, drawn))
+        return drawn
+
     @initialize(target=users, more=st.lists(roles, max_size=3),
                 joined=st.lists(st.booleans(), min_size=2, max_size=2),
                 lots=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 300),
                                         st.one_of(st.none(), st.integers(1, 4)),
-                                        st.sampled_from([None, 0, 10, 90])), max_size=4))
+                                        st.sampled_from([None, 0, 10, 90])), max_size=4),
+                drawn_ids=st.lists(new_ids, min_size=6, max_size=6))
     def sign_up_first_users(self, more: list[str | None], joined: list[bool],
                             lots: list[tuple[int, int, int | None, int | None]] | None = None,
-                            ) -> MultipleResults[str]:
+                            drawn_ids: list[str] | None = None) -> MultipleResults[str]:
         """A bulk signup (one INSERT, the statement trigger allocates) of a team admin,
         two members, who may join the admin's pool, and up to three users of any role;
-        then grants of tracked lots to the first three (user, amount, expiry, priority)."""
+        then grants of tracked lots to the first three (user, amount, expiry, priority).
+        (Called outside hypothesis, without ``drawn_ids``: random ids.)"""
         first = ["team_admin", "member", "member", *more]
-        ids = [str(uuid.uuid4()) for _ in first]
+        ids: list[str] = []
+        for drawn in drawn_ids or [str(uuid.uuid4()) for _ in first]:
+            ids.append(self.fresh_id(drawn, ids))
+        ids = ids[:len(first)]
         self.conn.execute(
             "INSERT INTO users (id, role) SELECT * FROM unnest(%s::uuid[], %s::text[])",
             (ids, first))
-        for user_id, role in zip(ids, first, strict=True):
-            self.model.signup(user_id, role)
+        for n, (user_id, role) in enumerate(zip(ids, first, strict=True)):
+            self.model.signup(user_id, role, same_statement=n > 0)
         for member, join in zip(ids[1:3], joined, strict=True):
             if join:
                 self.add_team_member(ids[0], member)
@@ -339,10 +381,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.credit_call("grant", ids[who], amount, "promo", None, expires, priority)
         return multiple(*ids)
 
-    @rule(target=users, role=roles, with_credits=st.booleans())
-    def sign_up(self, role: str | None, with_credits: bool) -> str:
+    @rule(target=users, role=roles, with_credits=st.booleans(), drawn_id=new_ids)
+    def sign_up(self, role: str | None, with_credits: bool, drawn_id: str) -> str:
         """A new user, allocated by the trigger or (as before credits-db) not at all."""
-        user_id = str(uuid.uuid4())
+        user_id = self.fresh_id(drawn_id)
         insert_user(self.conn, user_id, role, with_credits=with_credits)
         self.model.signup(user_id, role, with_credits=with_credits)
         return user_id
@@ -521,6 +563,14 @@ class LedgerMachine(RuleBasedStateMachine):
                           (hours, hours))
         self.model.pass_time(hours)
 
+    def sweep_limit(self, as_of: int | None, limit: int | None) -> int | None:
+        """The p_limit to pass: the drawn one, unless it would stop within lots of one
+        expiry written by one statement (Ledger.expire_limit): then all of those."""
+        widened = self.model.expire_limit(as_of, limit)
+        if widened != limit:
+            label("expire_credits: p_limit widened over one statement's lots")
+        return widened
+
     @rule(as_of=st.sampled_from(["now", "now", "null", -1, 0, 1, 2, 5]),
           limit=st.sampled_from([None, None, None, 1, 2, 0]))
     def expire(self, as_of: str | int, limit: int | None) -> None:
@@ -531,17 +581,16 @@ class LedgerMachine(RuleBasedStateMachine):
                 raise ModelError("22004", "p_as_of NULL")
             self.predict_call(refuse, "SELECT expire_credits(NULL, %s)", (limit,))
         elif as_of == "now":
-            def now_is_this_hour(report: dict[str, Any]) -> dict[str, Any]:
-                when = datetime.fromisoformat(report["as_of"])
-                assert self.anchor <= when < self.at(self.model.clock + 1), report
-                return report | {"as_of": None}
-            self.predict_call(lambda: self.model.expire(None, limit),
-                              "SELECT expire_credits(p_limit => %s)", (limit,), now_is_this_hour)
+            now_limit = self.sweep_limit(None, limit)
+            self.predict_call(lambda: self.model.expire(None, now_limit),
+                              "SELECT expire_credits(p_limit => %s)", (now_limit,),
+                              self.now_is_this_hour)
         else:
             assert isinstance(as_of, int)
             hour = self.model.clock + as_of
-            self.predict_call(lambda: self.model.expire(hour, limit),
-                              "SELECT expire_credits(%s, %s)", (self.at(hour), limit),
+            hour_limit = self.sweep_limit(hour, limit)
+            self.predict_call(lambda: self.model.expire(hour, hour_limit),
+                              "SELECT expire_credits(%s, %s)", (self.at(hour), hour_limit),
                               self.in_hours)
 
     def now_is_this_hour(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -582,11 +631,12 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(late=st.sampled_from([0, 0, 1]), limit=st.sampled_from([None, None, 1]))
     def renew_at_period_end(self, late: int, limit: int | None) -> None:
         """Time passes to the soonest period end (or an hour past it) and the renewal
-        runs: the period that follows starts where the ended one ended (a rollover)."""
+        runs as of the clock's hour (p_as_of given): the period that follows starts
+        where the ended one ended (a rollover)."""
         end = self.next_period_end()
         assert end is not None
         self.pass_time(end - self.model.clock + late)
-        self.renew("now", limit)
+        self.renew(0, limit)
 
     @rule(role=renewal_roles, interval=st.one_of(st.none(), renewal_intervals),
           cap=rollover_caps)
@@ -744,8 +794,8 @@ class LedgerMachine(RuleBasedStateMachine):
         rows = self.conn.execute(
             "SELECT user_id::text, id, amount, type, source, actor_user_id::text,"
             " idempotency_key, refund_of, lot_id FROM credit_usage_log"
-            " WHERE user_id = ANY(%s::uuid[]) ORDER BY id",
-            (list(self.model.users),)).fetchall()
+            " WHERE user_id = ANY(%s::uuid[]) AND id > %s ORDER BY id",
+            (list(self.model.users), self.first_log_id)).fetchall()
         found: dict[str, list[tuple[int, LedgerRow]]] = {}
         for user_id, log_id, *columns in rows:
             found.setdefault(user_id, []).append((log_id, tuple(columns)))

@@ -109,7 +109,8 @@ class Lot:
 
     user_id: str
     life: int
-    seq: int  # creation order, which the database's ids follow within an account
+    seq: int  # creation order: the database's ids follow it, but within one statement
+    batch: int  # the statement that created it (see Ledger.statement)
     amount: int
     source: str
     expires: int | None = None  # an hour of the clock, or never
@@ -293,6 +294,9 @@ class Ledger:
     keys: dict[KeyId, Entry] = field(default_factory=dict)
     clock: int = 0
     lot_seq: int = 0
+    # The statements that wrote lots, counted: lots of one statement (a bulk signup,
+    # a backfill, a renewal) may get their ids in an order the model does not know.
+    statement: int = 0
     roles: dict[str, RoleRow] = field(default_factory=lambda: {
         role: RoleRow(credits, TEAM_LIMIT.get(role, 0)) for role, credits in ALLOCATION.items()})
 
@@ -359,8 +363,8 @@ class Ledger:
              priority: int = DEFAULT_PRIORITY) -> None:
         """The lot a credit entry creates."""
         self.lot_seq += 1
-        lot = Lot(entry.user_id, account.life, self.lot_seq, entry.amount, entry.source,
-                  expires, priority, entry)
+        lot = Lot(entry.user_id, account.life, self.lot_seq, self.statement, entry.amount,
+                  entry.source, expires, priority, entry)
         account.lots.append(lot)
         entry.lot = lot
 
@@ -420,9 +424,13 @@ class Ledger:
 
     # ------------------------------------------------------------------- users
 
-    def signup(self, user_id: str, role: str | None, *, with_credits: bool = True) -> None:
-        """INSERT INTO users (a new or a deleted id); the trigger allocates unless disabled."""
+    def signup(self, user_id: str, role: str | None, *, with_credits: bool = True,
+               same_statement: bool = False) -> None:
+        """INSERT INTO users (a new or a deleted id); the trigger allocates unless disabled.
+        ``same_statement``: in the statement of the signup before (a bulk signup)."""
         assert not self.alive(user_id)
+        if not same_statement:
+            self.statement += 1
         self.users[user_id] = User(role)
         if with_credits:
             self._open(user_id, "signup")
@@ -447,6 +455,7 @@ class Ledger:
         if not self.alive(user_id) or self.users[user_id].role == role:
             return
         self.users[user_id].role = role
+        self.statement += 1
         row = self.role_row(role)
         account = self.accounts.get(user_id)
         if account is None:
@@ -514,6 +523,7 @@ class Ledger:
             raise ModelError("22023", f"expiry {expires} is not after {self.clock}")
         if not self.alive(user_id):
             raise ModelError("CR005", "unknown user")
+        self.statement += 1
         account = self.accounts.get(user_id)
         if account is None:
             account = self._open(user_id, "backfill")
@@ -558,6 +568,29 @@ class Ledger:
         assert hours > 0
         self.clock += hours
 
+    def _due_lots(self, as_of: int | None) -> list[Lot]:
+        """The lots the sweep as of ``as_of`` (None: now) expires, in its order:
+        soonest expiry, then lot id, which is the model's creation order except among
+        the lots of one statement."""
+        when = self.clock if as_of is None else as_of
+        return sorted((lot for lot in self.lots()
+                       if lot.tracked and lot.holding > 0 and lot.lapsed(when)),
+                      key=lambda lot: (lot.expires, lot.seq))
+
+    def expire_limit(self, as_of: int | None, limit: int | None) -> int | None:
+        """``limit``, made larger if it would stop the sweep within lots of one expiry
+        written by one statement (a bulk signup's, a backfill's or a renewal's
+        allowances), which the database orders by ids the model cannot predict: the
+        sweep then takes them all, and which lots it expires never depends on the
+        database's choice. Below 1 it stays (22023)."""
+        due = self._due_lots(as_of)
+        if limit is None or limit < 1:
+            return limit
+        while (limit < len(due) and due[limit - 1].expires == due[limit].expires
+               and due[limit - 1].batch == due[limit].batch):
+            limit += 1
+        return limit
+
     def expire(self, as_of: int | None, limit: int | None) -> dict[str, Any]:
         """expire_credits(p_as_of, p_limit): the lots lapsed by ``as_of`` (None: now)
         that still hold credits, soonest expiry (then oldest) first, ``limit`` of them
@@ -565,13 +598,9 @@ class Ledger:
         is skipped. The report's as_of is the hour asked (None for now)."""
         if limit is not None and limit < 1:
             raise ModelError("22023", f"p_limit {limit}")
-        when = self.clock if as_of is None else as_of
-        # By expiry, then lot id: the database's ids (learnt after each step) order
-        # the lots of one bulk signup, whose creation order the model cannot know.
-        due = sorted((lot for lot in self.lots()
-                      if lot.tracked and lot.holding > 0 and lot.lapsed(when)),
-                     key=lambda lot: (lot.expires, NEVER if lot.lot_id is None else lot.lot_id,
-                                      lot.seq))[:limit]
+        due = self._due_lots(as_of)
+        assert limit is None or limit == self.expire_limit(as_of, limit), "widen it first"
+        due = due[:limit]
         credits = [lot.holding for lot in due]
         for lot, held in zip(due, credits, strict=True):
             self._expire(self.accounts[lot.user_id], lot, held, None, unspent=True)
@@ -601,6 +630,7 @@ class Ledger:
         busy: none is skipped."""
         if limit is not None and limit < 1:
             raise ModelError("22023", f"p_limit {limit}")
+        self.statement += 1
         when = self.clock if as_of is None else as_of
         due = sorted((a.period_ends, uuid.UUID(u), u) for u, a in self.accounts.items()
                      if a.period_ends is not None and a.period_ends <= when
@@ -765,7 +795,9 @@ class Ledger:
         }
 
     def _allocate(self, user_ids: list[str], *, dry_run: bool) -> dict[str, Any]:
-        """Open the accounts of these users by role (unless dry_run); the report's common part."""
+        """Open the accounts of these users by role (unless dry_run), in one statement;
+        the report's common part."""
+        self.statement += 1
         by_role: dict[str, dict[str, int]] = {}
         fallback = 0
         for user_id in user_ids:
