@@ -260,23 +260,22 @@ class LedgerMachine(RuleBasedStateMachine):
         self.conn.execute("DELETE FROM role_credits WHERE role <> ALL(%s)", (list(SEEDED_ROLES),))
         self.conn.execute("UPDATE role_credits SET renewal_interval = NULL, rollover_cap = 0")
 
-    def snap_openings(self) -> None:
-        """Accounts opened since the last step opened a fraction of an hour after the
-        clock's hour: take it off their opening, period end and the allowance lot
-        expiring then (see the module's docstring)."""
-        rows = self.conn.execute(
-            "SELECT user_id, created_at, period_ends_at FROM user_credits").fetchall()
-        for user_id, created_at, period_ends_at in rows:
-            fraction = (created_at - self.anchor) % HOUR
-            if not fraction:
-                continue
-            self.conn.execute(
-                "WITH lots AS (UPDATE credit_lots SET expires_at = expires_at - %(d)s"
-                "              WHERE user_id = %(u)s AND expires_at = %(e)s"
-                "                AND source IN ('signup', 'backfill', 'role_change'))"
-                " UPDATE user_credits SET created_at = created_at - %(d)s,"
-                "        period_ends_at = period_ends_at - %(d)s WHERE user_id = %(u)s",
-                {"d": fraction, "u": user_id, "e": period_ends_at})
+    def snap_opening(self, user_id: str, created_at: datetime,
+                     period_ends_at: datetime | None) -> tuple[datetime, datetime | None]:
+        """An account opened since the last step opened a fraction of an hour after
+        the clock's hour: take it off its opening, period end and the allowance lot
+        expiring then (see the module's docstring). Its opening and period end now."""
+        fraction = (created_at - self.anchor) % HOUR
+        if not fraction:
+            return created_at, period_ends_at
+        self.conn.execute(
+            "WITH lots AS (UPDATE credit_lots SET expires_at = expires_at - %(d)s"
+            "              WHERE user_id = %(u)s AND expires_at = %(e)s"
+            "                AND source IN ('signup', 'backfill', 'role_change'))"
+            " UPDATE user_credits SET created_at = created_at - %(d)s,"
+            "        period_ends_at = period_ends_at - %(d)s WHERE user_id = %(u)s",
+            {"d": fraction, "u": user_id, "e": period_ends_at})
+        return created_at - fraction, None if period_ends_at is None else period_ends_at - fraction
 
     # ------------------------------------------------------------ comparisons
 
@@ -751,9 +750,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def database_equals_model(self) -> None:
         """Users, balances, periods, ledger, lots, takes, teams, keys, the roles and the
         integrity check equal the model."""
-        self.snap_openings()
         self.check_users_and_balances()
-        self.check_periods()
+        self.check_roles()
         self.check_ledger()
         self.check_lots()
         self.check_takes()
@@ -763,24 +761,26 @@ class LedgerMachine(RuleBasedStateMachine):
         assert found == self.model.integrity_problems()
 
     def check_users_and_balances(self) -> None:
-        """Every users row and balance row (the tables hold only this example's)."""
+        """Every users row and balance row (the tables hold only this example's), with
+        each account's opening, period end and allowance (as hours, the openings of
+        this step's accounts snapped first)."""
         users: dict[str, str | None] = dict(
             self.conn.execute("SELECT id::text, role FROM users").fetchall())
         assert users == {u: m.role for u, m in self.model.users.items() if m.alive}
         rows = self.conn.execute(
             "SELECT user_id::text, total_credits, used_credits, remaining_credits,"
-            " allocated_credits, tracked_credits FROM user_credits").fetchall()
-        assert {r[0]: tuple(r[1:]) for r in rows} == {
-            u: a.row() for u, a in self.model.accounts.items()}
+            " allocated_credits, tracked_credits, created_at, period_ends_at,"
+            " period_allowance FROM user_credits").fetchall()
+        found = {}
+        for user_id, *balance, created_at, period_ends_at, allowance in rows:
+            opened, ends = self.snap_opening(user_id, created_at, period_ends_at)
+            found[user_id] = (tuple(balance),
+                              (self.hour(opened), None if ends is None else self.hour(ends),
+                               allowance))
+        assert found == {u: (a.row(), a.period_row()) for u, a in self.model.accounts.items()}
 
-    def check_periods(self) -> None:
-        """Each account's opening, period end and allowance (as hours), and the roles."""
-        rows = self.conn.execute(
-            "SELECT user_id::text, created_at, period_ends_at, period_allowance"
-            " FROM user_credits").fetchall()
-        assert {u: (self.hour(c), None if e is None else self.hour(e), a)
-                for u, c, e, a in rows} == {
-            u: a.period_row() for u, a in self.model.accounts.items()}
+    def check_roles(self) -> None:
+        """role_credits: credits, team limit, renewal interval (hours), rollover cap."""
         roles = self.conn.execute(
             "SELECT role, credits, team_member_limit,"
             " extract(epoch FROM renewal_interval)::integer / 3600, rollover_cap"
