@@ -51,7 +51,9 @@ database's answers or on when the test runs:
 - the model never orders by the database's lot ids: lots written by one statement
   (a bulk signup's, a backfill's, a renewal's) get ids in an order the model cannot
   know, so a sweep's p_limit that would stop within such lots of one expiry is
-  widened to all of them (Ledger.expire_limit; counted in the statistics);
+  widened to all of them (Ledger.expire_limit; counted in the statistics); and an
+  account's renewal and rollover lots of one call, whose ids follow the plan, are
+  put in their entries' order right after it (renewal_lots_in_log_order);
 - what the model learns from the database (log and lot ids, to compare) only names
   entries: the refund rules draw from them sorted, each drawn entry answering alike.
 Replays reuse the drawn ids, so the ledger check reads only the example's log rows
