@@ -109,7 +109,7 @@ class Lot:
 
     user_id: str
     life: int
-    seq: int  # creation order: the database's ids follow it, but within one statement
+    seq: int  # creation order, which the ids follow except among one statement's lots
     batch: int  # the statement that created it (see Ledger.statement)
     amount: int
     source: str
