@@ -19,6 +19,46 @@ example began. Time passes by moving every lot's expires_at back by as many
 hours (as the owner), so the database's own clock never needs to move: an
 expiry at the clock's hour or before is past, one an hour ahead is not.
 
+Renewal (revision 0011): the operator gives roles short renewal intervals (hours)
+and rollover caps, takes them away, or adds a renewing role ('unknown', whose users
+were on the member fallback); renew_allowances() runs now or as of an hour, with a
+p_limit; time passes far enough for periods to be missed; users change roles within
+periods. After every step each account's opening, period end and period allowance
+equal the model's, and get_credit_balance's next_renewal too. Time passes for the
+periods as for the lots: every opening (the periods' anchor, created_at) and period
+end moves back with the expiries. An account is opened at the database's now(), a
+fraction of an hour after the clock's hour: before each comparison that fraction
+is taken off its opening, its period end and the allowance lot expiring then (as
+the owner), so that it opened at the clock's hour exactly (the example lasts far
+less than an hour, so every fraction is less than one).
+
+Determinism: hypothesis replays a prefix of choices and must see the same draws
+(else FlakyStrategyDefinition), so every precondition, bundle and strategy depends
+only on the model, which depends only on the values drawn before, never on the
+database's answers or on when the test runs:
+- the time is the model's own clock (whole hours from 0); the timestamps the test
+  passes (p_as_of, p_expires_at) and compares are anchor + hours, the anchor fixed
+  when the example begins; nothing the model decides reads now() or the wall clock.
+  The database judges expiry at statement_timestamp() and the calls without p_as_of
+  at now(), both within [anchor, anchor + 1 hour) (an example lasts seconds), and
+  every expiry, opening and period end the tables hold is anchor + whole hours
+  (moved back by pass_time, openings snapped as above): so they and the model agree
+  whatever the hour of the day, and a later hour is never reached by the real clock;
+- user ids are drawn (new_ids; a repeat is replaced by a uuid5 of it), never
+  uuid4(): the model orders accounts by id as the database does (the backfill's
+  walk, a renewal batch's (period_ends_at, user_id) order with p_limit), so the same
+  choices give the same order;
+- the model never orders by the database's lot ids: lots written by one statement
+  (a bulk signup's, a backfill's, a renewal's) get ids in an order the model cannot
+  know, so a sweep's p_limit that would stop within such lots of one expiry is
+  widened to all of them (Ledger.expire_limit; counted in the statistics); and an
+  account's renewal and rollover lots of one call, whose ids follow the plan, are
+  put in their entries' order right after it (renewal_lots_in_log_order);
+- what the model learns from the database (log and lot ids, to compare) only names
+  entries: the refund rules draw from them sorted, each drawn entry answering alike.
+Replays reuse the drawn ids, so the ledger check reads only the example's log rows
+(ids above those before it).
+
 One database for the whole run; each example makes fresh users and deletes every
 user at its end, so the tables other than the log start empty.
 """
@@ -68,13 +108,22 @@ debit_amounts = weighted((4, st.integers(1, 400)), (2, st.integers(401, 6000)),
 grant_amounts = weighted((5, st.integers(1, 500)), (1, st.just(0)))
 debit_sources = st.sampled_from(["usage", "usage", "search"])
 grant_sources = weighted((5, st.sampled_from(["admin_grant", "promo"])),
-                         (1, st.sampled_from(["signup", "backfill", "role_change", "refund"])))
+                         (1, st.sampled_from(["signup", "backfill", "role_change", "renewal",
+                                              "rollover", "refund", "expiry"])))
 keys = st.sampled_from([None, None, None, "k1", "k2", "k3"])
 unknown_ids = st.uuids(version=4).map(str)
+# A new user's id is drawn too (made unique in the example by fresh_id), never
+# uuid4(): the model orders by id (a backfill's walk, a renewal batch's), so a random
+# id would make the same choices a different example.
+new_ids = st.uuids(version=4).map(str)
 # Hours from now: mostly ahead, sometimes now or past (22023).
 expiries_ahead = weighted((6, st.integers(1, 6)), (1, st.sampled_from([0, -1])))
 priorities = st.sampled_from([None, None, 50, 0, 10, 10, 90, 100, -1, 101])
 HOUR = timedelta(hours=1)
+SEEDED_ROLES = ("member", "admin", "team_admin", "RecruitPro", "super_admin")
+renewal_roles = st.sampled_from(["member", "member", "admin", "team_admin", "RecruitPro"])
+renewal_intervals = st.sampled_from([1, 2, 3, 5, 24])
+rollover_caps = st.sampled_from([0, 50, 100, 400, 20000])
 
 CREDIT_CALL = {
     "debit": "SELECT debit_credits(p_user_id => %s, p_amount => %s, p_source => %s,"
@@ -128,6 +177,10 @@ def describe(expected: Any, model: Ledger) -> str:
     """A label for the statistics: which kind of success this was."""
     if isinstance(expected, dict) and "lots_expired" in expected:
         return "expired some" if expected["lots_expired"] else "nothing due"
+    if isinstance(expected, dict) and "accounts_renewed" in expected:
+        if not expected["accounts_renewed"]:
+            return "nothing due"
+        return "renewed, rolled over" if expected["credits_rolled_over"] else "renewed"
     if not isinstance(expected, Outcome):
         return "ok"
     entry = expected.entry
@@ -158,8 +211,9 @@ def insert_user(conn: Conn, user_id: str, role: str | None, *, with_credits: boo
 class LedgerMachine(RuleBasedStateMachine):
     """Every operation of credits-db, checked step by step against the model.
 
-    The user ids are random, so whatever a rule draws from is listed in the order the
-    example made it (never sorted by id): the same choices make the same example.
+    Whatever a rule draws from is listed in the order the example made it, or in the
+    order of drawn values (ids): the same choices make the same example (see the
+    module's docstring).
     """
 
     conn: ClassVar[Conn]
@@ -196,14 +250,34 @@ class LedgerMachine(RuleBasedStateMachine):
         if isinstance(value, list):
             return [self.in_hours(v) for v in value]
         if isinstance(value, dict):
-            return {k: self.hour(v) if k in ("expires_at", "as_of") and v is not None
+            return {k: self.hour(v) if k in ("expires_at", "as_of", "renews_at") and v is not None
                     else self.in_hours(v)
                     for k, v in value.items() if k != "created_at"}
         return value
 
     def teardown(self) -> None:
-        """Delete every user, so that the next example starts with empty tables."""
+        """Delete every user and undo the operator's changes of role_credits, so that
+        the next example starts with empty tables and the seeded roles."""
         self.conn.execute("DELETE FROM users")
+        self.conn.execute("DELETE FROM role_credits WHERE role <> ALL(%s)", (list(SEEDED_ROLES),))
+        self.conn.execute("UPDATE role_credits SET renewal_interval = NULL, rollover_cap = 0")
+
+    def snap_opening(self, user_id: str, created_at: datetime,
+                     period_ends_at: datetime | None) -> tuple[datetime, datetime | None]:
+        """An account opened since the last step opened a fraction of an hour after
+        the clock's hour: take it off its opening, period end and the allowance lot
+        expiring then (see the module's docstring). Its opening and period end now."""
+        fraction = (created_at - self.anchor) % HOUR
+        if not fraction:
+            return created_at, period_ends_at
+        self.conn.execute(
+            "WITH lots AS (UPDATE credit_lots SET expires_at = expires_at - %(d)s"
+            "              WHERE user_id = %(u)s AND expires_at = %(e)s"
+            "                AND source IN ('signup', 'backfill', 'role_change'))"
+            " UPDATE user_credits SET created_at = created_at - %(d)s,"
+            "        period_ends_at = period_ends_at - %(d)s WHERE user_id = %(u)s",
+            {"d": fraction, "u": user_id, "e": period_ends_at})
+        return created_at - fraction, None if period_ends_at is None else period_ends_at - fraction
 
     # ------------------------------------------------------------ comparisons
 
@@ -268,24 +342,36 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ users
 
+    def fresh_id(self, drawn: str, taken: list[str] | None = None) -> str:
+        """A drawn id, or (used already in the example) one derived from it: a new
+        user's id, a function of the drawn values only."""
+        while drawn in self.model.users or drawn in (taken or []):
+            drawn = str(uuid.uuid5(uuid.NAMESPACE_OID, drawn))
+        return drawn
+
     @initialize(target=users, more=st.lists(roles, max_size=3),
                 joined=st.lists(st.booleans(), min_size=2, max_size=2),
                 lots=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 300),
                                         st.one_of(st.none(), st.integers(1, 4)),
-                                        st.sampled_from([None, 0, 10, 90])), max_size=4))
+                                        st.sampled_from([None, 0, 10, 90])), max_size=4),
+                drawn_ids=st.lists(new_ids, min_size=6, max_size=6))
     def sign_up_first_users(self, more: list[str | None], joined: list[bool],
                             lots: list[tuple[int, int, int | None, int | None]] | None = None,
-                            ) -> MultipleResults[str]:
+                            drawn_ids: list[str] | None = None) -> MultipleResults[str]:
         """A bulk signup (one INSERT, the statement trigger allocates) of a team admin,
         two members, who may join the admin's pool, and up to three users of any role;
-        then grants of tracked lots to the first three (user, amount, expiry, priority)."""
+        then grants of tracked lots to the first three (user, amount, expiry, priority).
+        (Called outside hypothesis, without ``drawn_ids``: random ids.)"""
         first = ["team_admin", "member", "member", *more]
-        ids = [str(uuid.uuid4()) for _ in first]
+        ids: list[str] = []
+        for drawn in drawn_ids or [str(uuid.uuid4()) for _ in first]:
+            ids.append(self.fresh_id(drawn, ids))
+        ids = ids[:len(first)]
         self.conn.execute(
             "INSERT INTO users (id, role) SELECT * FROM unnest(%s::uuid[], %s::text[])",
             (ids, first))
-        for user_id, role in zip(ids, first, strict=True):
-            self.model.signup(user_id, role)
+        for n, (user_id, role) in enumerate(zip(ids, first, strict=True)):
+            self.model.signup(user_id, role, same_statement=n > 0)
         for member, join in zip(ids[1:3], joined, strict=True):
             if join:
                 self.add_team_member(ids[0], member)
@@ -296,10 +382,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.credit_call("grant", ids[who], amount, "promo", None, expires, priority)
         return multiple(*ids)
 
-    @rule(target=users, role=roles, with_credits=st.booleans())
-    def sign_up(self, role: str | None, with_credits: bool) -> str:
+    @rule(target=users, role=roles, with_credits=st.booleans(), drawn_id=new_ids)
+    def sign_up(self, role: str | None, with_credits: bool, drawn_id: str) -> str:
         """A new user, allocated by the trigger or (as before credits-db) not at all."""
-        user_id = str(uuid.uuid4())
+        user_id = self.fresh_id(drawn_id)
         insert_user(self.conn, user_id, role, with_credits=with_credits)
         self.model.signup(user_id, role, with_credits=with_credits)
         return user_id
@@ -337,6 +423,20 @@ class LedgerMachine(RuleBasedStateMachine):
         """UPDATE users SET role (the top-up trigger)."""
         self.conn.execute("UPDATE users SET role = %s WHERE id = %s", (role, user))
         self.model.change_role(user, role)
+
+    def in_renewing_periods(self) -> list[str]:
+        """Users whose account's role renews, in the order the example made them."""
+        return [u for u in self.model.alive_in_order()
+                if u in self.model.accounts and self.model.renewing_role(u) is not None]
+
+    @precondition(lambda self: bool(self.in_renewing_periods()))
+    @rule(data=st.data(), role=st.sampled_from(["member", "admin", "team_admin", "RecruitPro",
+                                                "super_admin", "unknown", None]))
+    def change_role_in_period(self, data: st.DataObject, role: str | None) -> None:
+        """A role change of an account whose role renews (its period live, or ended and
+        not renewed yet): the period's allowance rises to the new role's, never falls."""
+        user = data.draw(st.sampled_from(self.in_renewing_periods()), "user")
+        self.change_role(user, role)
 
     # --------------------------------------------------------------- spending
 
@@ -453,13 +553,24 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------- time
 
-    @rule(hours=st.integers(1, 4))
+    @rule(hours=st.sampled_from([1, 1, 2, 3, 4, 8, 25]))
     def pass_time(self, hours: int) -> None:
-        """Time passes: every expiry moves back by ``hours`` (as the owner), the model's
-        clock forward by as many."""
+        """Time passes: every expiry, opening and period end moves back by ``hours`` (as
+        the owner), the model's clock forward by as many (far enough, periods are missed)."""
         self.conn.execute("UPDATE credit_lots SET expires_at = expires_at - make_interval(hours => %s)"
                           " WHERE expires_at IS NOT NULL", (hours,))
+        self.conn.execute("UPDATE user_credits SET created_at = created_at - make_interval(hours => %s),"
+                          " period_ends_at = period_ends_at - make_interval(hours => %s)",
+                          (hours, hours))
         self.model.pass_time(hours)
+
+    def sweep_limit(self, as_of: int | None, limit: int | None) -> int | None:
+        """The p_limit to pass: the drawn one, unless it would stop within lots of one
+        expiry written by one statement (Ledger.expire_limit): then all of those."""
+        widened = self.model.expire_limit(as_of, limit)
+        if widened != limit:
+            label("expire_credits: p_limit widened over one statement's lots")
+        return widened
 
     @rule(as_of=st.sampled_from(["now", "now", "null", -1, 0, 1, 2, 5]),
           limit=st.sampled_from([None, None, None, 1, 2, 0]))
@@ -471,18 +582,117 @@ class LedgerMachine(RuleBasedStateMachine):
                 raise ModelError("22004", "p_as_of NULL")
             self.predict_call(refuse, "SELECT expire_credits(NULL, %s)", (limit,))
         elif as_of == "now":
-            def now_is_this_hour(report: dict[str, Any]) -> dict[str, Any]:
-                when = datetime.fromisoformat(report["as_of"])
-                assert self.anchor <= when < self.at(self.model.clock + 1), report
-                return report | {"as_of": None}
-            self.predict_call(lambda: self.model.expire(None, limit),
-                              "SELECT expire_credits(p_limit => %s)", (limit,), now_is_this_hour)
+            now_limit = self.sweep_limit(None, limit)
+            self.predict_call(lambda: self.model.expire(None, now_limit),
+                              "SELECT expire_credits(p_limit => %s)", (now_limit,),
+                              self.now_is_this_hour)
         else:
             assert isinstance(as_of, int)
             hour = self.model.clock + as_of
-            self.predict_call(lambda: self.model.expire(hour, limit),
-                              "SELECT expire_credits(%s, %s)", (self.at(hour), limit),
+            hour_limit = self.sweep_limit(hour, limit)
+            self.predict_call(lambda: self.model.expire(hour, hour_limit),
+                              "SELECT expire_credits(%s, %s)", (self.at(hour), hour_limit),
                               self.in_hours)
+
+    def now_is_this_hour(self, report: dict[str, Any]) -> dict[str, Any]:
+        """A report as of now: its as_of within the clock's hour, then None as the model's."""
+        when = datetime.fromisoformat(report["as_of"])
+        assert self.anchor <= when < self.at(self.model.clock + 1), report
+        return report | {"as_of": None}
+
+    @rule(as_of=st.sampled_from(["now", "now", "now", "null", "infinity", -1, 0, 1, 2, 5, 12]),
+          limit=st.sampled_from([None, None, None, 1, 2, 0]))
+    def renew(self, as_of: str | int, limit: int | None) -> None:
+        """renew_allowances(): now (the default), or as of an hour from now, p_limit
+        accounts at a time; p_as_of NULL is 22004, infinite 22023, p_limit 0 22023."""
+        if as_of in ("null", "infinity"):
+            def refuse() -> Any:
+                raise ModelError("22004" if as_of == "null" else "22023", f"p_as_of {as_of}")
+            self.predict_call(refuse, "SELECT renew_allowances(%s::timestamptz, %s)",
+                              (None if as_of == "null" else as_of, limit))
+            return
+        before = self.max_log_id
+        if as_of == "now":
+            result = self.predict_call(lambda: self.model.renew(None, limit),
+                                       "SELECT renew_allowances(p_limit => %s)", (limit,),
+                                       self.now_is_this_hour)
+        else:
+            assert isinstance(as_of, int)
+            hour = self.model.clock + as_of
+            result = self.predict_call(lambda: self.model.renew(hour, limit),
+                                       "SELECT renew_allowances(%s, %s)", (self.at(hour), limit),
+                                       self.in_hours)
+        if result is not None and result["credits_rolled_over"] > 0:
+            self.renewal_lots_in_log_order(before)
+
+    def renewal_lots_in_log_order(self, before: int) -> None:
+        """The renewal and rollover lots a renewal just wrote, each account's in the
+        order of their entries (the renewal's first), as the model has them.
+
+        renew_allowances() writes them with one INSERT whose row order is its join's
+        (with 8 or more accounts in the call, PostgreSQL 15 hashes them and an
+        account's rollover lot gets the lower id, so it is spent first); the contract
+        leaves the order of one statement's lots open, and the model must not follow
+        the plan (it would choose differently). So the test, as the owner, gives the
+        lower id the renewal's entry, source and amount: nothing is taken from or
+        expired of these lots yet, and both expire together."""
+        self.conn.execute(
+            "WITH new AS (SELECT id, user_id, log_id, source, amount,"
+            "                    row_number() OVER (PARTITION BY user_id ORDER BY id) AS by_id,"
+            "                    row_number() OVER (PARTITION BY user_id ORDER BY log_id)"
+            "                      AS by_log"
+            "             FROM credit_lots"
+            "             WHERE log_id > %s AND source IN ('renewal', 'rollover'))"
+            " UPDATE credit_lots l SET log_id = src.log_id, source = src.source,"
+            "        amount = src.amount"
+            " FROM new dst JOIN new src ON src.user_id = dst.user_id AND src.by_log = dst.by_id"
+            " WHERE l.id = dst.id AND src.id <> dst.id", (before,))
+
+    def next_period_end(self) -> int | None:
+        """The soonest period end to come of an account whose role renews."""
+        ends = [a.period_ends for u, a in self.model.accounts.items()
+                if a.period_ends is not None and a.period_ends > self.model.clock
+                and self.model.renewing_role(u) is not None]
+        return min(ends, default=None)
+
+    @precondition(lambda self: self.next_period_end() is not None)
+    @rule(late=st.sampled_from([0, 0, 1]), limit=st.sampled_from([None, None, 1]))
+    def renew_at_period_end(self, late: int, limit: int | None) -> None:
+        """Time passes to the soonest period end (or an hour past it) and the renewal
+        runs as of the clock's hour (p_as_of given): the period that follows starts
+        where the ended one ended (a rollover)."""
+        end = self.next_period_end()
+        assert end is not None
+        self.pass_time(end - self.model.clock + late)
+        self.renew(0, limit)
+
+    @rule(role=renewal_roles, interval=st.one_of(st.none(), renewal_intervals),
+          cap=rollover_caps)
+    def set_renewal(self, role: str, interval: int | None, cap: int) -> None:
+        """The operator: a role starts renewing every ``interval`` hours (its accounts are
+        scheduled), renews at another interval, or stops (None); its rollover cap."""
+        self.conn.execute(
+            "UPDATE role_credits SET renewal_interval = make_interval(hours => %s),"
+            " rollover_cap = %s WHERE role = %s", (interval, cap, role))
+        self.model.set_renewal(role, interval, cap)
+
+    @precondition(lambda self: "unknown" not in self.model.roles)
+    @rule(interval=st.one_of(st.none(), renewal_intervals), cap=rollover_caps)
+    def add_role(self, interval: int | None, cap: int) -> None:
+        """The operator adds the role 'unknown' (500), renewing or not: its users, on the
+        member fallback until now, have it from now on (with an interval, scheduled)."""
+        self.conn.execute(
+            "INSERT INTO role_credits (role, credits, renewal_interval, rollover_cap)"
+            " VALUES ('unknown', 500, make_interval(hours => %s), %s)", (interval, cap))
+        self.model.add_role("unknown", 500, interval, cap)
+
+    @initialize(renewing=st.lists(st.tuples(renewal_roles, renewal_intervals, rollover_caps),
+                                  max_size=2))
+    def configure_renewal(self, renewing: list[tuple[str, int, int]]) -> None:
+        """Before or after the first signups (hypothesis orders the initializers):
+        up to two roles renew."""
+        for role, interval, cap in renewing:
+            self.set_renewal(role, interval, cap)
 
     @rule(user=any_user)
     def credit_lots(self, user: str) -> None:
@@ -567,9 +777,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def database_equals_model(self) -> None:
-        """Users, balances, ledger, lots, takes, teams, keys and the integrity check
-        equal the model."""
+        """Users, balances, periods, ledger, lots, takes, teams, keys, the roles and the
+        integrity check equal the model."""
         self.check_users_and_balances()
+        self.check_roles()
         self.check_ledger()
         self.check_lots()
         self.check_takes()
@@ -579,23 +790,41 @@ class LedgerMachine(RuleBasedStateMachine):
         assert found == self.model.integrity_problems()
 
     def check_users_and_balances(self) -> None:
-        """Every users row and balance row (the tables hold only this example's)."""
+        """Every users row and balance row (the tables hold only this example's), with
+        each account's opening, period end and allowance (as hours, the openings of
+        this step's accounts snapped first)."""
         users: dict[str, str | None] = dict(
             self.conn.execute("SELECT id::text, role FROM users").fetchall())
         assert users == {u: m.role for u, m in self.model.users.items() if m.alive}
         rows = self.conn.execute(
             "SELECT user_id::text, total_credits, used_credits, remaining_credits,"
-            " allocated_credits, tracked_credits FROM user_credits").fetchall()
-        assert {r[0]: tuple(r[1:]) for r in rows} == {
-            u: a.row() for u, a in self.model.accounts.items()}
+            " allocated_credits, tracked_credits, created_at, period_ends_at,"
+            " period_allowance FROM user_credits").fetchall()
+        found = {}
+        for user_id, *balance, created_at, period_ends_at, allowance in rows:
+            opened, ends = self.snap_opening(user_id, created_at, period_ends_at)
+            found[user_id] = (tuple(balance),
+                              (self.hour(opened), None if ends is None else self.hour(ends),
+                               allowance))
+        assert found == {u: (a.row(), a.period_row()) for u, a in self.model.accounts.items()}
+
+    def check_roles(self) -> None:
+        """role_credits: credits, team limit, renewal interval (hours), rollover cap."""
+        roles = self.conn.execute(
+            "SELECT role, credits, team_member_limit,"
+            " extract(epoch FROM renewal_interval)::integer / 3600, rollover_cap"
+            " FROM role_credits").fetchall()
+        assert {r: tuple(rest) for r, *rest in roles} == {
+            r: (x.credits, x.team_member_limit, x.interval, x.rollover_cap)
+            for r, x in self.model.roles.items()}
 
     def check_ledger(self) -> None:
         """Every log row of the example's user ids, all lives; unknown ids are learnt."""
         rows = self.conn.execute(
             "SELECT user_id::text, id, amount, type, source, actor_user_id::text,"
             " idempotency_key, refund_of, lot_id FROM credit_usage_log"
-            " WHERE user_id = ANY(%s::uuid[]) ORDER BY id",
-            (list(self.model.users),)).fetchall()
+            " WHERE user_id = ANY(%s::uuid[]) AND id > %s ORDER BY id",
+            (list(self.model.users), self.first_log_id)).fetchall()
         found: dict[str, list[tuple[int, LedgerRow]]] = {}
         for user_id, log_id, *columns in rows:
             found.setdefault(user_id, []).append((log_id, tuple(columns)))
@@ -690,4 +919,26 @@ def test_replay_of_a_pool_debit_whose_account_ended(conn: Conn,
         machine.recreate_user(admin, "team_admin", with_credits=True)
     machine.database_equals_model()
     machine.credit_call("debit", member, 1000, "usage", "k1")
+    machine.teardown()
+
+
+@pytest.mark.parametrize("accounts", [3, 12])
+def test_renewal_with_rollover_of_many_accounts(conn: Conn, accounts: int) -> None:
+    """A renewal with rollovers of a few and of many accounts in one call, then a
+    debit of each and a sweep: lots, takes and the ledger equal the model's."""
+    machine = machine_on(conn)()
+    machine.set_renewal("member", 2, 100)
+    ids = [str(uuid.UUID(int=n + 1)) for n in range(accounts)]
+    machine.conn.execute(
+        "INSERT INTO users (id, role) SELECT unnest(%s::uuid[]), 'member'", (ids,))
+    for n, user_id in enumerate(ids):
+        machine.model.signup(user_id, "member", same_statement=n > 0)
+    machine.database_equals_model()
+    machine.renew_at_period_end(late=0, limit=None)
+    machine.database_equals_model()
+    for user_id in ids:
+        machine.credit_call("debit", user_id, 30, "usage", None)
+    machine.database_equals_model()
+    machine.renew_at_period_end(late=0, limit=None)
+    machine.database_equals_model()
     machine.teardown()

@@ -20,11 +20,23 @@ nothing. The rules are those of sql/007, 008, 013..020 and the issue 13 design:
   expiry; a lot past its expiry is never spent. A refund gives back to the
   lots its debit took from, and what goes back to a lapsed lot expires at once
   (an 'expire' entry). The sweep (expire_credits) expires what the lots lapsed
-  by its as_of still hold, soonest expiry first.
+  by its as_of still hold, soonest expiry first;
+- allowances renew by role (revision 0011): a role with a renewal interval (a
+  whole number of hours here) gives its credits once per period, periods being
+  anchored on the account's opening (opened + k x interval). Opened in such a
+  role, an account's allocation is a lot expiring with its first period;
+  renew_allowances() expires what the ended period's allowance lots hold, gives
+  the role's credits for the period containing its as_of (one allowance however
+  many periods were missed) and rolls over at most the role's rollover_cap of
+  what that allowance had unspent at its end, into the very next period only. A
+  role change tops up the live period's allowance (never lowers it); an operator
+  giving a role an interval records each of its accounts' current period; one
+  removing it stops the renewals.
 
 Time is a clock of whole hours (``clock``), starting at 0, that only
-``pass_time`` moves; an expiry is an hour on that clock, and a lot is lapsed
-once the clock has reached it. The test maps an hour to a timestamp.
+``pass_time`` moves; an expiry, an opening and a period end are hours on that
+clock, and a lot is lapsed once the clock has reached it. The test maps an
+hour to a timestamp.
 
 Log ids are assigned by the database: an entry starts with ``log_id`` None and learns
 it from the call's result or from the ledger comparison.
@@ -42,7 +54,10 @@ ALLOCATION: dict[str, int] = {"member": 350, "admin": 1000, "team_admin": 5000,
                               "RecruitPro": 1000, "super_admin": 10000}
 TEAM_LIMIT: dict[str, int] = {"team_admin": 4}
 FALLBACK_ROLE = "member"
-RESERVED_SOURCES = frozenset({"signup", "backfill", "role_change", "refund"})
+RESERVED_SOURCES = frozenset({"signup", "backfill", "role_change", "renewal", "rollover",
+                              "refund", "expiry", "opening_balance"})
+# The lots an allowance period is made of (they expire with it).
+ALLOWANCE_SOURCES = frozenset({"signup", "backfill", "role_change", "renewal", "rollover"})
 
 KeyId = tuple[str, str, str]
 """(owner_user_id, operation, idempotency_key)."""
@@ -94,7 +109,8 @@ class Lot:
 
     user_id: str
     life: int
-    seq: int  # creation order, which the database's ids follow within an account
+    seq: int  # creation order, which the ids follow except among one statement's lots
+    batch: int  # the statement that created it (see Ledger.statement)
     amount: int
     source: str
     expires: int | None = None  # an hour of the clock, or never
@@ -102,6 +118,7 @@ class Lot:
     entry: Entry | None = None
     taken: int = 0
     expired: int = 0
+    expired_unspent: int = 0  # of expired: what it still held when a sweep or renewal expired it
     lot_id: int | None = None
 
     @property
@@ -164,6 +181,9 @@ class Account:
     used: int = 0
     allocated: int = 0
     lots: list[Lot] = field(default_factory=list)
+    opened: int = 0  # the hour the account opened: its periods' anchor
+    period_ends: int | None = None  # period_ends_at, an hour
+    allowance: int | None = None  # period_allowance
 
     @property
     def remaining(self) -> int:
@@ -211,6 +231,27 @@ class Account:
         """(total_credits, used_credits, remaining_credits, allocated_credits, tracked_credits)."""
         return (self.total, self.used, self.remaining, self.allocated, self.tracked)
 
+    def period_row(self) -> tuple[int, int | None, int | None]:
+        """(created_at, period_ends_at, period_allowance), times as hours."""
+        return (self.opened, self.period_ends, self.allowance)
+
+
+@dataclass
+class RoleRow:
+    """One row of role_credits."""
+
+    credits: int
+    team_member_limit: int = 0
+    interval: int | None = None  # renewal_interval in hours; None: one-time
+    rollover_cap: int = 0
+
+
+def period_at(anchor: int, interval: int, at: int) -> tuple[int, int]:
+    """allowance_period(): [start, end) of the period containing ``at`` (an hour, or
+    any time within that hour: the interval is whole hours)."""
+    k = max((at - anchor) // interval, 0)
+    return anchor + k * interval, anchor + (k + 1) * interval
+
 
 @dataclass
 class User:
@@ -253,6 +294,26 @@ class Ledger:
     keys: dict[KeyId, Entry] = field(default_factory=dict)
     clock: int = 0
     lot_seq: int = 0
+    # The statements that wrote lots, counted: lots of one statement (a bulk signup,
+    # a backfill, a renewal) may get their ids in an order the model does not know.
+    statement: int = 0
+    roles: dict[str, RoleRow] = field(default_factory=lambda: {
+        role: RoleRow(credits, TEAM_LIMIT.get(role, 0)) for role, credits in ALLOCATION.items()})
+
+    # ------------------------------------------------------------------- roles
+
+    def role_row(self, role: str | None) -> RoleRow:
+        """The role_credits row that applies: the role's own, else the member row."""
+        return self.roles[role if role is not None and role in self.roles else FALLBACK_ROLE]
+
+    def is_fallback(self, role: str | None) -> bool:
+        """Whether the role has no row of its own (NULL or unknown)."""
+        return role is None or role not in self.roles
+
+    def renewing_role(self, user_id: str) -> RoleRow | None:
+        """The row that renews an account (its user's role), if that role renews."""
+        row = self.role_row(self.users[user_id].role)
+        return row if row.interval is not None else None
 
     # ------------------------------------------------------------------ queries
 
@@ -302,20 +363,28 @@ class Ledger:
              priority: int = DEFAULT_PRIORITY) -> None:
         """The lot a credit entry creates."""
         self.lot_seq += 1
-        lot = Lot(entry.user_id, account.life, self.lot_seq, entry.amount, entry.source,
-                  expires, priority, entry)
+        lot = Lot(entry.user_id, account.life, self.lot_seq, self.statement, entry.amount,
+                  entry.source, expires, priority, entry)
         account.lots.append(lot)
         entry.lot = lot
 
-    def _open(self, user_id: str, credits: int, source: str) -> Account:
-        """A new account (a new life) with its allocation, logged and a lot if not 0."""
+    def _open(self, user_id: str, source: str) -> Account:
+        """A new account (a new life) with its role's allocation, logged and a lot if
+        not 0; in a renewing role, its first period starts now and the lot expires
+        with it."""
+        row = self.role_row(self.users[user_id].role)
+        credits = row.credits
         self.lives[user_id] += 1
-        account = Account(self.lives[user_id], total=credits, allocated=credits)
+        account = Account(self.lives[user_id], total=credits, allocated=credits,
+                          opened=self.clock)
+        if row.interval is not None:
+            account.period_ends = self.clock + row.interval
+            account.allowance = credits
         self.accounts[user_id] = account
         if credits > 0:
             entry = self._append(Entry(user_id, account.life, credits, source,
                                        remaining_after=credits))
-            self._lot(account, entry)
+            self._lot(account, entry, account.period_ends)
         return account
 
     def _can_pay(self, account: Account | None, amount: int) -> bool:
@@ -342,21 +411,29 @@ class Ledger:
             self.keys[(owner, "debit", key)] = entry
         return Outcome(entry, replayed=False)
 
-    def _expire(self, account: Account, lot: Lot, credits: int, actor: str | None) -> None:
-        """An 'expire' entry: ``credits`` of ``lot`` expire."""
+    def _expire(self, account: Account, lot: Lot, credits: int, actor: str | None,
+                *, unspent: bool = False) -> None:
+        """An 'expire' entry: ``credits`` of ``lot`` expire (``unspent``: credits it
+        held at its expiry, as a sweep or a renewal expires, not refunded onto it since)."""
         lot.expired += credits
+        if unspent:
+            lot.expired_unspent += credits
         account.used += credits
         self._append(Entry(lot.user_id, account.life, -credits, "expiry", actor=actor,
                            kind="expire", lot=lot, remaining_after=account.remaining))
 
     # ------------------------------------------------------------------- users
 
-    def signup(self, user_id: str, role: str | None, *, with_credits: bool = True) -> None:
-        """INSERT INTO users (a new or a deleted id); the trigger allocates unless disabled."""
+    def signup(self, user_id: str, role: str | None, *, with_credits: bool = True,
+               same_statement: bool = False) -> None:
+        """INSERT INTO users (a new or a deleted id); the trigger allocates unless disabled.
+        ``same_statement``: in the statement of the signup before (a bulk signup)."""
         assert not self.alive(user_id)
+        if not same_statement:
+            self.statement += 1
         self.users[user_id] = User(role)
         if with_credits:
-            self._open(user_id, allocation(role), "signup")
+            self._open(user_id, "signup")
 
     def delete(self, user_id: str) -> None:
         """DELETE FROM users: the account, the memberships and the keys go; the log stays."""
@@ -369,21 +446,41 @@ class Ledger:
         self.keys = {k: e for k, e in self.keys.items() if k[0] != user_id}
 
     def change_role(self, user_id: str, role: str | None) -> None:
-        """UPDATE users SET role: top up to the new allocation, or open the account."""
+        """UPDATE users SET role: top up to the new allocation, or open the account.
+
+        A renewing role's entitlement is per period: the live period's allowance is
+        raised to the new role's (a lot expiring with it), never lowered; an account
+        without a period enters its current one holding its one-time allocation; one
+        whose period ended waits for its renewal (nothing now)."""
         if not self.alive(user_id) or self.users[user_id].role == role:
             return
         self.users[user_id].role = role
-        credits = allocation(role)
+        self.statement += 1
+        row = self.role_row(role)
         account = self.accounts.get(user_id)
         if account is None:
-            self._open(user_id, credits, "backfill")
-        elif credits > account.allocated:
-            topup = credits - account.allocated
+            self._open(user_id, "backfill")
+            return
+        ends: int | None
+        if row.interval is None:
+            have, ends = account.allocated, None
+        elif account.period_ends is None:
+            have = account.allocated
+            ends = period_at(account.opened, row.interval, self.clock)[1]
+        elif account.period_ends > self.clock:
+            assert account.allowance is not None
+            have, ends = account.allowance, account.period_ends
+        else:
+            return
+        topup = max(row.credits - have, 0)
+        if ends is not None:
+            account.period_ends, account.allowance = ends, have + topup
+        if topup > 0:
             account.total += topup
             account.allocated += topup
             entry = self._append(Entry(user_id, account.life, topup, "role_change",
                                        remaining_after=account.remaining))
-            self._lot(account, entry)
+            self._lot(account, entry, ends)
 
     # ---------------------------------------------------------------- spending
 
@@ -426,9 +523,10 @@ class Ledger:
             raise ModelError("22023", f"expiry {expires} is not after {self.clock}")
         if not self.alive(user_id):
             raise ModelError("CR005", "unknown user")
+        self.statement += 1
         account = self.accounts.get(user_id)
         if account is None:
-            account = self._open(user_id, allocation(self.users[user_id].role), "backfill")
+            account = self._open(user_id, "backfill")
         account.total += amount
         entry = self._append(Entry(user_id, account.life, amount, source, key=key,
                                    remaining_after=account.remaining))
@@ -470,6 +568,29 @@ class Ledger:
         assert hours > 0
         self.clock += hours
 
+    def _due_lots(self, as_of: int | None) -> list[Lot]:
+        """The lots the sweep as of ``as_of`` (None: now) expires, in its order:
+        soonest expiry, then lot id, which is the model's creation order except among
+        the lots of one statement."""
+        when = self.clock if as_of is None else as_of
+        return sorted((lot for lot in self.lots()
+                       if lot.tracked and lot.holding > 0 and lot.lapsed(when)),
+                      key=lambda lot: (lot.expires, lot.seq))
+
+    def expire_limit(self, as_of: int | None, limit: int | None) -> int | None:
+        """``limit``, made larger if it would stop the sweep within lots of one expiry
+        written by one statement (a bulk signup's, a backfill's or a renewal's
+        allowances), which the database orders by ids the model cannot predict: the
+        sweep then takes them all, and which lots it expires never depends on the
+        database's choice. Below 1 it stays (22023)."""
+        due = self._due_lots(as_of)
+        if limit is None or limit < 1:
+            return limit
+        while (limit < len(due) and due[limit - 1].expires == due[limit].expires
+               and due[limit - 1].batch == due[limit].batch):
+            limit += 1
+        return limit
+
     def expire(self, as_of: int | None, limit: int | None) -> dict[str, Any]:
         """expire_credits(p_as_of, p_limit): the lots lapsed by ``as_of`` (None: now)
         that still hold credits, soonest expiry (then oldest) first, ``limit`` of them
@@ -477,16 +598,109 @@ class Ledger:
         is skipped. The report's as_of is the hour asked (None for now)."""
         if limit is not None and limit < 1:
             raise ModelError("22023", f"p_limit {limit}")
-        when = self.clock if as_of is None else as_of
-        due = sorted((lot for lot in self.lots()
-                      if lot.tracked and lot.holding > 0 and lot.lapsed(when)),
-                     key=lambda lot: (lot.expires, lot.seq))[:limit]
+        due = self._due_lots(as_of)
+        assert limit is None or limit == self.expire_limit(as_of, limit), "widen it first"
+        due = due[:limit]
         credits = [lot.holding for lot in due]
         for lot, held in zip(due, credits, strict=True):
-            self._expire(self.accounts[lot.user_id], lot, held, None)
+            self._expire(self.accounts[lot.user_id], lot, held, None, unspent=True)
         return {"lots_expired": len(due), "credits_expired": sum(credits),
                 "accounts": len({lot.user_id for lot in due}), "accounts_skipped": 0,
                 "as_of": as_of}
+
+    # ---------------------------------------------------------------- renewal
+
+    def next_renewal(self, user_id: str) -> dict[str, Any] | None:
+        """get_credit_balance's next_renewal of an account: when its period ends and
+        what its role then gives, while the role renews."""
+        account = self.accounts[user_id]
+        row = self.role_row(self.users[user_id].role)
+        if row.interval is None or account.period_ends is None:
+            return None
+        return {"renews_at": account.period_ends, "credits": row.credits,
+                "rollover_cap": row.rollover_cap}
+
+    def renew(self, as_of: int | None, limit: int | None) -> dict[str, Any]:
+        """renew_allowances(p_as_of, p_limit): the accounts whose period ended by
+        ``as_of`` (None: now) and whose role renews, the longest overdue (then by id)
+        first, ``limit`` of them. Their ended allowance lots' credits expire (an entry
+        per lot), then each gets its role's credits for the period containing as_of
+        and the rollover, least(rollover_cap, what the ended allowance had unspent at
+        its end), if the new period starts where the ended one ended. No account is
+        busy: none is skipped."""
+        if limit is not None and limit < 1:
+            raise ModelError("22023", f"p_limit {limit}")
+        self.statement += 1
+        when = self.clock if as_of is None else as_of
+        due = sorted((a.period_ends, uuid.UUID(u), u) for u, a in self.accounts.items()
+                     if a.period_ends is not None and a.period_ends <= when
+                     and self.renewing_role(u) is not None)
+        chosen = [u for _, _, u in due][:limit]
+        expired = 0
+        for user_id in chosen:
+            account = self.accounts[user_id]
+            for lot in sorted((x for x in account.lots if x.expires == account.period_ends
+                               and x.source in ALLOWANCE_SOURCES and x.holding > 0),
+                              key=lambda x: x.seq):
+                expired += lot.holding
+                self._expire(account, lot, lot.holding, None, unspent=True)
+        renewed = rolled = 0
+        for user_id in chosen:
+            account = self.accounts[user_id]
+            row = self.renewing_role(user_id)
+            assert row is not None and row.interval is not None
+            ended = account.period_ends
+            assert ended is not None
+            starts, ends = period_at(account.opened, row.interval, when)
+            unspent = sum(x.amount - x.taken - x.expired + x.expired_unspent
+                          for x in account.lots
+                          if x.expires == ended and x.source in ALLOWANCE_SOURCES)
+            rollover = min(row.rollover_cap, unspent) if ended >= starts else 0
+            account.period_ends, account.allowance = ends, row.credits
+            for amount, source in ((row.credits, "renewal"), (rollover, "rollover")):
+                if amount > 0:
+                    account.total += amount
+                    entry = self._append(Entry(user_id, account.life, amount, source,
+                                               remaining_after=account.remaining))
+                    self._lot(account, entry, ends)
+            renewed += row.credits
+            rolled += rollover
+        return {"accounts_renewed": len(chosen), "credits_renewed": renewed,
+                "credits_rolled_over": rolled, "credits_expired": expired,
+                "accounts_skipped": 0, "as_of": as_of}
+
+    def _schedule(self, role: str) -> None:
+        """The role started renewing: each of its accounts without a period enters the
+        current one (from its opening), its allowance what it holds (its one-time
+        allocation)."""
+        interval = self.roles[role].interval
+        assert interval is not None
+        for user_id, account in self.accounts.items():
+            if self.role_row(self.users[user_id].role) is not self.roles[role]:
+                continue
+            if account.period_ends is None:
+                account.period_ends = period_at(account.opened, interval, self.clock)[1]
+                if account.allowance is None:
+                    account.allowance = account.allocated
+
+    def set_renewal(self, role: str, interval: int | None, cap: int) -> None:
+        """UPDATE role_credits SET renewal_interval, rollover_cap of an existing role:
+        from none to an interval, its accounts are scheduled; otherwise the periods
+        stay as they are (the next renewal follows the new interval, none if NULL)."""
+        row = self.roles[role]
+        started = row.interval is None and interval is not None
+        row.interval, row.rollover_cap = interval, cap
+        if started:
+            self._schedule(role)
+
+    def add_role(self, role: str, credits: int, interval: int | None, cap: int) -> None:
+        """INSERT INTO role_credits a role not there yet: its users (on the member
+        fallback until now) have it from now on; with an interval, their accounts are
+        scheduled."""
+        assert role not in self.roles
+        self.roles[role] = RoleRow(credits, 0, interval, cap)
+        if interval is not None:
+            self._schedule(role)
 
     def credit_lots(self, user_id: str) -> list[dict[str, Any]]:
         """get_credit_lots: the account's lots in spending order (created_at aside).
@@ -570,28 +784,31 @@ class Ledger:
                                              "remaining_credits": own.remaining,
                                              "spendable_credits": own.spendable(self.clock),
                                              "next_expiry": own.next_expiry(self.clock),
-                                             "next_renewal": None},
+                                             "next_renewal": self.next_renewal(user_id)},
             "team_admin_id": admin,
             "team_pool_remaining": None if pool is None else pool.remaining,
             "team_pool_spendable": None if pool is None else pool.spendable(self.clock),
             "team_pool_next_expiry": None if pool is None else pool.next_expiry(self.clock),
-            "team_pool_next_renewal": None,
+            "team_pool_next_renewal": None if pool is None or admin is None
+            else self.next_renewal(admin),
             "spendable": max(choices, default=0),
         }
 
     def _allocate(self, user_ids: list[str], *, dry_run: bool) -> dict[str, Any]:
-        """Open the accounts of these users by role (unless dry_run); the report's common part."""
+        """Open the accounts of these users by role (unless dry_run), in one statement;
+        the report's common part."""
+        self.statement += 1
         by_role: dict[str, dict[str, int]] = {}
         fallback = 0
         for user_id in user_ids:
             role = self.users[user_id].role
-            credits = allocation(role)
+            credits = self.role_row(role).credits
             row = by_role.setdefault(role_key(role), {"users": 0, "credits": 0})
             row["users"] += 1
             row["credits"] += credits
-            fallback += known_role(role) != role
+            fallback += self.is_fallback(role)
             if not dry_run:
-                self._open(user_id, credits, "backfill")
+                self._open(user_id, "backfill")
         return {
             "users_backfilled": len(user_ids),
             "credits_allocated": sum(r["credits"] for r in by_role.values()),
